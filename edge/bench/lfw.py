@@ -1,0 +1,133 @@
+"""The LFW pairs protocol: pairs files, folder-per-person trees, fold-wise accuracy, TAR at FAR.
+
+pairs.txt (View 2) starts with "10\t300": ten folds, each 300 matched then 300 mismatched pairs.
+pairsDevTrain.txt / pairsDevTest.txt (View 1) start with one count N: N matched then N mismatched pairs.
+Rows are "Name i j" (same person) or "Name1 i Name2 j" (different people).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.errors import FacegateError, ImageError, NoFaceError
+from edge.imageio import load_bgr
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str  # relative image path, "Name/Name_0001.jpg"
+    b: str
+    same: bool
+    fold: int
+
+
+def image_rel(name: str, index: int) -> str:
+    return f"{name}/{name}_{index:04d}.jpg"
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    try:
+        lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except OSError as exc:
+        raise FacegateError(f"{path}: cannot read pairs file ({exc.strerror})") from None
+    if not lines:
+        raise FacegateError(f"{path}: empty pairs file")
+    head = lines[0]
+    try:
+        folds, per_class = (int(head[0]), int(head[1])) if len(head) == 2 else (1, int(head[0]))
+    except ValueError:
+        raise FacegateError(f"{path}: first line must be 'FOLDS N' or 'N'") from None
+    rows = lines[1:]
+    if len(rows) != folds * 2 * per_class:
+        raise FacegateError(f"{path}: header promises {folds * 2 * per_class} pairs, found {len(rows)}")
+    pairs = []
+    for k, row in enumerate(rows):
+        fold = k // (2 * per_class)
+        if len(row) == 3:
+            pairs.append(Pair(image_rel(row[0], int(row[1])), image_rel(row[0], int(row[2])), True, fold))
+        elif len(row) == 4:
+            pairs.append(Pair(image_rel(row[0], int(row[1])), image_rel(row[2], int(row[3])), False, fold))
+        else:
+            raise FacegateError(f"{path}: line {k + 2} has {len(row)} fields; expected 3 or 4")
+    return pairs
+
+
+def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central",
+                desc: str = "embedding") -> tuple[dict[str, np.ndarray], list[str]]:
+    """Embed each image once; returns (embeddings by relative path, paths with no usable face)."""
+    embeddings: dict[str, np.ndarray] = {}
+    no_face: list[str] = []
+    for rel in tqdm(rels, desc=desc, unit="img", file=sys.stderr, disable=None):
+        try:
+            _, emb = pipeline.embed_one(load_bgr(root / rel), policy=policy)
+        except (NoFaceError, ImageError):
+            no_face.append(rel)
+            continue
+        embeddings[rel] = emb
+    return embeddings, no_face
+
+
+def pair_scores(pairs: list[Pair], embeddings: dict[str, np.ndarray]) -> np.ndarray:
+    """Cosine score per pair; NaN where either image had no face (such a pair is scored as wrong)."""
+    out = np.full(len(pairs), np.nan)
+    for k, p in enumerate(pairs):
+        ea, eb = embeddings.get(p.a), embeddings.get(p.b)
+        if ea is not None and eb is not None:
+            out[k] = float(np.dot(ea, eb))
+    return out
+
+
+def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    """Fraction right when 'same' means score ≥ threshold; unscored (NaN) pairs are always wrong."""
+    with np.errstate(invalid="ignore"):
+        predicted = scores >= threshold
+    right = (predicted == same) & ~np.isnan(scores)
+    return float(right.mean()) if len(scores) else 0.0
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """The threshold maximising accuracy, taken midway between adjacent distinct scores."""
+    s = np.unique(scores[~np.isnan(scores)])
+    if s.size == 0:
+        return 0.0
+    candidates = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
+    # Vectorised over candidates: genuine pairs at or above, impostors below.
+    g = np.sort(scores[same & ~np.isnan(scores)])
+    im = np.sort(scores[~same & ~np.isnan(scores)])
+    right = (len(g) - np.searchsorted(g, candidates, side="left")) + np.searchsorted(im, candidates, side="left")
+    return float(candidates[int(np.argmax(right))])
+
+
+def cross_validate(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[list[float], list[float]]:
+    """LFW View 2: for each fold, the threshold chosen on the other folds, accuracy on this one."""
+    accs, thresholds = [], []
+    for f in np.unique(folds):
+        train, test = folds != f, folds == f
+        t = best_threshold(scores[train], same[train])
+        thresholds.append(t)
+        accs.append(accuracy_at(scores[test], same[test], t))
+    return accs, thresholds
+
+
+def threshold_at_far(impostor: np.ndarray, far: float) -> float:
+    """The lowest threshold whose false-accept rate on these impostor scores is ≤ far (NaN = rejected)."""
+    s = np.sort(impostor[~np.isnan(impostor)])[::-1]
+    allowed = int(np.floor(far * len(impostor)))
+    if allowed >= len(s):
+        return float(s[-1]) if len(s) else 0.0
+    # Accepting iff score ≥ t: put t just above the (allowed+1)-th highest impostor score.
+    return float(np.nextafter(s[allowed], np.inf))
+
+
+def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> tuple[float, float]:
+    """(TAR, threshold) at the given FAR from pooled scores; unscored genuine pairs count as rejected."""
+    t = threshold_at_far(scores[~same], far)
+    g = scores[same]
+    with np.errstate(invalid="ignore"):
+        tar = float((g >= t).sum() / len(g)) if len(g) else 0.0
+    return tar, t

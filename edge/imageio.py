@@ -1,0 +1,53 @@
+"""Reading images safely: size limit before decoding, EXIF orientation, any colour mode → BGR uint8."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edge.errors import ImageError
+
+# 50 megapixels: larger than any camera frame or phone photo we expect, far below a decompression bomb.
+MAX_PIXELS = 50_000_000
+
+
+def load_bgr(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to a BGR uint8 array (H, W, 3), upright as its EXIF says."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                # Image.open reads only the header, so the pixel limit is enforced before decoding.
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(f"{p}: {w}×{h} pixels exceeds the limit of {max_pixels} pixels")
+                im = ImageOps.exif_transpose(im)
+                im = _to_rgb(im)
+                rgb = np.asarray(im, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Composite transparent pixels onto white, as a viewer would show them.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode == "I;16" or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float64)
+        arr = (255.0 * arr / max(arr.max(), 1.0)).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    return im.convert("RGB")

@@ -1,0 +1,152 @@
+"""The model manifest: everything the device needs to know about a model file, as data.
+
+A manifest is a JSON object. Unknown keys are refused so a typo cannot silently change behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ModelError
+
+TASKS = ("detect", "embed", "liveness", "verify_head", "stylize")
+RUNTIMES = ("onnxruntime", "litert")
+LAYOUTS = ("NCHW", "NHWC")
+COLOURS = ("RGB", "BGR")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    size: tuple[int, int] | None  # (width, height); None when the graph takes any size
+    layout: str = "NCHW"
+    colour: str = "BGR"
+    stride: int = 1  # dynamic inputs are padded to a multiple of this
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """x' = (x - mean) / std per channel, applied to 0–255 pixels before the graph."""
+
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class AlignmentTemplate:
+    """Five reference points (eyes, nose, mouth corners) in an output crop of `size` (width, height)."""
+
+    size: tuple[int, int]
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    metric: str  # "cosine" (higher is more similar) or "probability"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    task: str
+    file: str
+    sha256: str
+    source: dict[str, str]
+    licence: str
+    runtime: str
+    input: InputSpec
+    normalisation: Normalisation = Normalisation()
+    alignment: AlignmentTemplate | None = None
+    output_dim: int | None = None
+    thresholds: dict[str, Threshold] = field(default_factory=dict)
+    prepare: tuple[str, ...] = ()  # graph repairs applied once on first use (see prepare.py)
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings (e.g. detector limits)
+
+    def threshold(self, key: str) -> Threshold:
+        try:
+            return self.thresholds[key]
+        except KeyError:
+            raise ModelError(f"model {self.name!r} has no {key!r} threshold in its manifest") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prepare"] = list(self.prepare)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], origin: str = "manifest") -> Manifest:
+        try:
+            return _parse(d)
+        except ModelError as exc:
+            raise ModelError(f"{origin}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path}: cannot read manifest ({exc})") from None
+        return cls.from_dict(data, origin=str(path))
+
+
+_KEYS = {"name", "task", "file", "sha256", "source", "licence", "runtime", "input", "normalisation",
+         "alignment", "output_dim", "thresholds", "prepare", "extra"}
+_REQUIRED = {"name", "task", "file", "sha256", "source", "licence", "runtime", "input"}
+
+
+def _parse(d: dict[str, Any]) -> Manifest:
+    if not isinstance(d, dict):
+        raise ModelError("a manifest must be a JSON object")
+    unknown = set(d) - _KEYS
+    if unknown:
+        raise ModelError(f"unknown key(s) {sorted(unknown)}")
+    missing = _REQUIRED - set(d)
+    if missing:
+        raise ModelError(f"missing key(s) {sorted(missing)}")
+    _choice(d["task"], TASKS, "task")
+    _choice(d["runtime"], RUNTIMES, "runtime")
+    sha = str(d["sha256"]).lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ModelError("sha256 must be 64 hex digits")
+    inp = d["input"]
+    size = inp.get("size")
+    spec = InputSpec(
+        size=tuple(int(v) for v in size) if size else None,  # type: ignore[arg-type]
+        layout=_choice(inp.get("layout", "NCHW"), LAYOUTS, "input.layout"),
+        colour=_choice(inp.get("colour", "BGR"), COLOURS, "input.colour"),
+        stride=int(inp.get("stride", 1)),
+    )
+    norm = d.get("normalisation") or {}
+    normalisation = Normalisation(
+        mean=tuple(float(v) for v in norm.get("mean", (0, 0, 0))),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in norm.get("std", (1, 1, 1))),  # type: ignore[arg-type]
+    )
+    if any(s == 0 for s in normalisation.std):
+        raise ModelError("normalisation.std must not contain 0")
+    align = d.get("alignment")
+    alignment = None
+    if align:
+        pts = tuple((float(x), float(y)) for x, y in align["points"])
+        if len(pts) != 5:
+            raise ModelError("alignment.points must hold five (x, y) points")
+        alignment = AlignmentTemplate(size=tuple(int(v) for v in align["size"]), points=pts)  # type: ignore[arg-type]
+    thresholds = {}
+    for key, t in (d.get("thresholds") or {}).items():
+        thresholds[key] = Threshold(value=float(t["value"]), metric=str(t.get("metric", "cosine")),
+                                    provenance=dict(t.get("provenance", {})))
+    return Manifest(
+        name=str(d["name"]), task=d["task"], file=str(d["file"]), sha256=sha, source=dict(d["source"]),
+        licence=str(d["licence"]), runtime=d["runtime"], input=spec, normalisation=normalisation,
+        alignment=alignment, output_dim=int(d["output_dim"]) if d.get("output_dim") else None,
+        thresholds=thresholds, prepare=tuple(d.get("prepare", ())), extra=dict(d.get("extra", {})),
+    )
+
+
+def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise ModelError(f"{key} must be one of {list(allowed)}, not {value!r}")
+    return value

@@ -1,0 +1,153 @@
+"""Resolve a model name to a verified, runtime-ready file.
+
+Manifests come from three places, later ones winning: the built-in JSON files next to this module, bundles
+installed into the model directory (`<model_dir>/<name>/manifest.json`), and overrides
+(`<model_dir>/overrides/<name>.json`, a partial manifest merged key by key — how calibration records a
+threshold without touching site-packages). Prepared graphs are cached in `<model_dir>/prepared/` with a
+sidecar holding their own sha256, so a corrupted cache is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ModelError
+from edge.models.manifest import Manifest
+from edge.paths import model_dir as default_model_dir
+from edge.runtime import Runtime, open_runtime
+
+BUILTIN_DIR = Path(__file__).with_name("builtin")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Registry:
+    def __init__(self, model_dir: Path | None = None) -> None:
+        self.model_dir = Path(model_dir) if model_dir else default_model_dir()
+
+    # -- manifests ---------------------------------------------------------------------------------------
+    def _raw_manifests(self) -> dict[str, tuple[dict[str, Any], Path]]:
+        found: dict[str, tuple[dict[str, Any], Path]] = {}
+        sources = sorted(BUILTIN_DIR.glob("*.json"))
+        if self.model_dir.is_dir():
+            sources += sorted(self.model_dir.glob("*/manifest.json"))
+        for path in sources:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ModelError(f"{path}: cannot read manifest ({exc})") from None
+            found[str(data.get("name", path.stem))] = (data, path)
+        return found
+
+    def names(self) -> list[str]:
+        return sorted(self._raw_manifests())
+
+    def manifest(self, name: str) -> Manifest:
+        raw = self._raw_manifests()
+        if name not in raw:
+            raise ModelError(f"unknown model {name!r} (known: {', '.join(sorted(raw))})")
+        data, origin = raw[name]
+        override = self.override_path(name)
+        if override.is_file():
+            try:
+                data = _merge(data, json.loads(override.read_text()))
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{override}: invalid JSON ({exc})") from None
+            origin = override
+        return Manifest.from_dict(data, origin=str(origin))
+
+    def override_path(self, name: str) -> Path:
+        return self.model_dir / "overrides" / f"{name}.json"
+
+    def write_override(self, name: str, partial: dict[str, Any]) -> Path:
+        """Merge `partial` into the model's override file (validated against the full manifest first)."""
+        path = self.override_path(name)
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        merged = _merge(current, partial)
+        data, origin = self._raw_manifests()[name]
+        Manifest.from_dict(_merge(data, merged), origin=str(origin))  # refuse an override that breaks it
+        atomic_write_bytes(path, (json.dumps(merged, indent=2) + "\n").encode())
+        return path
+
+    # -- files -------------------------------------------------------------------------------------------
+    def source_path(self, m: Manifest) -> Path:
+        src = m.source
+        if "package" in src:
+            try:
+                root = importlib.resources.files(src["package"])
+            except ModuleNotFoundError:
+                raise ModelError(f"model {m.name!r}: its package {src['package']!r} is not installed "
+                                 f"(pip install {src['package']})") from None
+            return Path(str(root.joinpath(src["path"])))
+        if "file" in src:
+            p = Path(src["file"])
+            return p if p.is_absolute() else self.model_dir / m.name / p
+        raise ModelError(f"model {m.name!r}: source must name a package or a file, got {sorted(src)}")
+
+    def verify(self, m: Manifest) -> Path:
+        """The source file, after checking it exists and matches the manifest's sha256."""
+        path = self.source_path(m)
+        if not path.is_file():
+            raise ModelError(f"model {m.name!r}: file {path} is missing (expected sha256 {m.sha256})")
+        actual = sha256_file(path)
+        if actual != m.sha256:
+            raise ModelError(f"model {m.name!r}: file {path} has sha256 {actual}, expected {m.sha256}")
+        return path
+
+    def runtime_file(self, m: Manifest) -> Path:
+        """The file the runtime loads: the verified source, or its prepared copy (built once, cached)."""
+        source = self.verify(m)
+        if not m.prepare:
+            return source
+        steps_key = hashlib.sha256(",".join(m.prepare).encode()).hexdigest()[:8]
+        out = self.model_dir / "prepared" / f"{m.name}-{m.sha256[:16]}-{steps_key}.onnx"
+        sidecar = out.with_suffix(".sha256")
+        if out.is_file() and sidecar.is_file() and sidecar.read_text().strip() == sha256_file(out):
+            return out
+        import onnx
+
+        from edge.models.prepare import prepare
+
+        model = prepare(onnx.load(str(source)), m.prepare)
+        data = model.SerializeToString()
+        atomic_write_bytes(out, data)
+        atomic_write_bytes(sidecar, (hashlib.sha256(data).hexdigest() + "\n").encode())
+        return out
+
+    def open(self, name: str, threads: int = 1) -> tuple[Runtime, Manifest]:
+        m = self.manifest(name)
+        return open_runtime(m.runtime, self.runtime_file(m), threads=threads), m

@@ -1,0 +1,1 @@
+"""Image-side preprocessing shared by the device and the export stage: detect, align."""
