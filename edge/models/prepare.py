@@ -16,15 +16,22 @@ from edge.errors import ModelError
 
 
 def drop_dangling_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Remove graph inputs that no node reads, and inputs that merely shadow initializers.
-
-    Old exporters list every weight as an overridable input; onnxruntime then refuses the dangling ones and
-    cannot constant-fold the rest (it must assume a caller may replace them).
-    """
+    """Remove graph inputs that no node reads: onnxruntime refuses a graph that declares them."""
     g = model.graph
     used = {name for node in g.node for name in node.input} | {o.name for o in g.output}
+    _replace(g.input, [i for i in g.input if i.name in used])
+    return model
+
+
+def freeze_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove graph inputs that merely shadow initializers, making the weights constants.
+
+    Old exporters list every weight as an overridable input; onnxruntime must then assume a caller may
+    replace them and cannot constant-fold or fuse through them.
+    """
+    g = model.graph
     inits = {i.name for i in g.initializer}
-    _replace(g.input, [i for i in g.input if i.name in used and i.name not in inits])
+    _replace(g.input, [i for i in g.input if i.name not in inits])
     return model
 
 
@@ -159,6 +166,7 @@ def _replace(field, items: list) -> None:  # type: ignore[type-arg]
 
 STEPS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
     "drop_dangling_inputs": drop_dangling_inputs,
+    "freeze_initializers": freeze_initializers,
     "materialize_weights": materialize_weights,
     "dynamic_input": dynamic_input,
     "dynamic_batch": dynamic_batch,

@@ -41,7 +41,7 @@ class Face:
 def decode(outputs: dict[str, np.ndarray], input_hw: tuple[int, int], strides: tuple[int, ...],
            score_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw YuNet outputs → (boxes (N,4) xyxy, landmarks (N,5,2), scores (N,)) above the threshold."""
-    h, w = input_hw
+    _, w = input_hw
     boxes, kps, scores = [], [], []
     for s in strides:
         cols = w // s

@@ -1,0 +1,168 @@
+"""`facegate bench speed`: decoded image → embedding, one thread, ours against the peers on the same images.
+
+Peers, each timed per image over the same decoded images:
+- naive: the shipped files used as a newcomer would — cv2.FaceDetectorYN at the image's native size, and
+  one onnxruntime session on the SFace file with only its dangling inputs dropped (the least that lets
+  onnxruntime load it), fed through the same alignment.
+- face_recognition: the calls that library makes (dlib HOG detector, 5-point shape predictor, ResNet
+  descriptor with one jitter), when dlib-bin and face-recognition-models are installed.
+Every detector sees the image at its native size (dlib's HOG without up-sampling, the faster setting).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edge.errors import FacegateError, ImageError
+from edge.imageio import load_bgr
+from edge.models.registry import Registry
+from edge.pipeline import FacePipeline
+from edge.vision.align import align
+from edge.vision.detect import select_face
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def list_images(root: Path, limit: int) -> list[Path]:
+    """A deterministic, evenly spread sample of up to `limit` images under `root`."""
+    if not root.is_dir():
+        raise FacegateError(f"{root}: not a directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FacegateError(f"{root}: no images found")
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
+    return files
+
+
+Embed = Callable[[np.ndarray], np.ndarray | None]  # BGR image → embedding, or None when no face
+
+
+def ours(pipeline: FacePipeline, policy: str) -> Embed:
+    def run(img: np.ndarray) -> np.ndarray | None:
+        faces = pipeline.detector.detect(img)
+        if not faces:
+            return None
+        face = select_face(faces, img.shape, policy)
+        template = pipeline.embedder.manifest.alignment
+        return pipeline.embedder.embed(align(img, face.landmarks, template)[None])[0]
+
+    return run
+
+
+def naive(registry: Registry, policy: str, workdir: Path) -> Embed:
+    import onnx
+    import onnxruntime as ort
+
+    from edge.models.prepare import drop_dangling_inputs
+
+    det_m, emb_m = registry.manifest("yunet"), registry.manifest("sface")
+    det_path, emb_path = registry.verify(det_m), registry.verify(emb_m)
+    minimal = workdir / "sface_dangling_dropped.onnx"
+    onnx.save(drop_dangling_inputs(onnx.load(str(emb_path))), str(minimal))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(minimal), so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    detector = cv2.FaceDetectorYN.create(str(det_path), "", (320, 320), 0.6, 0.3, 5000)
+    template = emb_m.alignment
+
+    def run(img: np.ndarray) -> np.ndarray | None:
+        detector.setInputSize((img.shape[1], img.shape[0]))
+        _, rows = detector.detect(img)
+        if rows is None or len(rows) == 0:
+            return None
+        from edge.vision.detect import Face
+
+        faces = [Face(box=np.array([r[0], r[1], r[0] + r[2], r[1] + r[3]]), landmarks=r[4:14].reshape(5, 2),
+                      score=float(r[14])) for r in rows]
+        face = select_face(faces, img.shape, policy)
+        crop = align(img, face.landmarks, template)
+        x = crop[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32)
+        v = session.run(None, {name: x})[0][0]
+        return v / np.linalg.norm(v)
+
+    return run
+
+
+def face_recognition_peer() -> Embed | None:
+    try:
+        import dlib
+        import face_recognition_models as frm
+    except ImportError:
+        return None
+    detector = dlib.get_frontal_face_detector()
+    shape = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+
+    def run(img: np.ndarray) -> np.ndarray | None:
+        rgb = np.ascontiguousarray(img[:, :, ::-1])
+        rects = detector(rgb, 0)
+        if len(rects) == 0:
+            return None
+        h, w = img.shape[:2]
+        rect = min(rects, key=lambda r: (r.center().x - w / 2) ** 2 + (r.center().y - h / 2) ** 2)
+        return np.asarray(encoder.compute_face_descriptor(rgb, shape(rgb, rect), 1))
+
+    return run
+
+
+def _time(fn: Embed, images: list[np.ndarray], label: str) -> tuple[float, int]:
+    fn(images[0])  # warm-up: first-call allocations are not the steady state
+    times, no_face = [], 0
+    for img in tqdm(images, desc=label, unit="img", file=sys.stderr, disable=None):
+        t = time.perf_counter()
+        out = fn(img)
+        times.append((time.perf_counter() - t) * 1e3)
+        no_face += out is None
+    return float(np.median(times)), no_face
+
+
+def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = "central",
+        peers: bool = True, registry: Registry | None = None) -> dict[str, Any]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cv2.setNumThreads(1)
+    registry = registry or Registry()
+    paths = list_images(Path(images_dir), limit)
+    images = []
+    for p in paths:
+        try:
+            images.append(load_bgr(p))
+        except ImageError:
+            continue
+    pipeline = FacePipeline(registry, embedder=model, threads=1)
+    result: dict[str, Any] = {"images": len(images), "threads": 1, "model": model,
+                              "detector_input": "native size, padded to the stride"}
+    result["ours_ms"], ours_nf = _time(ours(pipeline, policy), images, "ours")
+    no_face = {"ours": ours_nf}
+    ratios: dict[str, float | None] = {}
+    if peers:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["naive_ms"], no_face["naive"] = _time(naive(registry, policy, Path(tmp)), images, "naive")
+        ratios["naive"] = result["naive_ms"] / result["ours_ms"]
+        fr = face_recognition_peer()
+        if fr is None:
+            result["face_recognition_ms"] = None
+            result["face_recognition_note"] = "dlib-bin / face-recognition-models not installed (dev extra)"
+            ratios["face_recognition"] = None
+        else:
+            result["face_recognition_ms"], no_face["face_recognition"] = _time(fr, images, "face_recognition")
+            ratios["face_recognition"] = result["face_recognition_ms"] / result["ours_ms"]
+    result["ratios"] = {k: (round(v, 2) if v is not None else None) for k, v in ratios.items()}
+    result["no_face"] = no_face
+    for k in ("ours_ms", "naive_ms", "face_recognition_ms"):
+        if result.get(k) is not None:
+            result[k] = round(result[k], 3)
+    return result

@@ -1,0 +1,1 @@
+"""facegate export stage: conversion, quantisation, calibration, training. Runs on a workstation."""

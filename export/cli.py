@@ -1,0 +1,56 @@
+"""The torch-side command groups (`facegate export|train|style …`), loaded only when asked for.
+
+Sub-commands that need torch import it themselves and name the extra to install when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edge.errors import FacegateError
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge.models.registry import Registry
+    from export.calibrate import calibrate
+
+    reg = Registry()
+    entry = calibrate(args.model, args.images, args.pairs, args.far, registry=reg)
+    if not args.dry_run:
+        entry["provenance"]["written_to"] = str(reg.write_override(args.model, {"thresholds": {args.key: entry}}))
+    if args.json:
+        print(json.dumps(entry, indent=2))
+    else:
+        p = entry["provenance"]
+        print(f"{args.model} {args.key} threshold {entry['value']:.4f} at FAR {p['far_measured']:.2e} "
+              f"(target {p['far_target']:.0e}), FRR {p['frr_measured']:.4f}, {p['impostor_pairs']} impostor pairs"
+              + ("" if args.dry_run else f"; written to {p['written_to']}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facegate")
+    groups = parser.add_subparsers(dest="group", required=True)
+    export = groups.add_parser("export", help="conversion, quantisation and calibration").add_subparsers(
+        dest="export_command", required=True, metavar="ACTION")
+    p = export.add_parser("calibrate", help="set a model's 1:1 threshold at a target FAR")
+    p.add_argument("--model", required=True)
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--pairs", type=Path, required=True, help="LFW-format pairs file (use View 1, never View 2)")
+    p.add_argument("--far", type=float, default=1e-3)
+    p.add_argument("--key", default="verify", help="threshold name in the manifest (default: verify)")
+    p.add_argument("--dry-run", action="store_true", help="print, do not write the manifest override")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+    for name in ("train", "style"):
+        groups.add_parser(name, help=f"{name} commands")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "func"):
+        raise FacegateError(f"'facegate {args.group}' has no commands in this version")
+    return int(args.func(args))
