@@ -143,6 +143,12 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge import demo
+
+    return demo.run(as_json=args.json)
+
+
 # -- parser -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facegate", description="Offline face access control for the edge.")
@@ -164,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image2", type=Path)
     _common(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="recognise public-domain sample faces end to end (needs [demo])")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     models = sub.add_parser("models", help="list and verify model files").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")

@@ -34,8 +34,9 @@ def load_bgr(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 rgb = np.asarray(im, dtype=np.uint8)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError:  # Pillow's own guard fires in open() for the very largest
+        raise ImageError(f"{p}: exceeds the limit of {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
 

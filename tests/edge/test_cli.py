@@ -1,0 +1,119 @@
+"""The CLI as a user runs it: exit codes, one-line errors, JSON output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edge.cli import main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def faces(lfw):
+    img = lfw / "images"
+    return {"a1": img / "Abel_Pacheco/Abel_Pacheco_0001.jpg", "a4": img / "Abel_Pacheco/Abel_Pacheco_0004.jpg",
+            "b1": img / "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"}
+
+
+def test_compare_exit_codes(capsys, faces, tmp_path):
+    code, out, _ = _run(capsys, "compare", faces["a1"], faces["a4"], "--json")
+    data = json.loads(out)
+    assert code == 0 and data["same_person"] and data["score"] >= data["threshold"]
+    code, out, _ = _run(capsys, "compare", faces["a1"], faces["b1"])
+    assert code == 1 and "different people" in out
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    code, out, err = _run(capsys, "compare", text, faces["a1"])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "notes.txt" in err and "not a readable image" in err
+
+
+def test_no_face_and_several_faces(capsys, tmp_path, faces):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(tmp_path / "blank.png")
+    code, _, err = _run(capsys, "compare", tmp_path / "blank.png", faces["a1"])
+    assert code == 2 and "no face" in err and err.count("\n") == 1
+    a, b = Image.open(faces["a1"]), Image.open(faces["b1"])
+    collage = Image.new("RGB", (500, 250))
+    collage.paste(a, (0, 0))
+    collage.paste(b, (250, 0))
+    collage.save(tmp_path / "two.png")
+    code, _, err = _run(capsys, "compare", tmp_path / "two.png", faces["a1"], "--policy", "single")
+    assert code == 2 and "faces found" in err
+    code, _, _ = _run(capsys, "compare", tmp_path / "two.png", faces["a1"], "--policy", "largest")
+    assert code in (0, 1)
+
+
+def test_detect_and_embed_json(capsys, faces):
+    code, out, _ = _run(capsys, "detect", faces["b1"], "--json")
+    data = json.loads(out)
+    assert code == 0 and data["width"] == 250 and len(data["faces"]) >= 1
+    assert len(data["faces"][0]["landmarks"]) == 5
+    code, out, _ = _run(capsys, "embed", faces["b1"], "--json")
+    emb = json.loads(out)["embedding"]
+    assert code == 0 and len(emb) == 128 and abs(sum(v * v for v in emb) - 1) < 1e-3
+
+
+def test_models_list_and_verify(capsys):
+    code, out, _ = _run(capsys, "models", "list", "--json")
+    names = {m["name"] for m in json.loads(out)}
+    assert code == 0 and {"yunet", "sface"} <= names
+    code, out, _ = _run(capsys, "models", "verify", "--json")
+    assert code == 0 and all(r["ok"] for r in json.loads(out))
+    code, _, err = _run(capsys, "models", "verify", "nonexistent")
+    assert code == 2
+
+
+def test_console_script_entry_point(faces):
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "compare", str(faces["a1"]), "/nonexistent.jpg"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+@pytest.mark.bench
+def test_bench_speed_json(capsys, lfw):
+    code, out, _ = _run(capsys, "bench", "speed", "--images", lfw / "images", "--limit", "6", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["images"] == 6 and data["ours_ms"] > 0
+    assert data["ratios"]["naive"] > 0 and set(data["no_face"]) >= {"ours", "naive"}
+
+
+@pytest.mark.bench
+def test_bench_pairs_json_and_plot(capsys, lfw, tmp_path):
+    lines = (lfw / "pairs.txt").read_text().splitlines()
+    # Two folds of 20 + 20 pairs from the official file, keeping the protocol's shape.
+    rows = lines[1:21] + lines[301:321] + lines[601:621] + lines[901:921]
+    (tmp_path / "mini.txt").write_text("2\t20\n" + "\n".join(rows) + "\n")
+    code, out, _ = _run(capsys, "bench", "pairs", "--images", lfw / "images", "--pairs", tmp_path / "mini.txt",
+                        "--json", "--plot", tmp_path / "roc.png")
+    data = json.loads(out)
+    assert code == 0 and data["folds"] == 2 and data["pairs"] == 80
+    for key in ("accuracy", "accuracy_std", "accuracy_sem", "tar_at_far", "impostor_pairs", "no_face",
+                "unscored_pairs", "ms"):
+        assert key in data
+    assert set(data["tar_at_far"]) == {"1e-2", "1e-3"} and data["impostor_pairs"] == 40
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_calibrate_writes_override(capsys, lfw, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEGATE_STATE_DIR", str(tmp_path / "state"))
+    lines = (lfw / "pairsDevTrain.txt").read_text().splitlines()
+    (tmp_path / "dev.txt").write_text("30\n" + "\n".join(lines[1:31] + lines[1101:1131]) + "\n")
+    code, out, _ = _run(capsys, "export", "calibrate", "--model", "sface", "--images", lfw / "images",
+                        "--pairs", tmp_path / "dev.txt", "--far", "0.01", "--json")
+    entry = json.loads(out)
+    assert code == 0
+    prov = entry["provenance"]
+    assert prov["genuine_pairs"] == 30 and prov["impostor_source"].startswith("all cross-identity")
+    assert prov["impostor_pairs"] > 30 and prov["far_measured"] <= 0.01
+    override = json.loads((tmp_path / "state" / "models" / "overrides" / "sface.json").read_text())
+    assert override["thresholds"]["verify"]["value"] == entry["value"]

@@ -1,0 +1,93 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge.errors import ModelError
+from edge.models.manifest import Manifest
+from edge.models.registry import Registry, sha256_file
+
+
+def _installed_copy(tmp_path: Path, tamper: bool = False) -> Registry:
+    """A registry whose model dir holds a bundle 'sface-copy' pointing at a copy of the SFace file."""
+    builtin = Registry(tmp_path / "unused")
+    m = builtin.manifest("sface")
+    bundle = tmp_path / "models" / "sface-copy"
+    bundle.mkdir(parents=True)
+    shutil.copy(builtin.verify(m), bundle / "model.onnx")
+    if tamper:
+        with open(bundle / "model.onnx", "r+b") as f:
+            f.seek(5000)
+            f.write(b"\x00\x01\x02\x03")
+    data = m.to_dict()
+    data.update(name="sface-copy", file="model.onnx", source={"file": "model.onnx"})
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    return Registry(tmp_path / "models")
+
+
+def test_builtin_manifests_resolve_and_verify(tmp_path):
+    reg = Registry(tmp_path)
+    assert {"yunet", "sface"} <= set(reg.names())
+    for name in ("yunet", "sface"):
+        m = reg.manifest(name)
+        assert sha256_file(reg.verify(m)) == m.sha256
+    sface = reg.manifest("sface")
+    assert sface.alignment.size == (112, 112) and sface.output_dim == 128
+    prov = sface.threshold("verify").provenance
+    assert prov["pairs_file"] == "pairsDevTrain.txt" and prov["far_target"] == 1e-3
+
+
+def test_altered_file_is_refused_naming_file_and_hash(tmp_path):
+    reg = _installed_copy(tmp_path, tamper=True)
+    m = reg.manifest("sface-copy")
+    with pytest.raises(ModelError) as err:
+        reg.verify(m)
+    assert "model.onnx" in str(err.value) and m.sha256 in str(err.value)
+
+
+def test_missing_file_is_refused(tmp_path):
+    reg = _installed_copy(tmp_path)
+    (tmp_path / "models" / "sface-copy" / "model.onnx").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        reg.open("sface-copy")
+
+
+def test_installed_bundle_opens(tmp_path):
+    reg = _installed_copy(tmp_path)
+    runtime, m = reg.open("sface-copy")
+    assert m.name == "sface-copy" and runtime.input_names
+
+
+def test_prepared_cache_is_rebuilt_when_corrupted(tmp_path):
+    reg = Registry(tmp_path)
+    m = reg.manifest("yunet")
+    path = reg.runtime_file(m)
+    assert path.parent == tmp_path / "prepared"
+    good = path.read_bytes()
+    path.write_bytes(good[:1000])  # truncated: the sidecar hash no longer matches
+    again = reg.runtime_file(m)
+    assert again.read_bytes() == good
+
+
+def test_override_merges_threshold_and_is_validated(tmp_path):
+    reg = Registry(tmp_path)
+    reg.write_override("sface", {"thresholds": {"verify": {"value": 0.42, "metric": "cosine",
+                                                           "provenance": {"far_target": 1e-4}}}})
+    assert reg.manifest("sface").threshold("verify").value == 0.42
+    assert reg.manifest("sface").output_dim == 128  # the rest still comes from the built-in manifest
+    with pytest.raises(ModelError):
+        reg.write_override("sface", {"runtime": "tensorflow"})
+    assert reg.manifest("sface").runtime == "onnxruntime"  # a refused override writes nothing
+
+
+def test_manifest_validation_names_the_key():
+    base = Registry().manifest("sface").to_dict()
+    with pytest.raises(ModelError, match="unknown key"):
+        Manifest.from_dict({**base, "treshold": 1})
+    with pytest.raises(ModelError, match="sha256"):
+        Manifest.from_dict({**base, "sha256": "abc"})
+    with pytest.raises(ModelError, match="task"):
+        Manifest.from_dict({**base, "task": "dance"})
+    with pytest.raises(ModelError, match="unknown model"):
+        Registry().manifest("nope")
