@@ -5,6 +5,7 @@ A manifest is a JSON object. Unknown keys are refused so a typo cannot silently 
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ class Threshold:
     value: float
     metric: str  # "cosine" (higher is more similar) or "probability"
     provenance: dict[str, Any] = field(default_factory=dict)
+    # For open-set identification: the impostor score tail as (FAR, score) points, FAR descending, so the
+    # threshold can be recomputed for any gallery size (see edge/identify_threshold.py).
+    tail: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["prepare"] = list(self.prepare)
+        for t in d["thresholds"].values():
+            t["tail"] = [list(p) for p in t["tail"]]
+            if not t["tail"]:
+                del t["tail"]
         return d
 
     @classmethod
@@ -136,8 +144,11 @@ def _parse(d: dict[str, Any]) -> Manifest:
         alignment = AlignmentTemplate(size=tuple(int(v) for v in align["size"]), points=pts)  # type: ignore[arg-type]
     thresholds = {}
     for key, t in (d.get("thresholds") or {}).items():
+        tail = tuple((float(f), float(v)) for f, v in t.get("tail", ()))
+        if any(a[0] <= b[0] for a, b in itertools.pairwise(tail)):
+            raise ModelError(f"thresholds.{key}.tail must list FAR values in descending order")
         thresholds[key] = Threshold(value=float(t["value"]), metric=str(t.get("metric", "cosine")),
-                                    provenance=dict(t.get("provenance", {})))
+                                    provenance=dict(t.get("provenance", {})), tail=tail)
     return Manifest(
         name=str(d["name"]), task=d["task"], file=str(d["file"]), sha256=sha, source=dict(d["source"]),
         licence=str(d["licence"]), runtime=d["runtime"], input=spec, normalisation=normalisation,

@@ -10,7 +10,7 @@ ARCFACE = AlignmentTemplate(size=(112, 112), points=(
 
 def test_pure_translation():
     src = np.array([[0, 0], [10, 0], [5, 5], [0, 10], [10, 10]], float)
-    m = similarity_transform(src, src + [3, -2])
+    m = similarity_transform(src, [*src, 3, -2])
     np.testing.assert_allclose(m, [[1, 0, 3], [0, 1, -2]], atol=1e-9)
 
 
@@ -55,5 +55,5 @@ def test_align_puts_landmarks_on_template():
     assert crop.shape == (112, 112, 3)
     m = similarity_transform(lm, np.array(ARCFACE.points))
     for x, y in lm @ m[:, :2].T + m[:, 2]:
-        window = crop[int(round(y)) - 2:int(round(y)) + 3, int(round(x)) - 2:int(round(x)) + 3]
+        window = crop[round(y) - 2:round(y) + 3, round(x) - 2:round(x) + 3]
         assert window.max() > 100

@@ -69,7 +69,7 @@ def test_models_list_and_verify(capsys):
     assert code == 0 and {"yunet", "sface"} <= names
     code, out, _ = _run(capsys, "models", "verify", "--json")
     assert code == 0 and all(r["ok"] for r in json.loads(out))
-    code, _, err = _run(capsys, "models", "verify", "nonexistent")
+    code, _, _err = _run(capsys, "models", "verify", "nonexistent")
     assert code == 2
 
 
