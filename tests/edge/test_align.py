@@ -10,7 +10,7 @@ ARCFACE = AlignmentTemplate(size=(112, 112), points=(
 
 def test_pure_translation():
     src = np.array([[0, 0], [10, 0], [5, 5], [0, 10], [10, 10]], float)
-    m = similarity_transform(src, [*src, 3, -2])
+    m = similarity_transform(src, src + np.array([3.0, -2.0]))
     np.testing.assert_allclose(m, [[1, 0, 3], [0, 1, -2]], atol=1e-9)
 
 

@@ -110,10 +110,13 @@ def test_export_calibrate_writes_override(capsys, lfw, tmp_path, monkeypatch):
     (tmp_path / "dev.txt").write_text("30\n" + "\n".join(lines[1:31] + lines[1101:1131]) + "\n")
     code, out, _ = _run(capsys, "export", "calibrate", "--model", "sface", "--images", lfw / "images",
                         "--pairs", tmp_path / "dev.txt", "--far", "0.01", "--json")
-    entry = json.loads(out)
+    entries = json.loads(out)
+    entry = entries["verify"]
     assert code == 0
     prov = entry["provenance"]
     assert prov["genuine_pairs"] == 30 and prov["impostor_source"].startswith("all cross-identity")
     assert prov["impostor_pairs"] > 30 and prov["far_measured"] <= 0.01
     override = json.loads((tmp_path / "state" / "models" / "overrides" / "sface.json").read_text())
     assert override["thresholds"]["verify"]["value"] == entry["value"]
+    tail = entries["identify"]["tail"]
+    assert tail and all(a[0] > b[0] and a[1] <= b[1] for a, b in zip(tail, tail[1:], strict=False))
