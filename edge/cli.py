@@ -19,6 +19,12 @@ from edge.vision.detect import POLICIES
 TORCH_GROUPS = ("export", "train", "style")
 
 
+def _iso(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
 
@@ -133,6 +139,19 @@ def cmd_bench_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_identify(args: argparse.Namespace) -> int:
+    from edge.bench import identify
+
+    r = identify.run(args.images, _pipeline(args), gallery_size=args.gallery_size, seeds=args.seeds,
+                     exclude_pairs=args.exclude_pairs, fpir=args.fpir, policy=args.policy)
+    text = (f"K={r['gallery_size']}, {r['seeds']} seeds: rank-1 {r['rank1']:.4f}; DIR at FPIR "
+            + ", ".join(f"{k}: {v:.4f}" for k, v in r["dir_at_fpir"].items())
+            + f"; at the operating threshold {r['operating_threshold']:.4f}: FNIR {r['fnir']:.4f}, FPIR {r['fpir']:.4f}"
+            f" ({r['probes']} known, {r['unknown_probes']} unknown probes)")
+    _emit(args, r, text)
+    return 0
+
+
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     from edge.bench import speed
 
@@ -140,6 +159,137 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
                        peers=not args.no_peers)
     text = json.dumps(result)
     _emit(args, result, text)
+    return 0
+
+
+def _store(args: argparse.Namespace):
+    from edge.paths import state_dir
+    from edge.store.crypto import load_key
+    from edge.store.db import Store
+
+    path = args.store or state_dir() / "facegate.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Store(path, key=load_key(args.key_file, store=path), keep_crops=getattr(args, "keep_crops", False))
+
+
+def _enroller(args: argparse.Namespace, store):
+    from edge.enroll import Enroller
+
+    return Enroller(store, _pipeline(args), policy=args.policy)
+
+
+def _report_judged(args: argparse.Namespace, name: str, judged) -> int:
+    accepted = sum(j.accepted for j in judged)
+    data = {"identity": name, "accepted": accepted, "refused": len(judged) - accepted,
+            "images": [j.to_dict() for j in judged]}
+    lines = [f"{name}: {accepted} of {len(judged)} image(s) enrolled"]
+    lines += [f"  refused {j.image}: {'; '.join(j.reasons)}" for j in judged if not j.accepted]
+    _emit(args, data, "\n".join(lines))
+    return 0 if accepted else 2
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        judged = _enroller(args, store).enroll(args.name, args.images, force=args.force,
+                                               command=" ".join(["enroll", args.name, *map(str, args.images)]),
+                                               display_name=args.display_name)
+    return _report_judged(args, args.name, judged)
+
+
+def cmd_enroll_dir(args: argparse.Namespace) -> int:
+    from edge.enroll import enroll_dir
+
+    with _store(args) as store:
+        summary = enroll_dir(_enroller(args, store), args.dir, force=args.force, limit=args.limit)
+    text = (f"enrolled {summary['accepted']} of {summary['images']} images as {summary['identities']} identities "
+            f"({summary['images_per_s']} images/s)")
+    if summary["refusal_reasons"]:
+        text += "\nrefusals: " + ", ".join(f"{k} ×{v}" for k, v in summary["refusal_reasons"].items())
+    _emit(args, summary, text)
+    return 0 if summary["accepted"] else 2
+
+
+def _probe(args: argparse.Namespace, pipe):
+    from edge.imageio import load_bgr
+
+    return pipe.embed_one(load_bgr(args.image), policy=args.policy)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from edge.query import verify
+
+    pipe = _pipeline(args)
+    with _store(args) as store:
+        face, emb = _probe(args, pipe)
+        v = verify(store, pipe, args.id, emb)
+    data = {**v.to_dict(), "face": face.to_dict(), "model": pipe.manifest.name}
+    verdict = "match" if v.match else "no match"
+    _emit(args, data, f"{verdict}: {args.id} (score {v.score:.4f}, threshold {v.threshold:.4f})")
+    return 0 if v.match else 1
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from edge.query import identify
+    from edge.store.matcher import Matcher
+
+    pipe = _pipeline(args)
+    with _store(args) as store:
+        _, emb = _probe(args, pipe)
+        result = identify(Matcher.follow(store, pipe.manifest.name), pipe, emb, top=args.top, fpir=args.fpir)
+    if result["recognized"]:
+        text = f"{result['identity']} (score {result['score']:.4f}, threshold {result['threshold']:.4f})"
+    else:
+        best = f"best score {result['score']:.4f}, " if result["score"] is not None else ""
+        text = f"not recognized ({best}threshold {result['threshold']:.4f})"
+    if args.top > 1:
+        text += "".join(f"\n  {c['identity']}: {c['score']:.4f}" for c in result["candidates"])
+    _emit(args, result, text)
+    return 0 if result["recognized"] else 1
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from edge.store.db import Store
+
+    action = args.store_command
+    if action == "restore":
+        from edge.paths import state_dir
+        from edge.store.crypto import load_key
+
+        dest = args.store or state_dir() / "facegate.db"
+        Store.restore(args.file, dest, key=load_key(args.key_file, store=dest))
+        _emit(args, {"restored": str(dest), "from": str(args.file)}, f"restored {dest} from {args.file}")
+        return 0
+    with _store(args) as store:
+        if action == "list":
+            rows = [{"name": i.name, "display_name": i.display_name, "templates": i.templates, "crops": i.crops,
+                     "created": i.created} for i in store.identities()]
+            _emit(args, rows, "\n".join(f"{r['name']}: {r['templates']}" for r in rows) or "(empty)")
+        elif action == "show":
+            ident = store.identity(args.name)
+            if ident is None:
+                raise FacegateError(f"unknown identity {args.name!r}")
+            audit = [a for a in store.audit() if a.get("name") == args.name]
+            data = {"name": ident.name, "display_name": ident.display_name, "metadata": ident.metadata,
+                    "templates": ident.templates, "crops": ident.crops, "created": ident.created, "audit": audit}
+            _emit(args, data, json.dumps(data, indent=2, default=str))
+        elif action == "delete":
+            if not store.delete(args.name, command=f"store delete {args.name}"):
+                raise FacegateError(f"unknown identity {args.name!r}")
+            _emit(args, {"deleted": args.name}, f"deleted {args.name}")
+        elif action == "backup":
+            store.backup(args.file)
+            _emit(args, {"backup": str(args.file)}, f"backed up to {args.file}")
+        elif action == "audit":
+            rows = store.audit(limit=args.limit)
+            _emit(args, rows, "\n".join(f"{_iso(r['ts'])} {r['action']:<8} {r.get('name')}: {r['command']}"
+                                        for r in rows))
+        elif action == "reembed":
+            from edge.reembed import reembed
+
+            args.model = args.embedder
+            summary = reembed(store, _pipeline(args), args.embedder)
+            _emit(args, summary, f"re-embedded {summary['templates']} template(s) of {summary['identities']} "
+                                 f"identities with {args.embedder}")
     return 0
 
 
@@ -171,6 +321,67 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_compare)
 
+    def store_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", type=Path, help="SQLite store (default: <state dir>/facegate.db)")
+        p.add_argument("--key-file", help="AES key file for encryption at rest (or $FACEGATE_STORE_KEY)")
+
+    p = sub.add_parser("enroll", help="enrol one person from one or more photos")
+    p.add_argument("name")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--display-name")
+    p.add_argument("--force", action="store_true", help="enrol even if a photo matches another identity")
+    p.add_argument("--keep-crops", action="store_true", help="keep face crops (for re-embedding later)")
+    store_opts(p)
+    _common(p, policy="single")
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("enroll-dir", help="enrol a folder with one sub-folder of photos per person")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--keep-crops", action="store_true")
+    p.add_argument("--limit", type=int, help="enrol only the first N images (folder order)")
+    store_opts(p)
+    _common(p, policy="single")
+    p.set_defaults(func=cmd_enroll_dir)
+
+    p = sub.add_parser("verify", help="1:1 — is this photo the claimed identity? (exit 0 yes, 1 no, 2 error)")
+    p.add_argument("--id", required=True, help="claimed identity")
+    p.add_argument("image", type=Path)
+    store_opts(p)
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("identify", help="1:N — who is this? (exit 0 recognised, 1 not recognized, 2 error)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--top", type=int, default=1, help="list this many candidates")
+    p.add_argument("--fpir", type=float, default=0.01,
+                   help="target false-positive identification rate at the current gallery size (default 0.01)")
+    store_opts(p)
+    _common(p)
+    p.set_defaults(func=cmd_identify)
+
+    st = sub.add_parser("store", help="list, show, delete, back up, restore, audit, re-embed").add_subparsers(
+        dest="store_command", required=True, metavar="ACTION")
+    for action, helptext in (("list", "list identities"), ("show", "one identity with its audit trail"),
+                             ("delete", "delete an identity: templates, crops, gone from the disk files"),
+                             ("backup", "consistent copy of the store"),
+                             ("restore", "replace the store with a validated backup"),
+                             ("audit", "the audit log"), ("reembed", "recompute templates from kept crops")):
+        p = st.add_parser(action, help=helptext)
+        if action in ("show", "delete"):
+            p.add_argument("name")
+        if action in ("backup", "restore"):
+            p.add_argument("file", type=Path)
+        if action == "audit":
+            p.add_argument("--limit", type=int)
+        if action == "reembed":
+            p.add_argument("--embedder", required=True, help="embedder whose templates to (re)compute")
+            _common(p)
+        else:
+            p.add_argument("--json", action="store_true")
+        store_opts(p)
+        p.set_defaults(func=cmd_store)
+
     p = sub.add_parser("demo", help="recognise public-domain sample faces end to end (needs [demo])")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -193,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a ROC curve PNG here")
     _common(p, policy="central")
     p.set_defaults(func=cmd_bench_pairs)
+    p = bench.add_parser("identify", help="open-set 1:N identification (rank-1, DIR at FPIR, FNIR/FPIR)")
+    p.add_argument("--images", type=Path, required=True, help="folder-per-person tree")
+    p.add_argument("--gallery-size", type=int, default=100)
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--fpir", type=float, default=0.01, help="target FPIR of the operating threshold")
+    p.add_argument("--exclude-pairs", type=Path,
+                   help="leave out the identities of this pairs file (default: the 1:N calibration file, "
+                        "when found beside the images folder)")
+    _common(p, policy="central")
+    p.set_defaults(func=cmd_bench_identify)
     p = bench.add_parser("speed", help="ms per image, decoded image → embedding, ours vs peers, one thread")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--limit", type=int, default=200, help="images to time (default: 200)")

@@ -24,12 +24,15 @@ class Timings:
 
 class FacePipeline:
     def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str = "sface",
-                 threads: int = 1, min_face_px: float = 40.0) -> None:
+                 threads: int = 1, min_face_px: float = 40.0, extra_embedders: tuple[str, ...] = ()) -> None:
         self.registry = registry or Registry()
         det_rt, det_m = self.registry.open(detector, threads=threads)
-        emb_rt, emb_m = self.registry.open(embedder, threads=threads)
         self.detector = Detector(det_rt, det_m, min_face_px=min_face_px)
-        self.embedder = Embedder(emb_rt, emb_m)
+        # The first embedder is the primary one (queries, thresholds); the others get templates at enrolment
+        # so a second embedder or a fusion head can be used later without re-enrolling.
+        self.embedders = [Embedder(*self.registry.open(name, threads=threads))
+                          for name in dict.fromkeys((embedder, *extra_embedders))]
+        self.embedder = self.embedders[0]
         self.timings = Timings()
 
     @property
@@ -42,9 +45,9 @@ class FacePipeline:
         self.timings.detect.append((time.perf_counter() - t) * 1e3)
         return faces
 
-    def crops(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    def crops(self, image: np.ndarray, faces: list[Face], embedder: Embedder | None = None) -> np.ndarray:
         t = time.perf_counter()
-        template = self.embedder.manifest.alignment
+        template = (embedder or self.embedder).manifest.alignment
         assert template is not None, "an embedder manifest must carry an alignment template"
         out = np.stack([align(image, f.landmarks, template) for f in faces]) if faces else np.zeros(
             (0, template.size[1], template.size[0], 3), np.uint8)
@@ -59,6 +62,16 @@ class FacePipeline:
 
     def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         return self.embed_crops(self.crops(image, faces))
+
+    def embed_all(self, image: np.ndarray, face: Face) -> dict[str, np.ndarray]:
+        """The face's embedding under every configured embedder, each aligned with its own template."""
+        out = {}
+        for emb in self.embedders:
+            crop = self.crops(image, [face], emb)
+            t = time.perf_counter()
+            out[emb.manifest.name] = emb.embed(crop)[0]
+            self.timings.embed.append((time.perf_counter() - t) * 1e3)
+        return out
 
     def embed_one(self, image: np.ndarray, policy: str = "largest") -> tuple[Face, np.ndarray]:
         """The chosen face of an image and its embedding; NoFaceError / ManyFacesError otherwise."""

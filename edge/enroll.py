@@ -1,0 +1,178 @@
+"""One-shot enrolment: judge each image (one face, quality gate), guard against duplicates, store templates.
+
+An identity's accepted images are stored in one transaction: all their templates, for every configured
+embedder, or nothing. Refusals say why. Face crops are kept only when the store keeps crops.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edge.errors import FacegateError
+from edge.imageio import load_bgr
+from edge.pipeline import FacePipeline
+from edge.store.db import Store, TemplateIn
+from edge.store.matcher import Matcher
+from edge.vision.detect import Face, select_face
+from edge.vision.quality import QualityGate, assess
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Judged:
+    """One image's verdict for enrolment."""
+
+    image: str
+    accepted: bool = False
+    reasons: list[str] = field(default_factory=list)
+    quality: dict[str, float] | None = None
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    crop: bytes | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "accepted": self.accepted, "reasons": self.reasons, "quality": self.quality}
+
+
+def face_crop_png(image: np.ndarray, face: Face, margin: float = 0.6) -> bytes:
+    """The face with a margin of context (enough to re-detect and re-align it), PNG-encoded."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = face.box
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    a, b = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    c, d = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+    ok, buf = cv2.imencode(".png", image[b:d, a:c])
+    if not ok:
+        raise FacegateError("cannot encode the face crop")
+    return buf.tobytes()
+
+
+class Enroller:
+    def __init__(self, store: Store, pipeline: FacePipeline, gate: QualityGate | None = None,
+                 policy: str = "single", matcher: Matcher | None = None) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.gate = gate or QualityGate()
+        self.policy = policy
+        primary = pipeline.embedder.manifest
+        self.matcher = matcher or Matcher.follow(store, primary.name)
+        self.duplicate_threshold = primary.threshold("verify").value
+
+    def judge(self, path: Path | str, image: np.ndarray | None = None) -> Judged:
+        """Decode, detect, gate and embed one image; never raises for a bad image, it is refused instead."""
+        j = Judged(image=str(path))
+        try:
+            img = load_bgr(path) if image is None else image
+            faces = self.pipeline.detect(img)
+            face = select_face(faces, img.shape, self.policy)
+        except FacegateError as exc:
+            msg = str(exc)
+            j.reasons.append(msg.split(": ", 1)[1] if msg.startswith(str(path)) else msg)
+            return j
+        crop = self.pipeline.crops(img, [face])[0]
+        q = assess(face, crop)
+        j.quality = q.to_dict()
+        j.reasons = self.gate.reasons(q)
+        if j.reasons:
+            return j
+        j.embeddings = self.pipeline.embed_all(img, face)
+        if self.store.keep_crops:
+            j.crop = face_crop_png(img, face)
+        j.accepted = True
+        return j
+
+    def duplicates(self, name: str, judged: list[Judged]) -> None:
+        """Refuse accepted images that match a *different* enrolled identity at the 1:1 threshold."""
+        primary = self.pipeline.embedder.manifest.name
+        for j in judged:
+            if not j.accepted:
+                continue
+            for match in self.matcher.search(j.embeddings[primary], k=2)[0]:
+                if match.name != name and match.score >= self.duplicate_threshold:
+                    j.accepted = False
+                    j.reasons.append(f"matches enrolled identity {match.name!r} (score {match.score:.3f} ≥ "
+                                     f"{self.duplicate_threshold:.3f}); use --force if this is intended")
+                    break
+
+    def enroll(self, name: str, paths: list[Path], force: bool = False, command: str = "enroll",
+               display_name: str | None = None) -> list[Judged]:
+        judged = [self.judge(p) for p in paths]
+        if not force:
+            self.duplicates(name, judged)
+        self.commit(name, judged, command, display_name)
+        return judged
+
+    def commit(self, name: str, judged: list[Judged], command: str, display_name: str | None = None) -> list[int]:
+        templates = []
+        for j in judged:
+            if not j.accepted:
+                continue
+            for emb in self.pipeline.embedders:
+                m = emb.manifest
+                templates.append(TemplateIn(vector=j.embeddings[m.name], embedder=m.name, manifest_sha256=m.sha256,
+                                            quality=j.quality or {},
+                                            crop=j.crop if emb is self.pipeline.embedder else None))
+        if not templates:
+            return []
+        return self.store.enroll(name, templates, command=command, display_name=display_name)
+
+
+def person_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    """(identity name, image files) for each sub-folder of `root`, sorted."""
+    if not root.is_dir():
+        raise FacegateError(f"{root}: not a directory")
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            out.append((d.name, files))
+    if not out:
+        raise FacegateError(f"{root}: no sub-folders with images (expected one folder per person)")
+    return out
+
+
+def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int | None = None) -> dict[str, Any]:
+    """Enrol every person folder; a summary of refusals by reason, and the rate excluding start-up."""
+    people = person_folders(root)
+    total = sum(len(f) for _, f in people)
+    if limit is not None:  # the first `limit` images in folder order, for benchmarks on a subset
+        kept, n = [], 0
+        for name, files in people:
+            if n >= limit:
+                break
+            kept.append((name, files[: limit - n]))
+            n += len(kept[-1][1])
+        people, total = kept, n
+    refused: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    accepted = identities = 0
+    start = time.perf_counter()  # models are already loaded and prepared: start-up is excluded
+    with tqdm(total=total, desc="enrolling", unit="img", file=sys.stderr, disable=None) as bar:
+        for name, files in people:
+            judged = []
+            for f in files:
+                judged.append(enroller.judge(f))
+                bar.update(1)
+            if not force:
+                enroller.duplicates(name, judged)
+            if enroller.commit(name, judged, command=f"enroll-dir {root}"):
+                identities += 1
+            for j in judged:
+                accepted += j.accepted
+                for r in j.reasons:
+                    key = r.split(":")[0].split(" (")[0]
+                    refused[key] = refused.get(key, 0) + 1
+                if not j.accepted:
+                    rows.append({"identity": name, **j.to_dict()})
+    elapsed = time.perf_counter() - start
+    return {"images": total, "accepted": accepted, "refused": total - accepted, "identities": identities,
+            "refusal_reasons": dict(sorted(refused.items(), key=lambda kv: -kv[1])), "refusals": rows,
+            "seconds": round(elapsed, 3), "images_per_s": round(total / elapsed, 2) if elapsed > 0 else None}

@@ -1,0 +1,44 @@
+"""`facegate store reembed`: compute templates for an embedder from the face crops the store kept."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edge.errors import FacegateError
+from edge.pipeline import FacePipeline
+from edge.store.db import Store, TemplateIn
+from edge.vision.detect import select_face
+from edge.vision.quality import assess
+
+
+def reembed(store: Store, pipeline: FacePipeline, embedder: str) -> dict[str, Any]:
+    """Every identity's `embedder` templates become those computed from its kept crops (one transaction).
+
+    Refused with "re-enrol needed" when any identity's crops were not kept: a partial re-embedding would
+    leave some identities unmatchable by the new embedder without saying so.
+    """
+    emb = next((e for e in pipeline.embedders if e.manifest.name == embedder), None)
+    if emb is None:
+        raise FacegateError(f"embedder {embedder!r} is not loaded")
+    m = emb.manifest
+    items: dict[str, list[TemplateIn]] = {}
+    identities = store.identities()
+    for ident in tqdm(identities, desc="re-embedding", unit="identity", file=sys.stderr, disable=None):
+        primary = next(iter(ident.templates), None)
+        templates = []
+        for _, data in store.crops(ident.name, primary):
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                raise FacegateError(f"a kept crop of {ident.name!r} cannot be decoded")
+            face = select_face(pipeline.detect(img), img.shape, "largest")
+            crop = pipeline.crops(img, [face], emb)
+            templates.append(TemplateIn(vector=emb.embed(crop)[0], embedder=m.name, manifest_sha256=m.sha256,
+                                        quality=assess(face, crop[0]).to_dict()))
+        items[ident.name] = templates
+    store.replace_templates(m.name, items, command=f"store reembed --embedder {embedder}")
+    return {"embedder": m.name, "identities": len(items), "templates": sum(len(v) for v in items.values())}
