@@ -6,17 +6,21 @@ embedder, or nothing. Refusals say why. Face crops are kept only when the store 
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from edge.errors import FacegateError
+from edge.errors import FacegateError, ManyFacesError, NoFaceError
+from edge.identify_threshold import threshold_for
 from edge.imageio import load_bgr
 from edge.pipeline import FacePipeline
 from edge.store.db import Store, TemplateIn
@@ -24,6 +28,7 @@ from edge.store.matcher import Matcher
 from edge.vision.detect import Face, select_face
 from edge.vision.quality import QualityGate, assess
 
+DUPLICATE = "matches another enrolled identity"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -42,29 +47,53 @@ class Judged:
         return {"image": self.image, "accepted": self.accepted, "reasons": self.reasons, "quality": self.quality}
 
 
+LANDMARKS_KEY = "facegate-landmarks"
+
+
 def face_crop_png(image: np.ndarray, face: Face, margin: float = 0.6) -> bytes:
-    """The face with a margin of context (enough to re-detect and re-align it), PNG-encoded."""
+    """The face with a margin of context, PNG-encoded, its five landmarks (crop coordinates) in a text chunk.
+
+    Any embedder's alignment can be cut from it later with the landmarks the enrolment used, so a
+    re-embedding reproduces what enrolling with that embedder would have given.
+    """
     h, w = image.shape[:2]
     x1, y1, x2, y2 = face.box
     mx, my = (x2 - x1) * margin, (y2 - y1) * margin
     a, b = max(0, int(x1 - mx)), max(0, int(y1 - my))
     c, d = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
-    ok, buf = cv2.imencode(".png", image[b:d, a:c])
-    if not ok:
-        raise FacegateError("cannot encode the face crop")
-    return buf.tobytes()
+    info = PngInfo()
+    info.add_text(LANDMARKS_KEY, json.dumps((face.landmarks - [a, b]).round(3).tolist()))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image[b:d, a:c, ::-1])).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def read_face_crop(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """(BGR crop, landmarks or None) from `face_crop_png` bytes."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = np.asarray(im.convert("RGB"))
+            text = im.info.get(LANDMARKS_KEY)
+    except OSError:
+        raise FacegateError("a kept face crop cannot be decoded") from None
+    landmarks = np.asarray(json.loads(text), np.float64).reshape(5, 2) if text else None
+    return np.ascontiguousarray(rgb[:, :, ::-1]), landmarks
 
 
 class Enroller:
     def __init__(self, store: Store, pipeline: FacePipeline, gate: QualityGate | None = None,
-                 policy: str = "single", matcher: Matcher | None = None) -> None:
+                 policy: str = "single", matcher: Matcher | None = None, duplicate_fpir: float = 0.01) -> None:
         self.store = store
         self.pipeline = pipeline
         self.gate = gate or QualityGate()
         self.policy = policy
-        primary = pipeline.embedder.manifest
-        self.matcher = matcher or Matcher.follow(store, primary.name)
-        self.duplicate_threshold = primary.threshold("verify").value
+        self.matcher = matcher or Matcher.follow(store, pipeline.embedder.manifest.name)
+        self.duplicate_fpir = duplicate_fpir
+
+    def duplicate_threshold(self) -> float:
+        """A 1:N search, so the 1:N threshold at the current gallery size: the 1:1 threshold would flag about
+        K times more innocent newcomers as duplicates of someone in a K-template gallery."""
+        return threshold_for(self.pipeline.embedder.manifest, max(1, self.matcher.rows), self.duplicate_fpir)[0]
 
     def judge(self, path: Path | str, image: np.ndarray | None = None) -> Judged:
         """Decode, detect, gate and embed one image; never raises for a bad image, it is refused instead."""
@@ -75,7 +104,9 @@ class Enroller:
             face = select_face(faces, img.shape, self.policy)
         except FacegateError as exc:
             msg = str(exc)
-            j.reasons.append(msg.split(": ", 1)[1] if msg.startswith(str(path)) else msg)
+            msg = msg.split(": ", 1)[1] if msg.startswith(str(path)) else msg
+            kind = {NoFaceError: "no face", ManyFacesError: "several faces"}.get(type(exc), "unreadable image")
+            j.reasons.append(f"{kind}: {msg}" if not msg.startswith(kind) else msg)
             return j
         crop = self.pipeline.crops(img, [face])[0]
         q = assess(face, crop)
@@ -92,14 +123,15 @@ class Enroller:
     def duplicates(self, name: str, judged: list[Judged]) -> None:
         """Refuse accepted images that match a *different* enrolled identity at the 1:1 threshold."""
         primary = self.pipeline.embedder.manifest.name
+        threshold = self.duplicate_threshold()
         for j in judged:
             if not j.accepted:
                 continue
             for match in self.matcher.search(j.embeddings[primary], k=2)[0]:
-                if match.name != name and match.score >= self.duplicate_threshold:
+                if match.name != name and match.score >= threshold:
                     j.accepted = False
-                    j.reasons.append(f"matches enrolled identity {match.name!r} (score {match.score:.3f} ≥ "
-                                     f"{self.duplicate_threshold:.3f}); use --force if this is intended")
+                    j.reasons.append(f"{DUPLICATE}: {match.name!r} (score {match.score:.3f} ≥ {threshold:.3f}); "
+                                     "use --force if this is intended")
                     break
 
     def enroll(self, name: str, paths: list[Path], force: bool = False, command: str = "enroll",
@@ -167,8 +199,8 @@ def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int |
                 identities += 1
             for j in judged:
                 accepted += j.accepted
-                for r in j.reasons:
-                    key = r.split(":")[0].split(" (")[0]
+                for r in j.reasons:  # every reason starts with its kind, then ": " and the particulars
+                    key = r.split(":")[0]
                     refused[key] = refused.get(key, 0) + 1
                 if not j.accepted:
                     rows.append({"identity": name, **j.to_dict()})

@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge.enroll import read_face_crop
 from edge.errors import FacegateError
 from edge.pipeline import FacePipeline
 from edge.store.db import Store, TemplateIn
-from edge.vision.detect import select_face
+from edge.vision.detect import Face, select_face
 from edge.vision.quality import assess
 
 
@@ -32,10 +32,11 @@ def reembed(store: Store, pipeline: FacePipeline, embedder: str) -> dict[str, An
         primary = next(iter(ident.templates), None)
         templates = []
         for _, data in store.crops(ident.name, primary):
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                raise FacegateError(f"a kept crop of {ident.name!r} cannot be decoded")
-            face = select_face(pipeline.detect(img), img.shape, "largest")
+            img, landmarks = read_face_crop(data)
+            if landmarks is not None:  # align exactly as at enrolment, not on a re-detection of the crop
+                face = Face(box=np.r_[landmarks.min(0), landmarks.max(0)], landmarks=landmarks, score=1.0)
+            else:
+                face = select_face(pipeline.detect(img), img.shape, "largest")
             crop = pipeline.crops(img, [face], emb)
             templates.append(TemplateIn(vector=emb.embed(crop)[0], embedder=m.name, manifest_sha256=m.sha256,
                                         quality=assess(face, crop[0]).to_dict()))
