@@ -17,6 +17,9 @@ from edge.errors import FacegateError
 from edge.vision.detect import POLICIES
 
 TORCH_GROUPS = ("export", "train", "style")
+# Command groups defined next to the code they drive: each module has add_commands(subparsers), and its
+# handlers take the parsed arguments and return the exit code. Imported lazily so start-up stays cheap.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _iso(ts: float) -> str:
@@ -420,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true", help="time only our pipeline")
     _common(p, policy="central")
     p.set_defaults(func=cmd_bench_speed)
+
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
 
     for group in TORCH_GROUPS:
         sub.add_parser(group, help=f"{group} commands (need the [export] extra)", add_help=False)

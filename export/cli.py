@@ -33,6 +33,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add `facegate export|train|style …` commands: each has add_commands(groups) taking the
+# sub-parsers of the three groups as a dict {"export": …, "train": …, "style": …}.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facegate")
     groups = parser.add_subparsers(dest="group", required=True)
@@ -48,8 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print, do not write the manifest override")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+    subs = {"export": export}
     for name in ("train", "style"):
-        groups.add_parser(name, help=f"{name} commands")
+        subs[name] = groups.add_parser(name, help=f"{name} commands").add_subparsers(
+            dest=f"{name}_command", metavar="ACTION")
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(subs)
     return parser
 
 
