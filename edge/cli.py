@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge import __version__
 from edge.errors import FacegateError
 from edge.vision.detect import POLICIES
@@ -152,6 +154,22 @@ def cmd_bench_identify(args: argparse.Namespace) -> int:
             + f"; at the operating threshold {r['operating_threshold']:.4f}: FNIR {r['fnir']:.4f}, FPIR {r['fpir']:.4f}"
             f" ({r['probes']} known, {r['unknown_probes']} unknown probes)")
     _emit(args, r, text)
+    return 0
+
+
+def cmd_bench_search(args: argparse.Namespace) -> int:
+    from edge.bench import search
+    from edge.bench.speed import list_images
+
+    real = None
+    if args.images:
+        from edge.bench.lfw import embed_paths
+
+        paths = list_images(args.images, args.real)
+        embs, _ = embed_paths(_pipeline(args), args.images, [str(p.relative_to(args.images)) for p in paths])
+        real = np.stack(list(embs.values())) if embs else None
+    result = search.run(args.n, args.dim, real, queries=args.queries, seed=args.seed)
+    _emit(args, result, json.dumps(result))
     return 0
 
 
@@ -417,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "when found beside the images folder)")
     _common(p, policy="central")
     p.set_defaults(func=cmd_bench_identify)
+    p = bench.add_parser("search", help="gallery search: the matcher against faiss, one thread")
+    p.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="gallery sizes")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--images", type=Path, help="real faces to embed for the gallery (padded with random vectors)")
+    p.add_argument("--real", type=int, default=2000, help="how many real images to embed (default 2000)")
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p, policy="central")
+    p.set_defaults(func=cmd_bench_search)
     p = bench.add_parser("speed", help="ms per image, decoded image → embedding, ours vs peers, one thread")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--limit", type=int, default=200, help="images to time (default: 200)")

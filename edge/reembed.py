@@ -16,6 +16,17 @@ from edge.vision.detect import Face, select_face
 from edge.vision.quality import assess
 
 
+def _kept_crops(store: Store, name: str, embedders: list[str]) -> list[bytes]:
+    """The identity's kept crops: they sit beside the templates of the embedder that was primary at enrolment."""
+    error: FacegateError | None = None
+    for embedder in embedders:
+        try:
+            return [data for _, data in store.crops(name, embedder)]
+        except FacegateError as exc:
+            error = exc
+    raise error or FacegateError(f"re-enrol needed: {name!r} has no templates")
+
+
 def reembed(store: Store, pipeline: FacePipeline, embedder: str) -> dict[str, Any]:
     """Every identity's `embedder` templates become those computed from its kept crops (one transaction).
 
@@ -29,9 +40,9 @@ def reembed(store: Store, pipeline: FacePipeline, embedder: str) -> dict[str, An
     items: dict[str, list[TemplateIn]] = {}
     identities = store.identities()
     for ident in tqdm(identities, desc="re-embedding", unit="identity", file=sys.stderr, disable=None):
-        primary = next(iter(ident.templates), None)
+        kept = _kept_crops(store, ident.name, list(ident.templates))
         templates = []
-        for _, data in store.crops(ident.name, primary):
+        for data in kept:
             img, landmarks = read_face_crop(data)
             if landmarks is not None:  # align exactly as at enrolment, not on a re-detection of the crop
                 face = Face(box=np.r_[landmarks.min(0), landmarks.max(0)], landmarks=landmarks, score=1.0)

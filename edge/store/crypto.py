@@ -1,0 +1,98 @@
+"""Encryption at rest: AES-256-GCM over each blob, bound to its row by associated data.
+
+A sealed blob is a random 96-bit nonce followed by the ciphertext and its 16-byte tag. The associated data
+names the row the blob belongs to (e.g. `template\\0<name>\\0<embedder>`), so a blob copied into another
+identity's row fails to open instead of silently matching the wrong person.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from edge.store import StoreError
+
+KEY_ENV = "FACEGATE_STORE_KEY"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+OVERHEAD = NONCE_BYTES + TAG_BYTES
+
+
+def parse_key(data: bytes, origin: str) -> bytes:
+    """32 raw bytes, 64 hex characters, or base64 of 32 bytes → the 32-byte key; anything else is refused."""
+    if len(data) == KEY_BYTES:
+        key = data
+    else:
+        text = data.strip()
+        key = b""
+        if len(text) == 2 * KEY_BYTES:
+            try:
+                key = bytes.fromhex(text.decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                key = b""
+        if not key:
+            try:
+                key = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+        if len(key) != KEY_BYTES:
+            raise StoreError(f"{origin}: not a store key (want 32 raw bytes, 64 hex characters or base64 of "
+                             f"32 bytes; got {len(data)} bytes); make one with `openssl rand -hex 32`")
+    if len(set(key)) == 1:  # all zeros and the like: a placeholder, not a key
+        raise StoreError(f"{origin}: the key is one repeated byte; use a random key (`openssl rand -hex 32`)")
+    return key
+
+
+def load_key(path: str | Path | None, env: str = KEY_ENV, *, store: Path | None = None) -> bytes | None:
+    """The key from a file (if `path`), else from the environment variable `env`, else None (no encryption).
+
+    `store`, when given, is the database the key is for: a key file in the same directory is refused,
+    because a backup or a stolen copy of that directory would then carry its own key.
+    """
+    if path is not None:
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read key file {p}: {exc.strerror or exc}") from None
+        if store is not None and p.resolve().parent == Path(store).resolve().parent:
+            raise StoreError(f"key file {p} lies beside the store {store}; keep it in another directory "
+                             f"(e.g. /etc/credstore or a systemd credential)")
+        return parse_key(data, str(p))
+    value = os.environ.get(env)
+    if value is None:
+        return None
+    if not value.strip():
+        raise StoreError(f"${env} is set but empty; unset it for an unencrypted store, or give a key")
+    return parse_key(value.encode(), f"${env}")
+
+
+def new_key() -> str:
+    """A fresh random key as 64 hex characters (what `load_key` reads back)."""
+    return os.urandom(KEY_BYTES).hex()
+
+
+class Cipher:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise StoreError(f"a store key is {KEY_BYTES} bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)  # random nonces: 2^32 blobs per key stay far below the collision risk
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        """The plaintext; StoreError if the key is wrong, the blob was altered or it belongs to another row."""
+        if len(blob) < OVERHEAD:
+            raise StoreError("encrypted blob is truncated")
+        try:
+            return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise StoreError("cannot decrypt a stored blob: wrong key, or the store was altered") from None

@@ -1,0 +1,549 @@
+"""The enrolment store: one SQLite file holding identities, templates, optional face crops and an audit log.
+
+Durability and erasure are the point of this module:
+- WAL mode with synchronous=FULL: a kill or power cut at any moment leaves either the whole enrolment or
+  none of it.
+- secure_delete=ON plus a TRUNCATE checkpoint after every delete: erased templates and crops are zeroed in
+  the database file and the write-ahead log is emptied, so "delete" means the bytes are gone from disk
+  (as far as SQLite controls; the filesystem and flash may keep remnants of their own).
+- The audit log records who changed what (names, counts, the command line) and never images or vectors.
+
+One connection serves every thread, behind a re-entrant lock; listeners (the matcher) are told about each
+change after it commits and before the lock is released, so they see changes in commit order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.store import StoreError
+from edge.store.crypto import KEY_ENV, OVERHEAD, Cipher
+
+# Each entry moves the schema from version i to i + 1 (PRAGMA user_version); never edit a released entry,
+# append a new one.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE identities (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            display_name TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL)""",
+        """CREATE TABLE templates (
+            id INTEGER PRIMARY KEY,
+            identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+            embedder TEXT NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            quality TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL)""",
+        "CREATE INDEX templates_by_identity ON templates(identity_id, embedder)",
+        "CREATE INDEX templates_by_embedder ON templates(embedder)",
+        """CREATE TABLE crops (
+            template_id INTEGER PRIMARY KEY REFERENCES templates(id) ON DELETE CASCADE,
+            image BLOB NOT NULL)""",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            action TEXT NOT NULL CHECK (action IN ('enroll', 'update', 'delete', 'restore')),
+            name TEXT,
+            command TEXT NOT NULL,
+            details TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)",
+    ),
+]
+
+KEY_CHECK = b"facegate store key check"
+KEY_CHECK_AAD = b"meta\0key_check"
+MAX_NAME = 200
+
+# (action, identity name, embedder → float32 vectors (n, D)); action is "enroll" (templates added),
+# "replace" (the identity's templates of those embedders are now exactly these) or "delete" (gone).
+Event = tuple[str, str, dict[str, np.ndarray]]
+Listener = Callable[[str, str, dict[str, np.ndarray]], None]
+
+
+@dataclass
+class TemplateIn:
+    vector: np.ndarray
+    embedder: str
+    manifest_sha256: str
+    quality: dict[str, Any] = field(default_factory=dict)
+    crop: bytes | None = None  # encoded image (PNG/JPEG); stored only when the store keeps crops
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    display_name: str | None
+    metadata: dict[str, Any]
+    created: float
+    templates: dict[str, int]  # embedder → number of templates
+    crops: int
+
+
+def _check_text(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StoreError(f"{what} must be a non-empty string")
+    if len(value) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise StoreError(f"{what} {value[:40]!r}: at most {MAX_NAME} characters and no control characters")
+    return value
+
+
+def _template_aad(name: str, embedder: str) -> bytes:
+    return b"template\0" + name.encode() + b"\0" + embedder.encode()
+
+
+def _crop_aad(name: str, template_id: int) -> bytes:
+    return b"crop\0" + name.encode() + b"\0" + str(template_id).encode()
+
+
+def _connect(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Biometric data: owner-only from the first byte (SQLite gives -wal/-shm the same mode).
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA secure_delete=ON")  # per connection, not stored in the file
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"{path}: cannot switch to WAL mode (got {mode!r}; a network filesystem?)")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot open the store ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{path}: not a facegate store ({exc})") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, cipher: Cipher | None) -> None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        latest = len(MIGRATIONS)
+        if version > latest:
+            raise StoreError(f"{path}: schema version {version} is newer than this facegate knows "
+                             f"({latest}); upgrade facegate")
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"{path}: an SQLite database, but not a facegate store")
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={latest}")
+        if version == 0 and cipher is not None:
+            # Written with the schema, in one transaction: a store is encrypted from birth or never.
+            conn.execute("INSERT INTO meta(key, value) VALUES ('key_check', ?)",
+                         (cipher.seal(KEY_CHECK, KEY_CHECK_AAD),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _check_key(conn: sqlite3.Connection, path: Path, cipher: Cipher | None) -> None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+    if row is None and cipher is not None:
+        raise StoreError(f"{path} is not encrypted, but a key was given (key file or ${KEY_ENV}); "
+                         f"open it without a key")
+    if row is not None and cipher is None:
+        raise StoreError(f"{path} is encrypted: give its key (a key file, or ${KEY_ENV})")
+    if row is not None and cipher is not None:
+        try:
+            ok = cipher.open(row[0], KEY_CHECK_AAD) == KEY_CHECK
+        except StoreError:
+            ok = False
+        if not ok:
+            raise StoreError(f"wrong key for {path}")
+
+
+class Store:
+    def __init__(self, path: Path, key: bytes | None = None, keep_crops: bool = False) -> None:
+        self.path = Path(path)
+        self.keep_crops = keep_crops
+        self._cipher = Cipher(key) if key is not None else None
+        self._lock = threading.RLock()
+        self._listeners: list[Listener] = []
+        self._conn = _connect(self.path)
+        try:
+            _migrate(self._conn, self.path, self._cipher)
+            _check_key(self._conn, self.path, self._cipher)
+        except sqlite3.OperationalError as exc:
+            self._conn.close()
+            raise StoreError(f"{self.path}: cannot open the store ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreError(f"{self.path}: not a facegate store ({exc})") from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()  # the last connection to close checkpoints and removes -wal/-shm
+
+    @property
+    def encrypted(self) -> bool:
+        return self._cipher is not None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold off every change (in this process) for the block: load a follower, then subscribe it."""
+        with self._lock:
+            yield
+
+    def subscribe(self, callback: Listener) -> Callable[[], None]:
+        """Call `callback` after each committed change, in commit order; returns the unsubscribe function."""
+        with self._lock:
+            self._listeners.append(callback)
+        return lambda: self._unsubscribe(callback)
+
+    def _unsubscribe(self, callback: Listener) -> None:
+        with self._lock:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[sqlite3.Connection, list[Event]]]:
+        """One IMMEDIATE transaction; the events queued in it reach listeners only if it commits."""
+        with self._lock:
+            events: list[Event] = []
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                yield self._conn, events
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):  # locked too long, disk full, read-only, …
+                    raise StoreError(f"{self.path}: {exc}") from None
+                raise
+            for event in events:
+                for callback in list(self._listeners):
+                    callback(*event)
+
+    @contextmanager
+    def _erase(self) -> Iterator[tuple[sqlite3.Connection, list[Event]]]:
+        """A write that removes biometric data: after it commits, empty the WAL (under the same lock), so
+        pages that held the removed rows survive nowhere but in the main file, where secure_delete zeroed
+        them."""
+        with self._lock:
+            with self._write() as tx:
+                yield tx
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise StoreError(f"{self.path}: the change is committed, but another connection is reading the "
+                             f"store, so its write-ahead log still holds the old pages until the next "
+                             f"checkpoint; retry when it is idle")
+
+    def _seal(self, data: bytes, aad: bytes) -> bytes:
+        return self._cipher.seal(data, aad) if self._cipher else data
+
+    def _unseal(self, blob: bytes, aad: bytes) -> bytes:
+        return self._cipher.open(blob, aad) if self._cipher else blob
+
+    def _vector_bytes(self, vector: np.ndarray) -> bytes:
+        v = np.asarray(vector)
+        if v.ndim != 1 or v.size == 0 or not np.issubdtype(v.dtype, np.number):
+            raise StoreError(f"a template vector must be a non-empty 1-D numeric array, got shape {v.shape}")
+        v = v.astype("<f4")
+        if not np.isfinite(v).all():
+            raise StoreError("a template vector contains NaN or infinity")
+        return v.tobytes()
+
+    def _decode(self, blob: bytes, name: str, embedder: str) -> np.ndarray:
+        return np.frombuffer(self._unseal(blob, _template_aad(name, embedder)), dtype="<f4").astype(np.float32)
+
+    def _dim(self, conn: sqlite3.Connection, embedder: str) -> int | None:
+        row = conn.execute("SELECT length(vector) FROM templates WHERE embedder = ? LIMIT 1",
+                           (embedder,)).fetchone()
+        if row is None:
+            return None
+        return (row[0] - (OVERHEAD if self._cipher else 0)) // 4
+
+    def _insert_templates(self, conn: sqlite3.Connection, identity_id: int, name: str,
+                          templates: list[TemplateIn], now: float) -> tuple[list[int], dict[str, np.ndarray]]:
+        ids: list[int] = []
+        added: dict[str, list[np.ndarray]] = {}
+        for t in templates:
+            # Validated inside the transaction, template by template: a bad one rolls back the others.
+            embedder = _check_text(t.embedder, "embedder name")
+            raw = self._vector_bytes(t.vector)
+            dim = self._dim(conn, embedder)
+            if dim is not None and dim * 4 != len(raw):
+                raise StoreError(f"embedder {embedder!r} stores {dim}-d templates; got {len(raw) // 4}-d")
+            cur = conn.execute(
+                "INSERT INTO templates(identity_id, embedder, manifest_sha256, vector, quality, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (identity_id, embedder, str(t.manifest_sha256), self._seal(raw, _template_aad(name, embedder)),
+                 json.dumps(t.quality or {}), now))
+            tid = int(cur.lastrowid or 0)
+            if self.keep_crops and t.crop is not None:
+                conn.execute("INSERT INTO crops(template_id, image) VALUES (?, ?)",
+                             (tid, self._seal(bytes(t.crop), _crop_aad(name, tid))))
+            ids.append(tid)
+            added.setdefault(embedder, []).append(np.frombuffer(raw, dtype="<f4").astype(np.float32))
+        return ids, {e: np.stack(v) for e, v in added.items()}
+
+    def _audit(self, conn: sqlite3.Connection, action: str, name: str | None, command: str,
+               details: dict[str, Any]) -> None:
+        conn.execute("INSERT INTO audit(ts, action, name, command, details) VALUES (?, ?, ?, ?, ?)",
+                     (time.time(), action, name, str(command), json.dumps(details, sort_keys=True)))
+
+    # -- changes -----------------------------------------------------------------------------------------
+    def enroll(self, name: str, templates: list[TemplateIn], command: str, display_name: str | None = None,
+               metadata: dict[str, Any] | None = None) -> list[int]:
+        """Add templates to `name` (created if new) in one transaction: all of them, its audit row, or nothing."""
+        name = _check_text(name, "identity name")
+        if not templates:
+            raise StoreError(f"nothing to enrol for {name!r}: no templates")
+        now = time.time()
+        with self._write() as (conn, events):
+            row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                cur = conn.execute("INSERT INTO identities(name, display_name, metadata, created) "
+                                   "VALUES (?, ?, ?, ?)", (name, display_name, json.dumps(metadata or {}), now))
+                identity_id = int(cur.lastrowid or 0)
+            else:
+                identity_id = row[0]
+                if display_name is not None:
+                    conn.execute("UPDATE identities SET display_name = ? WHERE id = ?", (display_name, identity_id))
+                if metadata is not None:
+                    conn.execute("UPDATE identities SET metadata = ? WHERE id = ?",
+                                 (json.dumps(metadata), identity_id))
+            ids, added = self._insert_templates(conn, identity_id, name, templates, now)
+            self._audit(conn, "enroll" if row is None else "update", name, command,
+                        {"templates": len(ids), "embedders": sorted(added), "template_ids": ids,
+                         "crops_kept": self.keep_crops and any(t.crop is not None for t in templates)})
+            events.append(("enroll", name, added))
+        return ids
+
+    def delete(self, name: str, command: str) -> bool:
+        """Remove `name` with its templates and crops; False if unknown. The bytes leave the disk files too."""
+        with self._erase() as (conn, events):
+            row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return False
+            removed: dict[str, list[np.ndarray]] = {}
+            for embedder, blob in conn.execute("SELECT embedder, vector FROM templates WHERE identity_id = ? "
+                                               "ORDER BY id", (row[0],)):
+                removed.setdefault(embedder, []).append(self._decode(blob, name, embedder))
+            conn.execute("DELETE FROM identities WHERE id = ?", (row[0],))  # cascades to templates, crops
+            self._audit(conn, "delete", name, command,
+                        {"templates": sum(len(v) for v in removed.values()), "embedders": sorted(removed)})
+            events.append(("delete", name, {e: np.stack(v) for e, v in removed.items()}))
+        return True
+
+    def replace_templates(self, embedder: str, items: dict[str, list[TemplateIn]], command: str) -> None:
+        """For each named identity, its `embedder` templates become exactly `items[name]` (`store reembed`)."""
+        with self._erase() as (conn, events):
+            for name, templates in items.items():
+                row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    raise StoreError(f"unknown identity {name!r}")
+                if any(t.embedder != embedder for t in templates):
+                    raise StoreError(f"replace_templates({embedder!r}): a template for {name!r} names "
+                                     f"another embedder")
+                old = conn.execute("DELETE FROM templates WHERE identity_id = ? AND embedder = ?",
+                                   (row[0], embedder)).rowcount
+                ids, added = self._insert_templates(conn, row[0], name, templates, time.time())
+                self._audit(conn, "update", name, command,
+                            {"embedder": embedder, "replaced": old, "templates": len(ids), "template_ids": ids})
+                events.append(("replace", name, {embedder: added.get(embedder, np.zeros((0, 0), np.float32))}))
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def identities(self, name: str | None = None) -> list[Identity]:
+        """Every identity (or just `name`), sorted by name, with its template counts per embedder."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT i.name, i.display_name, i.metadata, i.created, t.embedder, count(t.id), "
+                "count(c.template_id) FROM identities i LEFT JOIN templates t ON t.identity_id = i.id "
+                "LEFT JOIN crops c ON c.template_id = t.id WHERE (? IS NULL OR i.name = ?) "
+                "GROUP BY i.id, t.embedder ORDER BY i.name, t.embedder", (name, name)).fetchall()
+        info: dict[str, tuple[str | None, str, float]] = {}
+        counts: dict[str, dict[str, int]] = {}
+        crops: dict[str, int] = {}
+        for who, display, meta, created, embedder, n_templates, n_crops in rows:
+            info[who] = (display, meta, created)
+            counts.setdefault(who, {})
+            crops[who] = crops.get(who, 0) + n_crops
+            if embedder is not None:
+                counts[who][embedder] = n_templates
+        return [Identity(who, display, json.loads(meta), created, counts[who], crops[who])
+                for who, (display, meta, created) in info.items()]
+
+    def identity(self, name: str) -> Identity | None:
+        found = self.identities(name)
+        return found[0] if found else None
+
+    def embedders(self) -> list[tuple[str, str, int]]:
+        """(embedder, manifest sha256, templates): which model files made the stored templates."""
+        with self._lock:
+            return [tuple(r) for r in self._conn.execute(
+                "SELECT embedder, manifest_sha256, count(*) FROM templates GROUP BY 1, 2 ORDER BY 1, 2")]
+
+    def templates(self, embedder: str) -> list[tuple[str, int, np.ndarray]]:
+        """(identity name, template id, float32 vector) for one embedder; other embedders never mix in."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT i.name, t.id, t.vector FROM templates t JOIN identities i ON i.id = t.identity_id "
+                "WHERE t.embedder = ? ORDER BY t.id", (embedder,)).fetchall()
+        return [(name, tid, self._decode(blob, name, embedder)) for name, tid, blob in rows]
+
+    def crops(self, name: str, embedder: str | None = None) -> list[tuple[int, bytes]]:
+        """(template id, image bytes) for each of the identity's templates (of `embedder`, if given)."""
+        with self._lock:
+            row = self._conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise StoreError(f"unknown identity {name!r}")
+            rows = self._conn.execute(
+                "SELECT t.id, c.image FROM templates t LEFT JOIN crops c ON c.template_id = t.id "
+                "WHERE t.identity_id = ? AND (? IS NULL OR t.embedder = ?) ORDER BY t.id",
+                (row[0], embedder, embedder)).fetchall()
+        if not rows or any(image is None for _, image in rows):
+            raise StoreError(f"re-enrol needed: face crops of {name!r} were not kept (the store keeps them "
+                             f"only when opened with keep_crops), so its templates cannot be re-embedded")
+        return [(tid, self._unseal(image, _crop_aad(name, tid))) for tid, image in rows]
+
+    def audit(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit rows, oldest first (the most recent `limit` of them, if given)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id, ts, action, name, command, details FROM audit "
+                                      "ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,)).fetchall()
+        return [{"id": i, "ts": ts, "action": a, "name": n, "command": c, "details": json.loads(d)}
+                for i, ts, a, n, c, d in reversed(rows)]
+
+    # -- backup and restore ------------------------------------------------------------------------------
+    def backup(self, dest: Path) -> None:
+        """A consistent copy via SQLite's online backup (still encrypted, key not included), written atomically."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
+        os.close(fd)  # mkstemp creates it 0600, which the copy keeps
+        try:
+            with closing(sqlite3.connect(tmp, isolation_level=None)) as out:
+                with self._lock:
+                    self._conn.backup(out)
+                out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+            _fsync(Path(tmp))
+            os.replace(tmp, dest)
+            _fsync(dest.parent)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def restore(src: Path, dest: Path, key: bytes | None, command: str = "store restore") -> None:
+        """Replace the store at `dest` by the backup `src`, after checking it; `dest` must not be open."""
+        src, dest = Path(src), Path(dest)
+        if not src.is_file():
+            raise StoreError(f"backup {src} does not exist")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".restore")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            try:
+                with closing(sqlite3.connect(src.resolve().as_uri() + "?mode=ro", uri=True)) as s, \
+                        closing(sqlite3.connect(tmp, isolation_level=None)) as d:
+                    s.backup(d)
+                    _validate(d, src)
+                    _check_key(d, src, Cipher(key) if key is not None else None)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"backup {src} is unreadable or corrupt ({exc})") from None
+            with Store(tmp, key) as restored:  # migrates an older schema and checks the key
+                restored._verify_blobs(src)
+                with restored._write() as (conn, _):
+                    restored._audit(conn, "restore", None, command, {"source": str(src.resolve())})
+            _quiesce(dest)
+            os.replace(tmp, dest)
+            _fsync(dest.parent)
+        except BaseException:
+            for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                p.unlink(missing_ok=True)
+            raise
+
+    def _verify_blobs(self, origin: Path) -> None:
+        """Decode every template and crop: integrity_check sees structure, not altered contents."""
+        with self._lock:
+            rows = self._conn.execute("SELECT i.name, t.id, t.embedder, t.vector, c.image FROM templates t "
+                                      "JOIN identities i ON i.id = t.identity_id "
+                                      "LEFT JOIN crops c ON c.template_id = t.id").fetchall()
+        for name, tid, embedder, blob, image in rows:
+            try:
+                vec = self._decode(blob, name, embedder)
+                if image is not None:
+                    self._unseal(image, _crop_aad(name, tid))
+            except (StoreError, ValueError) as exc:
+                raise StoreError(f"backup {origin}: template {tid} of {name!r} is damaged ({exc})") from None
+            if not np.isfinite(vec).all():
+                raise StoreError(f"backup {origin}: template {tid} of {name!r} holds NaN or infinity")
+
+
+def _validate(conn: sqlite3.Connection, origin: Path) -> None:
+    problems = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+    if problems != ["ok"]:
+        raise StoreError(f"backup {origin} is corrupt: {'; '.join(problems[:3])}")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if not 1 <= version <= len(MIGRATIONS):
+        raise StoreError(f"backup {origin}: schema version {version}, this facegate reads 1..{len(MIGRATIONS)}")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = {"identities", "templates", "crops", "audit", "meta"} - tables
+    if missing:
+        raise StoreError(f"backup {origin} is not a facegate store (no {', '.join(sorted(missing))})")
+
+
+def _quiesce(dest: Path) -> None:
+    """Fold the old store's WAL into it and make sure nobody else has it open, before it is replaced.
+
+    A stale -wal left beside the new file would be replayed into it on the next open.
+    """
+    if not dest.exists():
+        return
+    try:
+        with closing(sqlite3.connect(dest, timeout=1.0, isolation_level=None)) as conn:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("BEGIN EXCLUSIVE")
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"{dest} is in use by another process ({exc}); stop the daemon before restoring") \
+            from None
+    except sqlite3.DatabaseError:
+        pass  # the store being replaced is itself damaged: nothing of it is worth keeping
+    for suffix in ("-wal", "-shm"):
+        dest.with_name(dest.name + suffix).unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,348 @@
+"""The SQLite store on real files: schema and migrations, atomic enrolment, real erasure, encryption at rest,
+backup and restore."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.store import StoreError
+from edge.store import db as store_db
+from edge.store.db import Store, TemplateIn
+
+KEY = bytes(range(1, 33))
+DIM = 128
+
+
+def vec(rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
+    v = rng.standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def tpl(rng: np.random.Generator, embedder: str = "sface", crop: bytes | None = None) -> TemplateIn:
+    return TemplateIn(vector=vec(rng), embedder=embedder, manifest_sha256="ab" * 32, quality={"sharpness": 1.5},
+                      crop=crop)
+
+
+def files(path: Path) -> list[Path]:
+    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+
+
+def found_in(path: Path, needle: bytes) -> list[str]:
+    return [p.name for p in files(path) if needle in p.read_bytes()]
+
+
+def pieces(data: bytes, size: int = 64) -> list[bytes]:
+    """Page-sized runs of a blob: one bigger than a page is stored across overflow pages, never in one run."""
+    return [data[i:i + size] for i in range(0, len(data) - size, 997)]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+# -- schema ---------------------------------------------------------------------------------------------------
+def test_fresh_store_schema(tmp_path):
+    path = tmp_path / "s.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store_db.MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"identities", "templates", "crops", "audit", "meta"} <= tables
+    conn.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # biometric data: owner only
+
+
+def test_migrations_run_once_and_in_order(tmp_path, rng, monkeypatch):
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        s.enroll("alice", [tpl(rng)], "enroll alice")
+    step = ("CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (42)")
+    monkeypatch.setattr(store_db, "MIGRATIONS", [*store_db.MIGRATIONS, step])
+    for _ in range(2):  # the second open must not apply it again (the INSERT would double)
+        with Store(path) as s:
+            assert s.identity("alice") is not None
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store_db.MIGRATIONS)
+    assert conn.execute("SELECT count(*) FROM extra").fetchone()[0] == 1
+    conn.close()
+
+
+def test_newer_schema_refused(tmp_path):
+    path = tmp_path / "s.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this facegate"):
+        Store(path)
+
+
+def test_foreign_files_refused(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 300)
+    with pytest.raises(StoreError, match="not a facegate store"):
+        Store(junk)
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not a facegate store"):
+        Store(other)
+
+
+# -- enrolment ------------------------------------------------------------------------------------------------
+def test_enroll_read_and_audit(tmp_path, rng):
+    with Store(tmp_path / "s.db") as s:
+        a = [tpl(rng), tpl(rng), tpl(rng, "arcface")]
+        ids = s.enroll("alice", a, "facegate enroll alice a.jpg", display_name="Alice", metadata={"badge": 7})
+        assert len(ids) == 3
+        s.enroll("alice", [tpl(rng)], "facegate enroll alice b.jpg")
+        s.enroll("bob", [tpl(rng)], "facegate enroll bob")
+        alice = s.identity("alice")
+        assert alice is not None
+        assert alice.templates == {"arcface": 1, "sface": 3}
+        assert (alice.display_name, alice.metadata, alice.crops) == ("Alice", {"badge": 7}, 0)
+        assert [i.name for i in s.identities()] == ["alice", "bob"]
+        assert s.identity("carol") is None
+        sface = s.templates("sface")
+        assert [(n, t) for n, t, _ in sface][:2] == [("alice", ids[0]), ("alice", ids[1])]
+        assert all(v.dtype == np.float32 for _, _, v in sface)
+        np.testing.assert_array_equal(sface[0][2], a[0].vector)
+        assert [n for n, _, _ in s.templates("arcface")] == ["alice"]  # embedders never mix
+        assert s.templates("unknown") == []
+        assert s.embedders() == [("arcface", "ab" * 32, 1), ("sface", "ab" * 32, 4)]
+        log = s.audit()
+        assert [(r["action"], r["name"]) for r in log] == [("enroll", "alice"), ("update", "alice"), ("enroll", "bob")]
+        assert log[0]["command"] == "facegate enroll alice a.jpg"
+        assert log[0]["details"]["templates"] == 3
+        assert [r["name"] for r in s.audit(limit=1)] == ["bob"]
+        for row in log:  # never a vector in the audit log
+            assert a[0].vector.tobytes() not in str(row).encode()
+
+
+def test_enroll_is_all_or_nothing(tmp_path, rng):
+    with Store(tmp_path / "s.db") as s:
+        bad = tpl(rng)
+        bad.vector = bad.vector.copy()
+        bad.vector[5] = np.nan
+        with pytest.raises(StoreError, match="NaN"):
+            s.enroll("alice", [tpl(rng), tpl(rng), bad], "enroll alice")
+        assert s.identities() == [] and s.templates("sface") == [] and s.audit() == []
+
+        s.enroll("bob", [tpl(rng)], "enroll bob")
+        short = TemplateIn(vector=vec(rng, 64), embedder="sface", manifest_sha256="x", quality={})
+        with pytest.raises(StoreError, match="128-d"):
+            s.enroll("bob", [tpl(rng), short], "enroll bob again")  # fails after the first insert
+        with pytest.raises(StoreError, match="128-d"):
+            s.enroll("carol", [tpl(rng), tpl(rng), short], "enroll carol")
+        assert [i.name for i in s.identities()] == ["bob"]
+        assert s.identity("bob").templates == {"sface": 1}  # type: ignore[union-attr]
+        assert len(s.templates("sface")) == 1
+        assert [r["name"] for r in s.audit()] == ["bob"]
+        with pytest.raises(StoreError, match="no templates"):
+            s.enroll("dave", [], "enroll dave")
+        with pytest.raises(StoreError, match="control characters"):
+            s.enroll("eve\n", [tpl(rng)], "enroll")
+
+
+def test_listeners_see_commits_only(tmp_path, rng):
+    events: list[tuple[str, str, dict]] = []
+    with Store(tmp_path / "s.db", keep_crops=True) as s:
+        unsubscribe = s.subscribe(lambda *e: events.append(e))
+        t = [tpl(rng, crop=b"png"), tpl(rng, crop=b"png")]
+        s.enroll("alice", t, "enroll")
+        with pytest.raises(StoreError):
+            s.enroll("bob", [tpl(rng), TemplateIn(vec(rng, 3), "sface", "x", {})], "enroll")
+        s.replace_templates("sface", {"alice": [tpl(rng)]}, "store reembed")
+        assert s.delete("alice", "store delete alice")
+        assert not s.delete("alice", "store delete alice")
+        unsubscribe()
+        s.enroll("carol", [tpl(rng)], "enroll")
+    assert [(a, n) for a, n, _ in events] == [("enroll", "alice"), ("replace", "alice"), ("delete", "alice")]
+    np.testing.assert_array_equal(events[0][2]["sface"], np.stack([x.vector for x in t]))
+    assert events[1][2]["sface"].shape == (1, DIM)
+
+
+# -- erasure --------------------------------------------------------------------------------------------------
+def test_delete_leaves_no_bytes_behind(tmp_path, rng):
+    path = tmp_path / "s.db"
+    with Store(path, keep_crops=True) as s:
+        people = {f"p{i}": [tpl(rng, crop=rng.bytes(6000)) for _ in range(3)] for i in range(30)}
+        for name, ts in people.items():
+            s.enroll(name, ts, f"enroll {name}")
+        victim = people["p13"]
+        assert all(found_in(path, t.vector.tobytes()) for t in victim)  # the scan does see them
+        assert s.delete("p13", "store delete p13")
+        for t in victim:
+            assert found_in(path, t.vector.tobytes()) == []
+            assert t.crop is not None
+            assert all(found_in(path, piece) == [] for piece in pieces(t.crop))
+        assert found_in(path, people["p12"][0].vector.tobytes()) == ["s.db"]  # neighbours untouched
+        assert s.identity("p13") is None and len(s.templates("sface")) == 87
+        s.replace_templates("sface", {"p14": [tpl(rng)]}, "store reembed")
+        assert all(found_in(path, t.vector.tobytes()) == [] for t in people["p14"])
+    log = Store(path).audit()
+    assert log[-2]["action"] == "delete" and log[-2]["details"]["templates"] == 3
+
+
+# -- encryption -----------------------------------------------------------------------------------------------
+def test_encrypted_store_never_holds_plain_vectors(tmp_path, rng):
+    path = tmp_path / "s.db"
+    people = {f"p{i}": [tpl(rng, crop=rng.bytes(3000)) for _ in range(2)] for i in range(10)}
+    with Store(path, key=KEY, keep_crops=True) as s:
+        assert s.encrypted
+        for name, ts in people.items():
+            s.enroll(name, ts, f"enroll {name}")
+        for ts in people.values():
+            for t in ts:
+                assert found_in(path, t.vector.tobytes()) == []
+                assert t.crop is not None
+                assert all(found_in(path, piece) == [] for piece in pieces(t.crop))
+        got = {n: v for n, _, v in s.templates("sface")}
+        np.testing.assert_array_equal(got["p3"], people["p3"][1].vector)
+        assert [c for _, c in s.crops("p3")] == [t.crop for t in people["p3"]]
+    for ts in people.values():  # nor after close (the WAL folded into the file)
+        assert all(found_in(path, t.vector.tobytes()) == [] for t in ts)
+
+
+def test_key_mismatches_fail_at_open(tmp_path, rng):
+    enc, plain = tmp_path / "enc.db", tmp_path / "plain.db"
+    with Store(enc, key=KEY) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+    Store(plain).close()
+    with pytest.raises(StoreError, match="is encrypted: give its key"):
+        Store(enc)
+    with pytest.raises(StoreError, match="wrong key"):
+        Store(enc, key=bytes(range(2, 34)))
+    with pytest.raises(StoreError, match="not encrypted, but a key was given"):
+        Store(plain, key=KEY)
+    with Store(enc, key=KEY) as s:
+        assert [n for n, _, _ in s.templates("sface")] == ["alice"]
+
+
+def test_swapped_blobs_are_detected(tmp_path, rng):
+    path = tmp_path / "s.db"
+    with Store(path, key=KEY) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+        s.enroll("mallory", [tpl(rng)], "enroll")
+    conn = sqlite3.connect(path)
+    _, (m,) = conn.execute("SELECT vector FROM templates ORDER BY id").fetchall()
+    conn.execute("UPDATE templates SET vector = ? WHERE id = 1", (m,))  # mallory's face under alice's name
+    conn.commit()
+    conn.close()
+    with Store(path, key=KEY) as s, pytest.raises(StoreError, match="cannot decrypt"):
+        s.templates("sface")
+
+
+# -- crops ----------------------------------------------------------------------------------------------------
+def test_crops_only_when_kept(tmp_path, rng):
+    path = tmp_path / "s.db"
+    with Store(path, keep_crops=True) as s:
+        s.enroll("alice", [tpl(rng, crop=b"\x89PNG one"), tpl(rng, "arcface")], "enroll")
+        assert [c for _, c in s.crops("alice", "sface")] == [b"\x89PNG one"]
+        with pytest.raises(StoreError, match="re-enrol needed"):
+            s.crops("alice")  # the arcface template has no crop
+        assert s.identity("alice").crops == 1  # type: ignore[union-attr]
+    with Store(path) as s:
+        s.enroll("bob", [tpl(rng, crop=b"\x89PNG two")], "enroll")
+        with pytest.raises(StoreError, match="re-enrol needed"):
+            s.crops("bob")
+        with pytest.raises(StoreError, match="unknown identity"):
+            s.crops("nobody")
+
+
+# -- backup and restore ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", [None, KEY])
+def test_backup_restore_round_trip(tmp_path, rng, key):
+    live, copy = tmp_path / "live" / "s.db", tmp_path / "backups" / "s.bak"
+    with Store(live, key=key, keep_crops=True) as s:
+        s.enroll("alice", [tpl(rng, crop=b"png1"), tpl(rng, crop=b"png2")], "enroll alice")
+        s.enroll("bob", [tpl(rng)], "enroll bob")
+        before = s.templates("sface")
+        s.backup(copy)
+        s.delete("alice", "store delete alice")
+    assert [p.name for p in copy.parent.iterdir()] == ["s.bak"]  # no temp or -wal files left
+    Store.restore(copy, live, key=key, command="store restore s.bak")
+    with Store(live, key=key) as s:
+        after = s.templates("sface")
+        assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
+        for (_, _, x), (_, _, y) in zip(before, after, strict=True):
+            np.testing.assert_array_equal(x, y)
+        assert [c for _, c in s.crops("alice", "sface")] == [b"png1", b"png2"]
+        assert [(r["action"], r["command"]) for r in s.audit()][-1] == ("restore", "store restore s.bak")
+    Store.restore(copy, tmp_path / "elsewhere" / "new.db", key=key)  # restoring onto nothing works too
+    with Store(tmp_path / "elsewhere" / "new.db", key=key) as s:
+        assert [i.name for i in s.identities()] == ["alice", "bob"]
+    if key is not None:
+        with pytest.raises(StoreError, match="wrong key"):
+            Store.restore(copy, live, key=bytes(range(2, 34)))
+        with pytest.raises(StoreError, match="encrypted"):
+            Store.restore(copy, live, key=None)
+
+
+def test_restore_refuses_corrupt_backups(tmp_path, rng):
+    live, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(live) as s:
+        for i in range(40):
+            s.enroll(f"p{i}", [tpl(rng) for _ in range(3)], "enroll")
+        s.backup(copy)
+    data = copy.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2 + 100],
+        "garbage page": data[:8192] + bytes(rng.integers(0, 256, 4096, dtype=np.uint8)) + data[12288:],
+        "not sqlite": b"hello" * 1000,
+    }
+    for label, content in damaged.items():
+        bad = tmp_path / f"{label}.bak"
+        bad.write_bytes(content)
+        with pytest.raises(StoreError):
+            Store.restore(bad, live, key=None)
+        with Store(live) as s:  # the live store is untouched
+            assert len(s.identities()) == 40, label
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.restore(tmp_path / "absent.bak", live, key=None)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".restore" in p.name) == []
+
+
+def test_restore_refuses_a_store_in_use(tmp_path, rng):
+    live, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(live) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+        s.backup(copy)
+        with pytest.raises(StoreError, match="in use"):
+            Store.restore(copy, live, key=None)
+
+
+# -- threads --------------------------------------------------------------------------------------------------
+def test_store_shared_between_threads(tmp_path):
+    with Store(tmp_path / "s.db") as s:
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            r = np.random.default_rng(t)
+            try:
+                for i in range(15):
+                    s.enroll(f"t{t}-{i}", [tpl(r), tpl(r)], "enroll")
+                    if i % 3 == 0:
+                        assert s.delete(f"t{t}-{i}", "delete")
+                    s.identities()
+            except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert errors == []
+        assert len(s.identities()) == 6 * 10
+        assert all(i.templates == {"sface": 2} for i in s.identities())
