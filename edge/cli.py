@@ -21,7 +21,7 @@ from edge.vision.detect import POLICIES
 TORCH_GROUPS = ("export", "train", "style")
 # Command groups defined next to the code they drive: each module has add_commands(subparsers), and its
 # handlers take the parsed arguments and return the exit code. Imported lazily so start-up stays cheap.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("edge.daemon_cli", "edge.stylize_cli")
 
 
 def _iso(ts: float) -> str:
@@ -315,9 +315,13 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge import demo
+    if args.compare:
+        from edge import demo
 
-    return demo.run(as_json=args.json)
+        return demo.run(as_json=args.json)
+    from edge import demo_daemon
+
+    return demo_daemon.run(as_json=args.json)
 
 
 # -- parser -------------------------------------------------------------------------------------------------
@@ -403,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
         store_opts(p)
         p.set_defaults(func=cmd_store)
 
-    p = sub.add_parser("demo", help="recognise public-domain sample faces end to end (needs [demo])")
+    p = sub.add_parser("demo", help="the daemon end to end on public-domain sample faces: no camera, no broker "
+                                    "needed (needs [demo])")
+    p.add_argument("--compare", action="store_true", help="only compare the sample faces (no daemon, no MQTT)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -450,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true", help="time only our pipeline")
     _common(p, policy="central")
     p.set_defaults(func=cmd_bench_speed)
+    from edge.daemon_cli import add_bench_daemon
+
+    add_bench_daemon(bench)
 
     import importlib
 
@@ -479,12 +488,14 @@ def _torch_group(argv: list[str]) -> int:
     """Hand the export/train/style groups to export/, the only place edge/ imports it."""
     try:
         from export.cli import main as export_main
-    except ImportError as exc:
+
+        return int(export_main(argv))
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("edge", "export"):
+            raise  # our own bug, not a missing extra
         print(f"facegate: error: '{argv[0]}' needs the export extra ({exc.name} is missing): "
               "pip install 'facegate[export]'", file=sys.stderr)
         return 2
-    try:
-        return int(export_main(argv))
     except FacegateError as exc:
         print(f"facegate: error: {exc}", file=sys.stderr)
         return 2

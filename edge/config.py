@@ -1,0 +1,400 @@
+"""The daemon's configuration: one TOML file, typed and validated, with defaults that need no setup.
+
+Every key has a default (see deploy/facegate.example.toml, which documents them all), so an empty file, or
+none, is a valid configuration: the SQLite store in the state directory, the models of the installed
+packages, a broker on localhost. A wrong key or value is refused with its dotted name
+(`decision.k: expected an integer, got 'three'`), never ignored: a typo in an access-control setting must
+not silently fall back to a default.
+
+Secrets (store key, MQTT password, command secret) should not sit in the file: each has a `*_file` key and,
+under systemd, is read from `$CREDENTIALS_DIRECTORY/<credential>` (LoadCredential=) when no file is named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edge.errors import FacegateError
+from edge.vision.quality import QualityGate
+
+PROFILES = ("door", "kiosk")
+DEFAULT_CONFIG_NAME = "facegate.toml"
+# systemd credential names (LoadCredential=ID), also the file names under $CREDENTIALS_DIRECTORY.
+CREDENTIAL_STORE_KEY = "facegate.store-key"
+CREDENTIAL_MQTT_PASSWORD = "facegate.mqtt-password"
+CREDENTIAL_COMMAND_SECRET = "facegate.command-secret"
+
+
+class ConfigError(FacegateError):
+    """The configuration file is unreadable, or a key or value in it is wrong (the message names the key)."""
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    # A V4L2 index ("0") or device path, an rtsp:// or http(s):// URL, a video file, or an image folder.
+    source: str = "0"
+    fps: float = 15.0  # pacing of image folders and video files (0: a file's own rate); devices pace themselves
+    frames_per_image: int = 15  # image folders: how many frames each image is shown for
+    loop: bool = False  # image folders and video files: start again at the end instead of stopping
+    width: int = 0  # devices: requested capture size (0: the driver's default)
+    height: int = 0
+    reconnect_min_s: float = 0.5  # a lost device or stream is reopened after this, doubling up to the max
+    reconnect_max_s: float = 30.0
+    stale_s: float = 2.0  # no frame for this long: the camera is unhealthy (no grants)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    detector: str = "yunet"
+    embedder: str = "sface"
+    threads: int = 1
+    min_face_px: float = 40.0
+    model_dir: str = ""  # default: <state dir>/models
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = ""  # default: <state dir>/facegate.db
+    key_file: str = ""  # default: the credential facegate.store-key, else $FACEGATE_STORE_KEY, else unencrypted
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    # "auto": the installed liveness model (door profile); "none"; a model name; or "package.module:Class".
+    model: str = "auto"
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    k: int = 3  # granted when k of the last n observations agree on one identity …
+    n: int = 5
+    fpir: float = 0.01  # … above the 1:N threshold for this false-positive identification rate
+    max_frames: int = 30  # a track undecided after this many observations is decided "unknown"
+    cooldown_s: float = 10.0  # one event per identity within this time (one walk-up, one event)
+    claim_window_s: float = 10.0  # a badge claim narrows decisions to 1:1 for this long
+    tailgating: str = "deny"  # deny | allow: a grant while another unrecognised live face is in view
+    tailgating_wait: int = 5  # observations a grant waits for the other faces to be recognised
+    iou: float = 0.3  # a face continues a track when its box overlaps the track's by at least this
+    track_ttl_s: float = 1.0  # a track not seen for this long has left
+
+
+@dataclass(frozen=True)
+class DoorConfig:
+    unlock_s: float = 5.0  # door profile: how long an UNLOCK lasts (the lock controller relocks itself)
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    default: str = "allow"  # allow | deny: identities with no time windows (here or in their metadata)
+    timezone: str = ""  # IANA name for the windows; default: the system's local time
+    # identity → windows like "mon-fri 08:00-18:00", "sat 09:00-13:00", "daily 22:00-06:00"; [] = never
+    windows: dict[str, list[str]] = field(default_factory=dict)
+
+
+_GATE = QualityGate()
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Camera frames below these limits are not used for decisions (they still keep their track alive)."""
+
+    min_inter_eye_px: float = _GATE.min_inter_eye_px
+    max_yaw_deg: float = _GATE.max_yaw_deg
+    max_pitch_deg: float = _GATE.max_pitch_deg
+    min_sharpness: float = _GATE.min_sharpness
+    min_brightness: float = _GATE.min_brightness
+    max_brightness: float = _GATE.max_brightness
+    max_clipped: float = _GATE.max_clipped
+    min_score: float = _GATE.min_score
+
+    def gate(self) -> QualityGate:
+        return QualityGate(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = True  # false: events go to the log only
+    host: str = "127.0.0.1"
+    port: int = 1883
+    device: str = ""  # the topic level facegate/<device>/…; default: the host name
+    door: str = "front"  # the door's name in events and door commands
+    username: str = ""
+    password: str = ""  # better: password_file, or the credential facegate.mqtt-password
+    password_file: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_insecure: bool = False  # skip the broker host name check (the chain is still verified)
+    client_id: str = ""  # default: facegate-<device>
+    keepalive: int = 30
+    topic_prefix: str = "facegate"
+    discovery_prefix: str = "homeassistant"
+    discovery: bool = True
+    outbox_path: str = ""  # default: <state dir>/outbox.db
+    outbox_limit: int = 10000
+    command_secret: str = ""  # better: command_secret_file, or the credential facegate.command-secret
+    command_secret_file: str = ""
+    command_state_path: str = ""  # replay counters of signed commands; default: <state dir>/mqtt-command-counters.json
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9108"  # /healthz and /metrics; loopback unless you mean otherwise
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"  # text | json (one object per line, for journald or a log shipper)
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "door"  # door: liveness required | kiosk: no liveness, no door commands
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    door: DoorConfig = field(default_factory=DoorConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    origin: str = field(default="(defaults)", compare=False)  # the file it came from, for messages
+
+    @property
+    def liveness_mode(self) -> str:
+        """What the daemon will do about liveness: "none" (kiosk) or the configured spec."""
+        return "none" if self.profile == "kiosk" else self.liveness.model
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "profile": PROFILES,
+    "decision.tailgating": ("deny", "allow"),
+    "access.default": ("allow", "deny"),
+    "log.format": ("text", "json"),
+    "log.level": ("debug", "info", "warning", "error"),
+}
+# (minimum, maximum) per numeric key; None = unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "camera.fps": (0, 240), "camera.frames_per_image": (1, None), "camera.width": (0, 16384),
+    "camera.height": (0, 16384), "camera.reconnect_min_s": (0.01, None), "camera.reconnect_max_s": (0.01, None),
+    "camera.stale_s": (0.1, None), "models.threads": (1, 64), "models.min_face_px": (8, None),
+    "liveness.threads": (1, 64), "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
+    "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
+    "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
+    "door.unlock_s": (0.5, 3600), "mqtt.port": (1, 65535), "mqtt.keepalive": (5, 3600),
+    "mqtt.outbox_limit": (1, None), "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
+}
+WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
+                       r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where numbers are (5 for 5.0)."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        (et,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise ConfigError(f"{key}: unsupported annotation {tp}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'the file'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.name != "origin"}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise ConfigError(f"{dotted}: unknown key (known here: {', '.join(sorted(known))})")
+        tp = hints[key]
+        values[key] = _build(tp, value, dotted) if is_dataclass(tp) else _coerce(value, tp, dotted)
+        if dotted in CHOICES and values[key] not in CHOICES[dotted]:
+            raise ConfigError(f"{dotted}: {values[key]!r} is not one of {', '.join(CHOICES[dotted])}")
+        bounds = RANGES.get(dotted)
+        if bounds is not None:
+            lo, hi = bounds
+            if (lo is not None and values[key] < lo) or (hi is not None and values[key] > hi):
+                span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+                raise ConfigError(f"{dotted}: {values[key]!r} out of range (must be {span})")
+    return cls(**values)
+
+
+def _check(cfg: Config) -> None:
+    """Rules that tie several keys together."""
+    d = cfg.decision
+    if d.k > d.n:
+        raise ConfigError(f"decision.k: {d.k} is larger than decision.n ({d.n}); k of the last n must be possible")
+    if d.max_frames < d.n:
+        raise ConfigError(f"decision.max_frames: {d.max_frames} is smaller than decision.n ({d.n})")
+    for section in ("camera", "mqtt"):
+        s = getattr(cfg, section)
+        if s.reconnect_max_s < s.reconnect_min_s:
+            raise ConfigError(f"{section}.reconnect_max_s: smaller than {section}.reconnect_min_s")
+    if cfg.mqtt.password and cfg.mqtt.password_file:
+        raise ConfigError("mqtt.password: give either password or password_file, not both")
+    if cfg.mqtt.command_secret and cfg.mqtt.command_secret_file:
+        raise ConfigError("mqtt.command_secret: give either command_secret or command_secret_file, not both")
+    if cfg.mqtt.tls_cert and not cfg.mqtt.tls_key:
+        raise ConfigError("mqtt.tls_key: needed with mqtt.tls_cert")
+    for name, windows in cfg.access.windows.items():
+        for i, w in enumerate(windows):
+            try:
+                parse_window(w)
+            except ValueError as exc:
+                raise ConfigError(f"access.windows.{name}[{i}]: {exc}") from None
+    if cfg.access.timezone:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(cfg.access.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"access.timezone: unknown time zone {cfg.access.timezone!r}") from None
+    if cfg.profile == "kiosk" and cfg.liveness.model not in ("auto", "none"):
+        raise ConfigError("liveness.model: the kiosk profile runs without liveness; use profile = \"door\"")
+    if cfg.profile == "door" and cfg.liveness.model == "none":
+        raise ConfigError("liveness.model: the door profile requires liveness; use profile = \"kiosk\" to run "
+                          "without it")
+    host, _, port = cfg.health.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"health.listen: {cfg.health.listen!r} is not HOST:PORT")
+
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_window(text: str) -> tuple[frozenset[int], int, int]:
+    """"mon-fri 08:00-18:00" → (weekdays 0–6, start minute, end minute); end ≤ start spans midnight."""
+    m = WINDOW_RE.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a time window like \"mon-fri 08:00-18:00\" or \"daily 22:00-06:00\"")
+    days: set[int] = set()
+    if m["days"] == "daily":
+        days = set(range(7))
+    else:
+        for part in m["days"].split(","):
+            a, _, b = part.partition("-")
+            if a not in DAYS or (b and b not in DAYS):
+                raise ValueError(f"{text!r}: days are {', '.join(DAYS)} (or daily)")
+            i, j = DAYS.index(a), DAYS.index(b or a)
+            days.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+    minutes = []
+    for hm in (m["start"], m["end"]):
+        h, mi = (int(x) for x in hm.split(":"))
+        if h > 24 or mi > 59 or (h == 24 and mi):
+            raise ValueError(f"{text!r}: {hm} is not a time of day")
+        minutes.append(h * 60 + mi)
+    return frozenset(days), minutes[0], minutes[1]
+
+
+def load(path: Path | str | None) -> Config:
+    """The configuration in `path`; None: the defaults (after the systemd configuration directory's file)."""
+    if path is None:
+        conf_dir = os.environ.get("CONFIGURATION_DIRECTORY")
+        candidate = Path(conf_dir.split(":")[0]) / DEFAULT_CONFIG_NAME if conf_dir else None
+        if candidate is None or not candidate.is_file():
+            cfg = Config()
+            _check(cfg)
+            return cfg
+        path = candidate
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the configuration ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse(data, origin=str(p))
+
+
+def parse(data: dict[str, Any], origin: str = "(inline)") -> Config:
+    try:
+        cfg = _build(Config, data, "")
+        _check(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    return replace(cfg, origin=origin)
+
+
+def defaults() -> dict[str, Any]:
+    """Every key with its default value, section by section (what the example file documents)."""
+    out: dict[str, Any] = {}
+    for f in fields(Config):
+        if f.name == "origin":
+            continue
+        value = f.default_factory() if f.default_factory is not MISSING else f.default
+        out[f.name] = {g.name: getattr(value, g.name) for g in fields(value)} if is_dataclass(value) else value
+    return out
+
+
+# -- secrets and derived values -------------------------------------------------------------------------------
+def credential(name: str) -> str | None:
+    """A systemd credential's text ($CREDENTIALS_DIRECTORY/name), stripped; None when not passed."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    p = Path(directory) / name
+    try:
+        return p.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"credential {name}: cannot read {p} ({exc.strerror or exc})") from None
+
+
+def secret(value: str, file: str, cred: str, key: str) -> str | None:
+    """A secret from the config value, else its file, else the systemd credential; None if none is given."""
+    if value:
+        return value
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file: cannot read {file} ({exc.strerror or exc})") from None
+    return credential(cred)
+
+
+def device_name(cfg: Config) -> str:
+    return cfg.mqtt.device or socket.gethostname().split(".")[0] or "facegate"

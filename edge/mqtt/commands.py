@@ -1,0 +1,259 @@
+"""Signed commands on facegate/<device>/cmd/<name>: reload, enroll, delete.
+
+Envelope (the MQTT payload), JSON:
+
+    {"signed": "<JSON text>", "hmac": "<hex HMAC-SHA256(secret, UTF-8 bytes of the signed text)>"}
+
+where the signed text is a JSON object
+
+    {"v": 1, "device": "door1" | null, "command": "enroll", "sender": "admin", "counter": 42, "body": {...}}
+
+The MAC covers the signed text byte for byte, so a client in any language signs the exact string it sends and no
+canonical JSON form has to be agreed on. `command` must equal the topic's <name> (a signed "reload" cannot be
+re-aimed at cmd/delete) and `device` must be this device, or null for a command meant for every device sharing
+the secret (give each device its own secret to rule that out).
+
+Replays: each sender has a counter that must be strictly above the last one accepted from it. The last accepted
+counters are persisted atomically before the command runs, so a captured command fails after a restart too, and
+no synchronised clock is needed (doors often have none). Refusals change nothing: the counter is consumed only by
+a command that passed every check.
+
+Bodies: reload {}; delete {"name": str}; enroll {"name": str, "image": base64 str, "live_capture": bool}
+("image" may be left out when live_capture is true: the daemon then captures the face itself).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge.errors import FacegateError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+COMMANDS = ("reload", "enroll", "delete")
+MAX_TEXT = 200
+MAX_COUNTER = 2**63 - 1
+MAX_IMAGE_B64 = 16 * 1024 * 1024  # ~12 MB decoded: a photo, not a video
+
+
+class CommandHandlers(Protocol):
+    """Implemented by the daemon core; each returns a JSON-serialisable summary for cmd_result."""
+
+    def reload(self) -> dict: ...
+
+    def enroll(self, name: str, image_jpeg: bytes, live_capture: bool) -> dict: ...
+
+    def delete(self, name: str) -> dict: ...
+
+
+class Refused(Exception):
+    """A command that is not run; `reason` is a stable code for clients, `detail` a sentence for people."""
+
+    def __init__(self, reason: str, detail: str, sender: str | None = None, counter: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.sender = sender
+        self.counter = counter
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    sender: str
+    counter: int
+    body: dict[str, Any]
+
+
+def sign_command(secret: bytes, sender: str, counter: int, name: str, body: dict[str, Any],
+                 device: str | None = None) -> bytes:
+    """The MQTT payload of a signed command (for clients and tests); bind it to one `device` when you can."""
+    signed = json.dumps({"v": VERSION, "device": device, "command": name, "sender": sender, "counter": counter,
+                         "body": body}, separators=(",", ":"))
+    mac = hmac.new(secret, signed.encode(), hashlib.sha256).hexdigest()
+    return json.dumps({"signed": signed, "hmac": mac}).encode()
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT \
+            or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Refused("invalid_body", f"{what} must be 1 to {MAX_TEXT} characters without control characters")
+    return value
+
+
+def verify_command(secret: bytes, device: str, name: str, payload: bytes) -> Command:
+    """Check the envelope and its MAC; the counter is checked by CounterStore. Raises Refused."""
+    try:
+        envelope = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Refused("malformed", "the payload is not JSON") from None
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("signed"), str):
+        raise Refused("unsigned", 'no "signed" text in the envelope')
+    mac = envelope.get("hmac")
+    if not isinstance(mac, str):
+        raise Refused("unsigned", 'no "hmac" in the envelope')
+    expected = hmac.new(secret, envelope["signed"].encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, mac.lower()):
+        raise Refused("bad_signature", "the HMAC does not match (wrong secret or altered command)")
+    # Authentic from here on: the fields below were written by someone holding the secret.
+    try:
+        signed = json.loads(envelope["signed"])
+    except json.JSONDecodeError:
+        raise Refused("malformed", "the signed text is not JSON") from None
+    if not isinstance(signed, dict) or signed.get("v") != VERSION:
+        raise Refused("malformed", f"unsupported envelope version (this device reads v{VERSION})")
+    sender, counter, body = signed.get("sender"), signed.get("counter"), signed.get("body")
+    if not isinstance(sender, str) or not sender or len(sender) > MAX_TEXT:
+        raise Refused("malformed", "sender must be a non-empty string")
+    if isinstance(counter, bool) or not isinstance(counter, int) or not 0 < counter <= MAX_COUNTER:
+        raise Refused("malformed", "counter must be a positive 64-bit integer", sender)
+    if signed.get("device") not in (None, device):
+        raise Refused("wrong_device", f"signed for device {signed.get('device')!r}", sender, counter)
+    if signed.get("command") != name:
+        raise Refused("wrong_command", f"signed as {signed.get('command')!r}, received on cmd/{name}", sender, counter)
+    if name not in COMMANDS:
+        raise Refused("unknown_command", f"{name!r} is not one of {', '.join(COMMANDS)}", sender, counter)
+    if not isinstance(body, dict):
+        raise Refused("invalid_body", "body must be an object", sender, counter)
+    return Command(name, sender, counter, body)
+
+
+def parse_body(command: Command) -> dict[str, Any]:
+    """The handler's keyword arguments, or Refused("invalid_body")."""
+    body = command.body
+    allowed = {"reload": set(), "delete": {"name"}, "enroll": {"name", "image", "live_capture"}}[command.name]
+    extra = sorted(set(body) - allowed)
+    try:
+        if extra:
+            raise Refused("invalid_body", f"unexpected field(s) {', '.join(extra)}")
+        if command.name == "reload":
+            return {}
+        if command.name == "delete":
+            return {"name": _text(body.get("name"), "name")}
+        live = body.get("live_capture", False)
+        if not isinstance(live, bool):
+            raise Refused("invalid_body", "live_capture must be true or false")
+        image = body.get("image")
+        if image is None and live:
+            data = b""
+        elif not isinstance(image, str) or not image or len(image) > MAX_IMAGE_B64:
+            raise Refused("invalid_body", f"image must be base64 text of at most {MAX_IMAGE_B64} characters")
+        else:
+            try:
+                data = base64.b64decode(image, validate=True)
+            except (binascii.Error, ValueError):
+                raise Refused("invalid_body", "image is not valid base64") from None
+        return {"name": _text(body.get("name"), "name"), "image_jpeg": data, "live_capture": live}
+    except Refused as exc:
+        exc.sender, exc.counter = command.sender, command.counter
+        raise
+
+
+class CounterStore:
+    """The last accepted counter of each sender, in a JSON file replaced atomically (write, fsync, rename)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._counters: dict[str, int] | None = None
+        self._error: str | None = None
+        try:
+            raw = json.loads(self.path.read_text()) if self.path.exists() else {}
+            if not isinstance(raw, dict) or not all(isinstance(k, str) and type(v) is int for k, v in raw.items()):
+                raise ValueError("expected an object of sender → integer")
+            self._counters = raw
+        except (OSError, ValueError) as exc:
+            # Fail closed: starting from empty counters would let every recorded command be replayed.
+            self._error = f"{self.path} is unreadable ({exc}); commands are refused until it is fixed or removed"
+            log.error("mqtt commands: %s", self._error)
+
+    def last(self, sender: str) -> int:
+        with self._lock:
+            return (self._counters or {}).get(sender, 0)
+
+    def advance(self, sender: str, counter: int) -> None:
+        """Record `counter` for `sender` on disk, or raise Refused("replay") if it is not above the last one."""
+        with self._lock:
+            if self._counters is None:
+                raise Refused("counter_state_unreadable", self._error or "", sender, counter)
+            last = self._counters.get(sender, 0)
+            if counter <= last:
+                raise Refused("replay", f"counter {counter} is not above {last}, the last accepted from {sender!r}",
+                              sender, counter)
+            updated = {**self._counters, sender: counter}
+            self._write(updated)
+            self._counters = updated
+
+    def _write(self, counters: dict[str, int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")  # 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(counters, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            dfd = os.open(self.path.parent, os.O_RDONLY)  # the rename itself must reach the disk
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class CommandProcessor:
+    """Verify, de-duplicate and run one command; returns the cmd_result document (without its timestamp)."""
+
+    def __init__(self, device: str, secret: bytes | None, state_path: Path, handlers: CommandHandlers | None,
+                 forget: Callable[[str], None]) -> None:
+        self.device = device
+        self.secret = secret
+        self.handlers = handlers
+        self.forget = forget
+        self.counters = CounterStore(state_path) if secret is not None else None
+
+    def handle(self, name: str, payload: bytes) -> dict[str, Any]:
+        try:
+            if self.secret is None or self.counters is None or self.handlers is None:
+                why = "no command_secret is configured" if self.secret is None else "no command handlers"
+                raise Refused("commands_disabled", f"commands are disabled on this device ({why})")
+            command = verify_command(self.secret, self.device, name, payload)
+            kwargs = parse_body(command)
+            self.counters.advance(command.sender, command.counter)  # persisted before anything runs
+        except Refused as exc:
+            log.warning("mqtt command %s refused: %s (%s)", name, exc.reason, exc.detail)
+            return {"command": name, "sender": exc.sender, "counter": exc.counter, "accepted": False,
+                    "status": "refused", "reason": exc.reason, "detail": exc.detail, "result": None}
+        outcome: dict[str, Any] = {"command": name, "sender": command.sender, "counter": command.counter,
+                                   "accepted": True, "status": "ok", "reason": None, "detail": None, "result": None}
+        log.info("mqtt command %s from %s (counter %d) accepted", name, command.sender, command.counter)
+        try:
+            handler = getattr(self.handlers, name)
+            outcome["result"] = handler(**kwargs)
+        except FacegateError as exc:
+            outcome.update(status="error", detail=str(exc)[:500])
+            log.warning("mqtt command %s failed: %s", name, exc)
+        except Exception as exc:
+            outcome.update(status="error", detail=f"internal error ({type(exc).__name__})")
+            log.exception("mqtt command %s crashed", name)
+        finally:
+            if name == "delete":
+                # Erasure goes on even if the store said no: pending events and retained state must not keep
+                # naming someone who asked to be deleted.
+                self.forget(kwargs["name"])
+        return outcome

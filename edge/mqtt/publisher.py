@@ -1,0 +1,511 @@
+"""The daemon's MQTT client: events through the outbox, retained state, discovery, prompts, door commands, claims
+and signed commands.
+
+Topics, under <topic_prefix>/<device>/:
+  event          QoS 1, not retained: one JSON document per decision (event.schema.json)
+  state          QoS 1, retained: the daemon's summary + last_identity, outbox_depth, outbox_dropped, ts
+  availability   QoS 1, retained: "online" on connect, "offline" on stop and as the Last Will
+  face_present   QoS 0, retained: ON / OFF (Home Assistant binary_sensor)
+  prompt         QoS 0, not retained: {"text", "ts"} for a display
+  door/command   QoS 1, not retained: {"command": LOCK|UNLOCK|OPEN, "duration_s"?, "door", "source", "ts"}
+  claim          subscribed: an identity name, as text or {"identity": name}
+  cmd/<name>     subscribed: signed commands (commands.py)
+  cmd_result     QoS 1, not retained: the outcome of each command
+
+Threads: paho's network thread runs the connection (connect, exponential back-off, keepalive). It only ever sets
+flags and queues work, because paho calls on_publish while holding its own message lock and a callback that
+waited for one of ours could deadlock against a thread publishing under it. The outbox thread moves events from
+SQLite to paho (at most WINDOW in flight) and deletes them on PUBACK; the worker thread runs commands, claims and
+re-announcements, so a slow enrolment never stalls keepalives.
+
+Delivery is at least once: after a reconnect the outbox is re-sent in seq order from its oldest row, so a
+subscriber may see an event twice (same event_id) but never a gap it is not told about (outbox_dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import queue
+import socket
+import ssl
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.mqtt import MqttError
+from edge.mqtt.commands import CommandHandlers, CommandProcessor
+from edge.mqtt.homeassistant import OFF, ON, discovery_messages, status_topic
+from edge.mqtt.outbox import Outbox, dumps
+from edge.mqtt.settings import MqttSettings
+
+__all__ = ["CommandHandlers", "Publisher"]
+
+log = logging.getLogger(__name__)
+paho_log = logging.getLogger(__name__ + ".paho")
+
+# Events handed to paho at once. paho's own in-flight limit is twice that, leaving room for state, discovery and
+# door commands, so paho never has to queue an event itself: what is not on the wire stays in SQLite, where
+# forget_identity can still erase it, and a door command never waits behind a backlog of events.
+WINDOW = 20
+# Incoming messages waiting for the worker; beyond this they are dropped (paho's thread must never block).
+MAX_JOBS = 1000
+EVENT_FIELDS = ("event_id", "seq", "ts", "device", "door")
+DOOR_COMMANDS = ("LOCK", "UNLOCK", "OPEN")
+
+
+def utc_now() -> str:
+    """RFC 3339 with milliseconds, UTC, 'Z' suffix."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _scrub(value: Any, name: str) -> Any:
+    """`value` with every string equal to `name` replaced by None and every key equal to it removed
+    (forget_identity on the daemon's state)."""
+    if isinstance(value, dict):
+        return {k: _scrub(v, name) for k, v in value.items() if k != name}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, name) for v in value]
+    return None if value == name else value
+
+
+def _acked(info: mqtt.MQTTMessageInfo) -> bool:
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):  # not sent (no connection): the next connection re-sends it from SQLite
+        return False
+
+
+def _connect_hint(exc: BaseException | None, tls: bool) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return " (the broker's certificate is not signed by tls_ca, or does not name the host)"
+    if isinstance(exc, ssl.SSLError):
+        return " (TLS handshake failed: a TLS port without tls_ca, a plain port with tls_ca, or a rejected client " \
+               "certificate)"
+    if isinstance(exc, ConnectionRefusedError):
+        return " (is the broker running and listening on that port?)"
+    if isinstance(exc, ConnectionResetError) and tls:
+        return " (a plain MQTT port? TLS needs the broker's TLS listener)"
+    return ""
+
+
+class Publisher:
+    def __init__(self, settings: MqttSettings, handlers: CommandHandlers | None = None,
+                 clock_synced: Callable[[], bool] | None = None) -> None:
+        self.settings = settings
+        self._clock_synced = clock_synced
+        self._where = f"{settings.host}:{settings.port}{' (TLS)' if settings.tls else ''}"
+        self._client = self._make_client()  # first: unreadable TLS files fail before anything is opened
+        self._outbox = Outbox(settings.effective_outbox_path, settings.device, settings.outbox_limit)
+        self._commands = CommandProcessor(settings.device, settings.command_secret,
+                                          settings.effective_command_state_path, handlers, self.forget_identity)
+        self._claim_callbacks: list[Callable[[str], None]] = []
+        self._send_lock = threading.Lock()  # connection generation vs. the outbox thread's publishes
+        self._state_lock = threading.Lock()  # _state, _last_identity, _face_present
+        self._state_publish_lock = threading.Lock()  # retained state documents leave in the order they are built
+        self._wake = threading.Event()
+        self._jobs: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(MAX_JOBS)
+        self._connected = False
+        self._subscribed = False  # the SUBACK for claim, cmd/+ and the HA status arrived on this connection
+        self._announced = False  # discovery, state and face presence were re-sent on this connection
+        self._generation = 0
+        self._connections = 0
+        self._fail_streak = 0
+        self._attempt_reported = False  # one log line per failed connection attempt, not two
+        self._started = False
+        self._stopping = False
+        self._closed = False
+        self._state: dict[str, Any] = {}
+        self._last_identity: str | None = None
+        self._face_present: bool | None = None
+        self._reported_depth: int | None = None
+        self._sender = threading.Thread(target=self._sender_main, name=f"mqtt-outbox-{settings.device}",
+                                        daemon=True)
+        self._worker = threading.Thread(target=self._worker_main, name=f"mqtt-worker-{settings.device}",
+                                        daemon=True)
+
+    # -- set-up ------------------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
+                             clean_session=True, protocol=mqtt.MQTTv311)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls_ca is not None:
+            try:
+                context = ssl.create_default_context(cafile=str(s.tls_ca))  # verifies chain and host name
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                if s.tls_cert is not None and s.tls_key is not None:
+                    context.load_cert_chain(str(s.tls_cert), str(s.tls_key))
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise MqttError(f"mqtt TLS files (tls_ca {s.tls_ca}, tls_cert {s.tls_cert}, tls_key {s.tls_key}) "
+                                f"are unusable: {exc}") from None
+            client.tls_set_context(context)
+            client.tls_insecure_set(s.tls_insecure)
+        client.will_set(s.topic("availability"), "offline", qos=1, retain=True)
+        client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # typed int, floats work
+        client.max_inflight_messages_set(2 * WINDOW)
+        client.suppress_exceptions = True  # a bug in a callback must not end the network thread
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_log = lambda _c, _u, _level, text: paho_log.debug("%s", text)
+        return client
+
+    def start(self) -> None:
+        """Connect in the background (never blocks, never raises for an unreachable or refusing broker)."""
+        if self._started:
+            return
+        if self._closed:
+            raise RuntimeError("this Publisher was stopped; make a new one")
+        self._started = True
+        log.info("mqtt: connecting to %s as %s", self._where, self.settings.effective_client_id)
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        self._client.loop_start()
+        self._sender.start()
+        self._worker.start()
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        """Wait (up to flush_timeout) for pending events to be acknowledged, say "offline", disconnect."""
+        if self._closed:
+            return
+        self._closed = True  # publish_event refuses from here on
+        deadline = time.monotonic() + flush_timeout
+        if self._started:
+            while self._connected and self._outbox.depth > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self._stopping = True
+            self._wake.set()
+            self._sender.join()
+            with contextlib.suppress(queue.Full):
+                self._jobs.put(None, timeout=1.0)
+            self._worker.join(timeout=max(0.5, deadline - time.monotonic()))
+            if self._connected:
+                info = self._client.publish(self.settings.topic("availability"), "offline", qos=1, retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(timeout=max(0.5, deadline - time.monotonic()))
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._connected = False
+        if self._outbox.depth:
+            log.info("mqtt: stopped with %d event(s) in the outbox; they are sent on the next start",
+                     self._outbox.depth)
+        self._outbox.close()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """True once connected, subscribed (commands and claims sent from then on are received) and announced
+        (discovery, state); False after `timeout` seconds. For start-up checks and tests."""
+        deadline = time.monotonic() + timeout
+        while not self._ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self._ready()
+
+    def _ready(self) -> bool:
+        return self._connected and self._subscribed and self._announced
+
+    # -- properties --------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def outbox_depth(self) -> int:
+        return self._outbox.depth
+
+    @property
+    def dropped(self) -> int:
+        return self._outbox.dropped
+
+    @property
+    def reconnects(self) -> int:
+        """Successful connections after the first one."""
+        return max(0, self._connections - 1)
+
+    # -- publishing --------------------------------------------------------------------------------------
+    def publish_event(self, event: dict) -> dict:
+        """Commit the event to the outbox (with event_id, seq, ts, device, door), then let it be sent."""
+        if self._closed:
+            raise RuntimeError("publish_event after stop()")
+        synced = self._clock_is_synced()
+        s = self.settings
+
+        def build(seq: int) -> dict[str, Any]:
+            full: dict[str, Any] = {"event_id": str(uuid.uuid4()), "seq": seq, "ts": utc_now(), "device": s.device,
+                                    "door": event.get("door") or s.door}
+            full.update((k, v) for k, v in event.items() if k not in EVENT_FIELDS and k != "clock_synced")
+            if not synced:
+                full["clock_synced"] = False
+            return full
+
+        stored, dropped = self._outbox.add(build)
+        if dropped:
+            log.warning("mqtt outbox full (%d events): dropped the oldest %d, seq %d..%d; %d dropped in all",
+                        s.outbox_limit, len(dropped), dropped[0][0], dropped[-1][0], self._outbox.dropped)
+        identity = stored.get("identity")
+        granted = stored.get("decision") == "granted" and isinstance(identity, str)
+        if granted:
+            with self._state_lock:
+                self._last_identity = identity
+        self._wake.set()
+        if dropped or granted:
+            self._send_state()
+        return stored
+
+    def publish_state(self, state: dict) -> None:
+        """Retained summary; the Publisher adds last_identity, outbox_depth, outbox_dropped and ts."""
+        with self._state_lock:
+            self._state = json.loads(dumps(state))  # a private copy the caller cannot change under us
+        self._send_state()
+
+    def publish_prompt(self, text: str) -> None:
+        if self._connected:
+            self._client.publish(self.settings.topic("prompt"), dumps({"text": text, "ts": utc_now()}), qos=0)
+
+    def publish_door(self, command: str, duration_s: float | None = None) -> bool:
+        """Send a door command now; False (and nothing queued) when not connected.
+
+        Door commands are never kept for later: an UNLOCK delivered minutes late, after an outage, would open
+        the door for nobody. For the same reason a reconnect discards any that were still unacknowledged.
+        """
+        if command not in DOOR_COMMANDS:
+            raise ValueError(f"door command {command!r} is not one of {', '.join(DOOR_COMMANDS)}")
+        if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+            raise ValueError(f"door duration_s must be a positive number of seconds, got {duration_s!r}")
+        if not self._connected:
+            log.warning("mqtt: not connected, door command %s not sent", command)
+            return False
+        doc: dict[str, Any] = {"command": command, "door": self.settings.door, "source": "facegate", "ts": utc_now()}
+        if duration_s is not None:
+            doc["duration_s"] = duration_s
+        self._client.publish(self.settings.topic("door", "command"), dumps(doc), qos=1)
+        return True
+
+    def publish_face_present(self, present: bool) -> None:
+        """Retained ON/OFF for the Home Assistant binary_sensor; sent only when it changes."""
+        with self._state_lock:
+            if self._face_present is present:
+                return
+            self._face_present = present
+        if self._connected:
+            self._client.publish(self.settings.topic("face_present"), ON if present else OFF, qos=0, retain=True)
+
+    def on_claim(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(identity)` (on the worker thread) for each message on facegate/<device>/claim."""
+        self._claim_callbacks.append(callback)
+
+    def forget_identity(self, name: str) -> None:
+        """Erase `name` from pending events, the retained state and the last-identity sensor."""
+        removed = self._outbox.forget(name)
+        with self._state_lock:
+            if self._last_identity == name:
+                self._last_identity = None
+            self._state = _scrub(self._state, name)
+        self._send_state()
+        # The count only: a log line naming the person would defeat the erasure.
+        log.info("mqtt: forgot an identity: %d pending event(s) erased from the outbox", removed)
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _clock_is_synced(self) -> bool:
+        if self._clock_synced is None:
+            return True
+        try:
+            return bool(self._clock_synced())
+        except Exception:
+            log.debug("clock_synced() failed; marking the event's time as unsynchronised", exc_info=True)
+            return False
+
+    def _send_state(self) -> None:
+        if not self._connected:
+            return  # sent again on (re)connect
+        with self._state_publish_lock:
+            with self._state_lock:
+                doc = {**self._state, "last_identity": self._last_identity, "outbox_depth": self._outbox.depth,
+                       "outbox_dropped": self._outbox.dropped, "ts": utc_now()}
+            self._reported_depth = doc["outbox_depth"]
+            self._client.publish(self.settings.topic("state"), dumps(doc), qos=1, retain=True)
+
+    def _announce(self) -> None:
+        """Discovery configs, state and face presence: after each connect and each Home Assistant start."""
+        if not self._connected:
+            return
+        if self.settings.discovery:
+            for topic, payload in discovery_messages(self.settings):
+                self._client.publish(topic, payload, qos=1, retain=True)
+        self._send_state()
+        with self._state_lock:
+            present = self._face_present
+        if present is not None:
+            self._client.publish(self.settings.topic("face_present"), ON if present else OFF, qos=0, retain=True)
+
+    def _retry(self) -> str:
+        # Mirrors paho's back-off (min, doubling, capped) so that the log line can say when the next try is.
+        s = self.settings
+        delay = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** max(0, self._fail_streak - 1))
+        return f"retrying in {delay:.1f} s" if delay < 10 else f"retrying in {delay:.0f} s"
+
+    def _report_failure(self, message: str, *args: Any) -> None:
+        self._fail_streak += 1
+        self._attempt_reported = True
+        log.error(message + "; %s", *args, self._retry())
+
+    # -- paho callbacks (network thread): set flags, queue work, never wait on our locks but _send_lock ------
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            hint = ""
+            if reason.value in (134, 135):  # bad user name or password / not authorised
+                hint = " (check username and password)"
+            self._report_failure("mqtt: broker %s refused the connection: %s%s", self._where, reason, hint)
+            return
+        self._subscribed = self._announced = False
+        sock = client.socket()
+        if sock is not None and hasattr(sock, "setsockopt"):
+            # Decisions are tiny messages sent from several threads: without this, Nagle's algorithm holds an
+            # event back ~40 ms behind the door command and prompt sent just before it.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._send_lock:
+            # paho would re-send its own unacknowledged copies; the outbox does that, in seq order, instead.
+            client.drop_out_messages()
+            self._generation += 1
+            self._connected = True
+        self._connections += 1
+        self._fail_streak = 0
+        log.info("mqtt: %s %s", "connected to" if self._connections == 1 else "reconnected to", self._where)
+        client.publish(self.settings.topic("availability"), "online", qos=1, retain=True)
+        subscriptions = [(self.settings.topic("claim"), 1), (self.settings.topic("cmd", "+"), 1)]
+        if self.settings.discovery:
+            subscriptions.append((status_topic(self.settings), 1))
+        client.subscribe(subscriptions)
+        self._queue_job(("connected", "", b""))
+        self._wake.set()
+
+    def _on_pre_connect(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self._attempt_reported = False
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # paho calls this from inside its `except OSError` block, so the exception is still at hand.
+        exc = sys.exception()
+        self._report_failure("mqtt: cannot connect to %s: %s%s", self._where, exc or "connection failed",
+                             _connect_hint(exc, self.settings.tls))
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        was_connected, self._connected = self._connected, False
+        if self._stopping:
+            return
+        if was_connected:
+            log.warning("mqtt: lost the connection to %s (%s); reconnecting, events wait in the outbox",
+                        self._where, reason)
+        elif not self._attempt_reported:
+            # Closed between the TCP/TLS handshake and CONNACK: with TLS 1.3 that is how a broker rejects a
+            # client certificate (the client's handshake has already "succeeded").
+            self._report_failure("mqtt: broker %s closed the connection before accepting it (%s)%s", self._where,
+                                 reason, " (does it require a client certificate, tls_cert/tls_key?)"
+                                 if self.settings.tls else " (a TLS-only port? then set tls_ca)")
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[Any], _props: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            # An ACL that forgot this device's cmd/claim topics: say so, the rest keeps working.
+            log.error("mqtt: broker %s refused %d of the subscriptions (claim, cmd/+, discovery status): %s",
+                      self._where, len(refused), refused[0])
+        self._subscribed = True
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._queue_job(("message", message.topic, bytes(message.payload)))
+
+    def _queue_job(self, job: tuple[str, str, bytes]) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            log.warning("mqtt: %d messages already wait for the worker; dropped one on %s", MAX_JOBS, job[1])
+
+    def _on_publish(self, *_args: Any) -> None:
+        self._wake.set()  # the outbox thread looks for acknowledged events
+
+    # -- threads -----------------------------------------------------------------------------------------
+    def _sender_main(self) -> None:
+        inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # seq → paho's handle, in seq order
+        generation, high = -1, 0
+        topic = self.settings.topic("event")
+        while not self._stopping:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                acked = [seq for seq, info in inflight.items() if _acked(info)]
+                if acked:
+                    self._outbox.remove(acked)  # only now: the broker has it
+                    for seq in acked:
+                        del inflight[seq]
+                with self._send_lock:
+                    if self._connected and not self._stopping:
+                        if generation != self._generation:
+                            # A new connection: whatever was in flight may be lost; start again from the oldest.
+                            generation, high = self._generation, 0
+                            inflight.clear()
+                        for seq, payload in self._outbox.pending(high, WINDOW - len(inflight)):
+                            inflight[seq] = self._client.publish(topic, payload, qos=1)
+                            high = seq
+                if self._outbox.depth == 0 and self._reported_depth:
+                    self._send_state()  # the backlog drained: say so in the retained state
+            except Exception:
+                log.exception("mqtt outbox thread: unexpected error; retrying in 1 s")
+                time.sleep(1.0)
+
+    def _worker_main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            kind, topic, payload = job
+            try:
+                if kind == "connected":
+                    self._announce()
+                    self._announced = True
+                else:
+                    self._handle_message(topic, payload)
+            except Exception:
+                log.exception("mqtt: handling %s %s failed", kind, topic)
+
+    def _handle_message(self, topic: str, payload: bytes) -> None:
+        s = self.settings
+        cmd_prefix = s.topic("cmd") + "/"
+        if topic == status_topic(s):
+            if payload.strip() == b"online":
+                self._announce()
+        elif topic == s.topic("claim"):
+            identity = _parse_claim(payload)
+            if identity is None:
+                log.warning("mqtt: ignored a claim that is not a name or {\"identity\": name}")
+                return
+            for callback in list(self._claim_callbacks):
+                callback(identity)
+        elif topic.startswith(cmd_prefix):
+            result = self._commands.handle(topic[len(cmd_prefix):], payload)
+            result["ts"] = utc_now()
+            if self._connected:
+                self._client.publish(s.topic("cmd_result"), dumps(result), qos=1)
+
+
+def _parse_claim(payload: bytes) -> str | None:
+    try:
+        text = payload.decode().strip()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("{"):
+        try:
+            text = json.loads(text).get("identity")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+    if not isinstance(text, str) or not text or len(text) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return None
+    return text

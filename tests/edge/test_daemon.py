@@ -1,0 +1,244 @@
+"""The daemon end to end: real models, real LFW photos played as a camera, a real SQLite store, a real
+mosquitto (tests/mqtt_broker.py), the real HTTP endpoints, and SIGTERM to a real process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import ConfigError, parse
+from edge.daemon import Daemon, LogSink
+from edge.demo_daemon import running
+from edge.liveness.base import LivenessResult
+from tests.mqtt_broker import Broker, Subscriber, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class AlwaysLive:
+    """A liveness check loaded by name from the config (liveness.model = "module:Class")."""
+
+    name = "always-live"
+
+    def check(self, image, face) -> LivenessResult:
+        return LivenessResult("live", 0.99)
+
+
+def create(registry, manifest, threads) -> AlwaysLive:
+    """The factory a liveness bundle's manifest names (extra.module = this module)."""
+    return AlwaysLive()
+
+
+@pytest.fixture(scope="module")
+def clip(lfw, tmp_path_factory) -> dict[str, Path]:
+    """An image folder: an enrolled person (a different photo from the enrolment one), nobody, a stranger."""
+    root = lfw / "images"
+    folder = tmp_path_factory.mktemp("clip")
+    shutil.copy(root / "Colin_Powell/Colin_Powell_0040.jpg", folder / "01_colin.jpg")
+    cv2.imwrite(str(folder / "02_empty.png"), np.full((250, 250, 3), 120, np.uint8))
+    shutil.copy(root / "Aaron_Peirsol/Aaron_Peirsol_0001.jpg", folder / "03_stranger.jpg")
+    return {"folder": folder, "enrol": root / "Colin_Powell/Colin_Powell_0038.jpg"}
+
+
+def _config(tmp_path: Path, clip: dict[str, Path], **sections) -> dict:
+    base = {"profile": "kiosk",
+            "camera": {"source": str(clip["folder"]), "fps": 30, "frames_per_image": 8},
+            "store": {"path": str(tmp_path / "s.db")},
+            "mqtt": {"enabled": False},
+            "health": {"listen": "127.0.0.1:0"}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return base
+
+
+def _enrol(daemon: Daemon, path: Path, name: str = "colin") -> None:
+    result = daemon.enroll(name, path.read_bytes(), live_capture=False)
+    assert result["ok"], result
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_events_arrive_over_mosquitto(tmp_path, clip):
+    with Broker(tmp_path / "mq") as broker, \
+            Subscriber(broker, ["facegate/door1/#"]) as sub:
+        cfg = parse(_config(tmp_path, clip, mqtt={"enabled": True, "port": broker.port, "device": "door1",
+                                                  "discovery": False, "outbox_path": str(tmp_path / "o.db"),
+                                                  "command_state_path": str(tmp_path / "c.json")}))
+        daemon = Daemon(cfg)
+        _enrol(daemon, clip["enrol"])
+        with running(daemon) as thread:
+            thread.join(60)
+        events = [m.json() for m in sub.wait_count("facegate/door1/event", 2)]
+        assert [(e["decision"], e["identity"]) for e in events] == [("granted", "colin"), ("unknown", None)]
+        jsonschema = pytest.importorskip("jsonschema")
+        schema = json.loads((REPO / "edge/mqtt/event.schema.json").read_text())
+        for e in events:
+            jsonschema.Draft202012Validator(schema).validate(e)
+            assert e["device"] == "door1" and e["liveness"] == {"verdict": "not_checked", "score": None}
+            assert e["model"] == "sface" and e["frames"] >= 3 and 0 < e["latency_ms"] < 1000
+        prompts = [m.json()["text"] for m in sub.on("facegate/door1/prompt")]
+        assert "granted" in prompts and "not recognised" in prompts
+        assert wait_until(lambda: sub.on("facegate/door1/availability")
+                          and sub.on("facegate/door1/availability")[-1].payload == b"offline", 5)
+        assert not sub.on("facegate/door1/door/command")  # kiosk: no door commands
+
+
+def test_door_profile_unlocks_with_a_liveness_check(tmp_path, clip):
+    cfg = parse(_config(tmp_path, clip, profile="door", door={"unlock_s": 3},
+                        liveness={"model": "tests.edge.test_daemon:AlwaysLive"}))
+    out = tmp_path / "events.jsonl"
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", out))
+    _enrol(daemon, clip["enrol"])
+    assert daemon.liveness_mode == "always-live"
+    with running(daemon) as thread:
+        thread.join(60)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    doors = [(r["command"], r["duration_s"]) for r in records if r["kind"] == "door"]
+    assert doors == [("LOCK", None), ("UNLOCK", 3.0)]  # a known state at start, one UNLOCK for one grant
+    events = [r["event"] for r in records if r["kind"] == "event"]
+    assert [e["decision"] for e in events] == ["granted", "unknown"]
+    assert events[0]["liveness"] == {"verdict": "live", "score": 0.99}
+    unlock = next(i for i, r in enumerate(records) if r.get("command") == "UNLOCK")
+    assert records[unlock + 1]["kind"] == "event"  # the door first, then the event
+
+
+def test_door_profile_finds_an_installed_liveness_bundle(tmp_path, clip):
+    """liveness.model = "auto": the bundle in the model directory is found, verified and loaded."""
+    import hashlib
+
+    from edge.liveness import installed, load
+    from edge.models.registry import Registry
+
+    bundle = tmp_path / "models" / "fake-live"
+    bundle.mkdir(parents=True)
+    (bundle / "weights.bin").write_bytes(b"not a real network")
+    (bundle / "manifest.json").write_text(json.dumps({
+        "name": "fake-live", "task": "liveness", "file": "weights.bin",
+        "sha256": hashlib.sha256(b"not a real network").hexdigest(), "source": {"file": "weights.bin"},
+        "licence": "test", "runtime": "onnxruntime", "input": {"size": [80, 80]},
+        "extra": {"module": "tests.edge.test_daemon"}}))
+    registry = Registry(tmp_path / "models")
+    assert installed(registry) == ["fake-live"]
+    assert load("fake-live", registry).name == "always-live"
+    daemon = Daemon(parse(_config(tmp_path, clip, profile="door", models={"model_dir": str(tmp_path / "models")})),
+                    sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
+    try:
+        assert daemon.liveness_mode == "always-live"
+    finally:
+        daemon.store.close()
+
+
+def test_door_profile_refuses_to_start_without_liveness(tmp_path, clip):
+    with pytest.raises(ConfigError, match="no liveness model is installed"):
+        Daemon(parse(_config(tmp_path, clip, profile="door")))
+
+
+def test_healthz_and_metrics(tmp_path, clip):
+    cfg = parse(_config(tmp_path, clip, camera={"loop": True}))
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
+    _enrol(daemon, clip["enrol"])
+    with running(daemon):
+        assert wait_until(lambda: daemon.metrics.value("decisions_total", decision="unknown") >= 1, 30)
+        base = f"http://127.0.0.1:{daemon.health_server.port}"
+        code, body = _get(base + "/healthz")
+        report = json.loads(body)
+        assert code == 200 and report["healthy"] and report["identities"] == 1 and report["fps"] > 0
+        code, body = _get(base + "/metrics")
+        text = body.decode()
+        assert code == 200
+        for line in ("# TYPE facegate_fps gauge", "# TYPE facegate_stage_latency_ms histogram",
+                     'facegate_decisions_total{decision="granted"} 1', 'facegate_decisions_total{decision="spoof"} 0',
+                     "facegate_outbox_depth 0", "facegate_mqtt_reconnects_total 0",
+                     "facegate_source_reconnects_total 0", "facegate_healthy 1", "facegate_gallery_identities 1"):
+            assert line in text, line
+        for stage in ("detect", "quality", "embed", "match", "decide", "frame"):
+            assert f'facegate_stage_latency_ms_bucket{{stage="{stage}",le="+Inf"}}' in text
+        buckets = [int(row.rsplit(" ", 1)[1]) for row in text.splitlines()
+                   if row.startswith("facegate_stage_latency_ms_bucket") and 'stage="frame"' in row]
+        assert buckets == sorted(buckets) and buckets[-1] > 10  # cumulative
+        assert _get(base + "/other")[0] == 404
+
+
+def test_unhealthy_camera_is_reported_and_fails_secure(tmp_path, clip):
+    cfg = parse(_config(tmp_path, clip, camera={"source": "/dev/video97", "stale_s": 0.2,
+                                                "reconnect_min_s": 0.05, "reconnect_max_s": 0.1}))
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
+    with running(daemon):
+        assert wait_until(lambda: daemon.health_server is not None, 5)
+        base = f"http://127.0.0.1:{daemon.health_server.port}"
+        assert wait_until(lambda: _get(base + "/healthz")[0] == 503, 5)
+        report = json.loads(_get(base + "/healthz")[1])
+        assert not report["healthy"] and report["problems"][0].startswith("camera")
+        assert "facegate_healthy 0" in _get(base + "/metrics")[1].decode()
+        # The retained state says so too (what a dashboard or the lock controller's watchdog reads).
+        assert wait_until(lambda: '"status": "degraded"' in (tmp_path / "e.jsonl").read_text(), 5)
+
+
+def test_command_handlers_and_reload(tmp_path, clip):
+    from edge.enroll import Enroller
+    from edge.store.db import Store
+
+    daemon = Daemon(parse(_config(tmp_path, clip)), sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
+    try:
+        _enrol(daemon, clip["enrol"])
+        bad = daemon.enroll("x", b"not an image", live_capture=False)
+        assert not bad["ok"] and "unreadable" in bad["reasons"][0]
+        nobody = daemon.enroll("x", b"", live_capture=True)
+        assert not nobody["ok"] and "no camera frame" in nobody["reasons"][0]
+        # Another process (the CLI) enrols into the same file: the daemon sees it after reload.
+        with Store(tmp_path / "s.db") as other:
+            enroller = Enroller(other, daemon.pipeline)
+            assert enroller.commit("aaron", [enroller.judge(clip["folder"] / "03_stranger.jpg")], command="cli")
+        assert len(daemon.engine.matcher) == 1
+        assert daemon.reload() == {"ok": True, "identities": 2, "templates": 2}
+        assert daemon.delete("aaron")["ok"] and not daemon.delete("aaron")["ok"]
+        assert daemon.engine.matcher.names() == ["colin"]
+    finally:
+        daemon.store.close()
+
+
+def test_sigterm_flushes_and_publishes_offline(tmp_path, clip):
+    with Broker(tmp_path / "mq") as broker, \
+            Subscriber(broker, ["facegate/door1/#"]) as sub:
+        conf = _config(tmp_path, clip, camera={"loop": True},
+                       mqtt={"enabled": True, "port": broker.port, "device": "door1", "discovery": False,
+                             "outbox_path": str(tmp_path / "o.db"), "command_state_path": str(tmp_path / "c.json")})
+        lines = []
+        for section, values in conf.items():
+            if isinstance(values, dict):
+                lines.append(f"[{section}]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+            else:
+                lines.insert(0, f"{section} = {json.dumps(values)}")
+        path = tmp_path / "facegate.toml"
+        path.write_text("\n".join(lines) + "\n")
+        proc = subprocess.Popen([sys.executable, "-m", "edge.daemon_cli", "run", "--config", str(path)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "NOTIFY_SOCKET": ""})
+        try:
+            assert sub.wait_count("facegate/door1/event", 1, timeout=60), proc.stderr
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err.decode()
+        assert b"facegate stopped" in err
+        assert wait_until(lambda: sub.on("facegate/door1/availability")[-1].payload == b"offline", 5)
+        state = [m.json() for m in sub.on("facegate/door1/state")][-1]
+        assert state["outbox_depth"] == 0

@@ -1,0 +1,191 @@
+"""The outbox, settings and command verification on their own: no broker needed."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from edge.mqtt import MqttError
+from edge.mqtt.commands import CommandProcessor, CounterStore, Refused, parse_body, sign_command, verify_command
+from edge.mqtt.outbox import Outbox
+from edge.mqtt.settings import MqttSettings
+
+SECRET = b"0123456789abcdef-test-secret"
+
+
+def _event(identity: str | None = "alice"):
+    return lambda seq: {"event_id": str(uuid.uuid4()), "seq": seq, "identity": identity, "decision": "granted"}
+
+
+def test_seq_is_monotonic_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    first = Outbox(path, "door1")
+    assert [first.add(_event())[0]["seq"] for _ in range(3)] == [1, 2, 3]
+    first.remove([1, 2, 3])
+    first.close()
+    box = Outbox(path, "door1")
+    assert box.depth == 0
+    assert box.add(_event())[0]["seq"] == 4  # an emptied outbox does not restart the count
+    assert Outbox(path, "door2").add(_event())[0]["seq"] == 1  # per device
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_concurrent_adds_get_distinct_ordered_seqs(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", "door1")
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def add() -> None:
+        for _ in range(25):
+            seq = box.add(_event())[0]["seq"]
+            with lock:
+                seqs.append(seq)
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(1, 101))
+    assert [s for s, _ in box.pending(0, 1000)] == list(range(1, 101))
+    assert box.depth == 100
+
+
+def test_full_outbox_drops_oldest_and_counts_persistently(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, "door1", limit=3)
+    dropped = [box.add(_event())[1] for _ in range(5)]
+    assert [d for d in dropped if d] == [[(1, dropped[3][0][1])], [(2, dropped[4][0][1])]]
+    assert box.depth == 3 and box.dropped == 2
+    assert [s for s, _ in box.pending(0, 10)] == [3, 4, 5]
+    box.close()
+    assert Outbox(path, "door1", limit=3).dropped == 2
+
+
+def test_pending_is_ordered_and_windowed(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", "door1")
+    for _ in range(5):
+        box.add(_event())
+    assert [s for s, _ in box.pending(2, 2)] == [3, 4]
+    assert json.loads(box.pending(0, 1)[0][1])["seq"] == 1
+    assert box.remove([1, 99]) == 1 and box.depth == 4  # an unknown seq (dropped, forgotten) is ignored
+
+
+def test_forget_erases_the_rows_and_their_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, "door1")
+    for who in ("zoe-forgettable", "bob", "zoe-forgettable", None):
+        box.add(_event(who))
+    assert box.forget("zoe-forgettable") == 2
+    assert box.depth == 2
+    assert [json.loads(p)["identity"] for _, p in box.pending(0, 10)] == ["bob", None]
+    for f in tmp_path.iterdir():
+        assert b"zoe-forgettable" not in f.read_bytes(), f.name
+
+
+def test_outbox_refuses_a_foreign_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(MqttError, match="not a facegate outbox"):
+        Outbox(path, "door1")
+
+
+@pytest.mark.parametrize("bad", [
+    {"device": "door/1"}, {"device": "door+"}, {"device": ""}, {"port": 0}, {"topic_prefix": "a/#"},
+    {"topic_prefix": "a//b"}, {"tls_cert": Path("c.pem")}, {"password": "x"}, {"outbox_limit": 0},
+    {"reconnect_min_s": 5.0, "reconnect_max_s": 1.0}, {"command_secret": b"short"},
+])
+def test_settings_reject_unsafe_values(bad: dict) -> None:
+    with pytest.raises(MqttError):
+        MqttSettings(**bad)
+
+
+def test_settings_from_mapping_and_topics(tmp_path: Path) -> None:
+    s = MqttSettings.from_mapping({"device": "lobby", "tls_ca": str(tmp_path / "ca.crt"), "command_secret": "x" * 20,
+                                   "topic_prefix": "site/facegate"})
+    assert s.tls_ca == tmp_path / "ca.crt" and s.command_secret == b"x" * 20 and s.tls
+    assert s.topic("cmd", "reload") == "site/facegate/lobby/cmd/reload"
+    assert s.effective_client_id == "facegate-lobby"
+    with pytest.raises(MqttError, match="unknown mqtt setting"):
+        MqttSettings.from_mapping({"hots": "x"})
+
+
+# -- command verification ----------------------------------------------------------------------------------
+def test_a_signed_command_verifies() -> None:
+    payload = sign_command(SECRET, "admin", 7, "delete", {"name": "bob"}, device="door1")
+    command = verify_command(SECRET, "door1", "delete", payload)
+    assert (command.sender, command.counter, command.body) == ("admin", 7, {"name": "bob"})
+    assert parse_body(command) == {"name": "bob"}
+    # Unbound (device null) commands are accepted by every device holding the secret.
+    assert verify_command(SECRET, "door9", "reload", sign_command(SECRET, "admin", 1, "reload", {})).name == "reload"
+
+
+@pytest.mark.parametrize(("payload", "name", "reason"), [
+    (b"not json", "reload", "malformed"),
+    (json.dumps({"sender": "admin", "counter": 1, "body": {}}).encode(), "reload", "unsigned"),
+    (sign_command(b"another-secret-of-16+", "admin", 1, "reload", {}), "reload", "bad_signature"),
+    (sign_command(SECRET, "admin", 1, "reload", {}, device="door2"), "reload", "wrong_device"),
+    (sign_command(SECRET, "admin", 1, "reload", {}), "delete", "wrong_command"),
+    (sign_command(SECRET, "admin", 0, "reload", {}), "reload", "malformed"),
+    (sign_command(SECRET, "admin", 1, "shutdown", {}), "shutdown", "unknown_command"),
+])
+def test_bad_commands_are_refused(payload: bytes, name: str, reason: str) -> None:
+    with pytest.raises(Refused) as info:
+        verify_command(SECRET, "door1", name, payload)
+    assert info.value.reason == reason
+
+
+def test_an_altered_signed_text_fails_the_mac() -> None:
+    envelope = json.loads(sign_command(SECRET, "admin", 5, "delete", {"name": "bob"}))
+    envelope["signed"] = envelope["signed"].replace("bob", "eve")
+    with pytest.raises(Refused, match="bad_signature"):
+        verify_command(SECRET, "door1", "delete", json.dumps(envelope).encode())
+
+
+@pytest.mark.parametrize("body", [
+    {"name": "x", "image": "%%%not-base64"}, {"name": "x"}, {"name": "", "image": "aGk="},
+    {"name": "x", "image": "aGk=", "live_capture": "yes"}, {"name": "x", "image": "aGk=", "extra": 1},
+])
+def test_invalid_enrol_bodies_are_refused(body: dict) -> None:
+    command = verify_command(SECRET, "door1", "enroll", sign_command(SECRET, "a", 1, "enroll", body))
+    with pytest.raises(Refused, match="invalid_body"):
+        parse_body(command)
+
+
+def test_counters_are_strictly_increasing_and_persisted(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "counters.json"
+    store = CounterStore(path)
+    store.advance("admin", 5)
+    for stale in (5, 4):
+        with pytest.raises(Refused, match="replay"):
+            store.advance("admin", stale)
+    store.advance("other", 1)  # per sender
+    assert CounterStore(path).last("admin") == 5
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not [p for p in path.parent.iterdir() if p.name != "counters.json"]  # no temporary files left
+
+
+def test_an_unreadable_counter_file_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "counters.json"
+    path.write_text("{garbage")
+    forgotten: list[str] = []
+    processor = CommandProcessor("door1", SECRET, path, handlers=object(), forget=forgotten.append)  # type: ignore[arg-type]
+    result = processor.handle("reload", sign_command(SECRET, "admin", 1, "reload", {}))
+    assert (result["accepted"], result["reason"]) == (False, "counter_state_unreadable")
+    assert path.read_text() == "{garbage"
+
+
+def test_delete_forgets_even_when_the_store_fails(tmp_path: Path) -> None:
+    class Failing:
+        def delete(self, name: str) -> dict:
+            raise RuntimeError("disk on fire")
+
+    forgotten: list[str] = []
+    processor = CommandProcessor("door1", SECRET, tmp_path / "c.json", Failing(), forgotten.append)  # type: ignore[arg-type]
+    result = processor.handle("delete", sign_command(SECRET, "admin", 1, "delete", {"name": "bob"}))
+    assert (result["accepted"], result["status"], result["detail"]) == (True, "error", "internal error (RuntimeError)")
+    assert forgotten == ["bob"]
