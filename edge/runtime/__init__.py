@@ -13,7 +13,11 @@ def open_runtime(kind: str, path: Path, threads: int = 1) -> Runtime:
         from edge.runtime.onnx import OnnxRuntime
 
         return OnnxRuntime(path, threads=threads)
-    raise ModelError(f"runtime {kind!r} is not available (known: onnxruntime)")
+    if kind == "litert":
+        from edge.runtime.litert import LiteRtRuntime
+
+        return LiteRtRuntime(path, threads=threads)
+    raise ModelError(f"runtime {kind!r} is not available (known: onnxruntime, litert)")
 
 
 __all__ = ["Runtime", "open_runtime"]
