@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-from edge.errors import FacegateError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -62,22 +59,3 @@ def add_bench_daemon(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="base configuration (source, store, mqtt are set by the bench)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_daemon)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="facegate")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_commands(sub)
-    add_bench_daemon(sub.add_parser("bench").add_subparsers(dest="bench_command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except FacegateError as exc:
-        print(f"facegate: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-from edge.errors import FacegateError
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
@@ -45,18 +42,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--magenta-variant", choices=("f16", "quantized"), default="f16")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stylize)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.stylize_cli")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["stylize", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except FacegateError as exc:
-        print(f"facegate: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from edge import config
+from edge.cli import main
 from edge.config import Config, ConfigError, parse, parse_window
-from edge.daemon_cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "facegate.example.toml"

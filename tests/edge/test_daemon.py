@@ -227,7 +227,7 @@ def test_sigterm_flushes_and_publishes_offline(tmp_path, clip):
                 lines.insert(0, f"{section} = {json.dumps(values)}")
         path = tmp_path / "facegate.toml"
         path.write_text("\n".join(lines) + "\n")
-        proc = subprocess.Popen([sys.executable, "-m", "edge.daemon_cli", "run", "--config", str(path)],
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**os.environ, "NOTIFY_SOCKET": ""})
         try:

@@ -83,7 +83,7 @@ def test_daemon_ready_watchdog_sigterm_stopping(tmp_path, lfw):
                       f'[health]\nenabled = false\n[log]\nformat = "json"\n')
     address = f"@facegate-daemon-test-{os.getpid()}"
     with _listener(address) as s:
-        proc = subprocess.Popen([sys.executable, "-m", "edge.daemon_cli", "run", "--config", str(config)], cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(config)], cwd=REPO,
                                 env={**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "300000"},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.stylize import MagentaStylizer, fit_longer, load_rgb, tile_starts, tiled
-from edge.stylize_cli import add_commands, main
+from edge.stylize_cli import add_commands
 
 
 def test_tile_starts_cover_the_image_with_the_overlap() -> None:
@@ -85,7 +85,3 @@ def test_stylize_command_with_a_style_image(data: Path, tmp_path: Path) -> None:
         parser.parse_args(["stylize", str(content), str(out), "--style", "x", "--style-image", "y.jpg"])
 
 
-def test_module_entry_point_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # `python -m edge.stylize_cli …`: the same command without edge/cli.py; errors exit 2 with a message
-    assert main([str(tmp_path / "missing.jpg"), str(tmp_path / "out.png"), "--style", "x"]) == 2
-    assert "missing.jpg" in capsys.readouterr().err
