@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("list", help="list known models")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models_list)
+    from edge.models_cli import add_install_parser
+
+    add_install_parser(models)
     p = models.add_parser("verify", help="check every model file's sha256 and prepare it if needed")
     p.add_argument("names", nargs="*")
     p.add_argument("--json", action="store_true")
