@@ -21,7 +21,7 @@ from edge.vision.detect import POLICIES
 TORCH_GROUPS = ("export", "train", "style")
 # Command groups defined next to the code they drive: each module has add_commands(subparsers), and its
 # handlers take the parsed arguments and return the exit code. Imported lazily so start-up stays cheap.
-COMMAND_MODULES: tuple[str, ...] = ("edge.daemon_cli", "edge.stylize_cli")
+COMMAND_MODULES: tuple[str, ...] = ("edge.daemon_cli", "edge.stylize_cli", "edge.liveness_cli")
 
 
 def _iso(ts: float) -> str:
@@ -460,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, policy="central")
     p.set_defaults(func=cmd_bench_speed)
     from edge.daemon_cli import add_bench_daemon
+    from edge.liveness_cli import add_bench_liveness
 
     add_bench_daemon(bench)
+    add_bench_liveness(bench)
 
     import importlib
 

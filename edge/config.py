@@ -70,6 +70,11 @@ class LivenessConfig:
     # "auto": the installed liveness model (door profile); "none"; a model name; or "package.module:Class".
     model: str = "auto"
     threads: int = 1
+    # Door profile: before each decision a random head turn, left or right, and a planar-motion check during
+    # it (docs/liveness.md). The kiosk profile checks no liveness at all.
+    challenge: bool = True
+    challenge_yaw_deg: float = 20.0  # how far the head must turn
+    challenge_timeout_s: float = 8.0  # no turn within this: liveness incomplete (denied)
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "camera.fps": (0, 240), "camera.frames_per_image": (1, None), "camera.width": (0, 16384),
     "camera.height": (0, 16384), "camera.reconnect_min_s": (0.01, None), "camera.reconnect_max_s": (0.01, None),
     "camera.stale_s": (0.1, None), "models.threads": (1, 64), "models.min_face_px": (8, None),
-    "liveness.threads": (1, 64), "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
+    "liveness.threads": (1, 64), "liveness.challenge_yaw_deg": (10, 35), "liveness.challenge_timeout_s": (1, 60),
+    "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
     "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
     "door.unlock_s": (0.5, 3600), "mqtt.port": (1, 65535), "mqtt.keepalive": (5, 3600),

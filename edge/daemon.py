@@ -48,6 +48,7 @@ from edge.errors import FacegateError
 from edge.health import HealthServer, Metrics
 from edge.identify_threshold import threshold_for
 from edge.liveness import INSTALL_HINT, LivenessCheck, installed, load
+from edge.liveness.temporal import LivenessGate, gate_for
 from edge.models.registry import Registry
 from edge.paths import state_dir
 from edge.pipeline import FacePipeline
@@ -67,6 +68,7 @@ PROMPTS = {"present": "look at the camera", "granted": "granted", "unknown": "no
 STORE_CHECK_S = 10.0
 STATE_EVERY_S = 60.0
 MAX_ENROL_JPEG = 12 * 1024 * 1024
+ENROL_WAIT_S = 10.0  # live-capture enrolment: time to step up, beyond the challenge's own timeout
 
 
 # -- where events go when MQTT is off ---------------------------------------------------------------------------
@@ -147,8 +149,12 @@ class Engine:
     STAGES = ("detect", "quality", "liveness", "embed", "match", "decide", "frame")
 
     def __init__(self, pipeline: FacePipeline, policy: Policy, cfg: Config, liveness: LivenessCheck | None,
-                 metrics: Metrics, store: Store) -> None:
+                 metrics: Metrics, store: Store, live_gate: LivenessGate | None = None) -> None:
         self.pipeline, self.policy, self.cfg, self.liveness, self.metrics = pipeline, policy, cfg, liveness, metrics
+        # Liveness per track (edge/liveness/temporal.py): the check, the temporal rule and, when configured, the
+        # challenge; without one given, a gate around the bare check.
+        self.live_gate = live_gate if live_gate is not None else (
+            LivenessGate(liveness, cfg.decision.k, cfg.decision.n) if liveness is not None else None)
         self.store = store
         self.manifest = pipeline.embedder.manifest
         self.template = self.manifest.alignment
@@ -210,6 +216,8 @@ class Engine:
         faces = self.pipeline.detector.detect(frame.image)
         t = self._timed("detect", t)
         assigned, _ = self.tracker.update(faces, frame.t_capture)
+        if self.live_gate is not None:
+            self.live_gate.frame(assigned, frame.image, frame.t_capture)  # a challenge follows turned faces too
         # Quality on the aligned crop, then one batched embedding for every face that passed.
         crops, passed = [], []
         for track, face in assigned:
@@ -233,8 +241,12 @@ class Engine:
             if track.state.get("decided"):
                 continue
             t = time.perf_counter()
-            live = self.liveness.check(frame.image, face) if self.liveness is not None else None
-            t = self._timed("liveness", t) if live is not None else t
+            live = None
+            if self.live_gate is not None:
+                live = self.live_gate.observe(track, frame.image, face, frame.t_capture)
+                t = self._timed("liveness", t)
+                if live is None:
+                    continue  # its liveness challenge is under way: nothing to decide on yet
             obs = self._match(emb, claim, threshold, live, frame.t_capture)
             t = self._timed("match", t)
             self.policy.observe(track, obs)
@@ -328,7 +340,8 @@ class Daemon:
         self.store = open_store(cfg)
         self.access = AccessPolicy(cfg.access, metadata=self._metadata)
         self.policy = Policy(cfg.decision, self.access, liveness_required=self.liveness is not None)
-        self.engine = Engine(self.pipeline, self.policy, cfg, self.liveness, self.metrics, self.store)
+        live_gate = gate_for(cfg, self.liveness) if self.liveness is not None else None
+        self.engine = Engine(self.pipeline, self.policy, cfg, self.liveness, self.metrics, self.store, live_gate)
         self.sink = sink if sink is not None else self._make_sink()
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
@@ -428,17 +441,18 @@ class Daemon:
     def enroll(self, name: str, image_jpeg: bytes, live_capture: bool) -> dict[str, Any]:
         from edge.enroll import Enroller
 
-        if live_capture:
+        gate = self.engine.live_gate
+        if live_capture and gate is not None:
+            # The checks a door decision makes (passive, k of n, the challenge), on a face seen after this command.
+            seen = gate.wait_verified(self.cfg.liveness.challenge_timeout_s + ENROL_WAIT_S)
+            if seen is None:
+                return {"ok": False, "name": name, "reasons": ["liveness: no face in view passed the liveness checks"]}
+            image, command = seen[0], "mqtt enroll (live capture, liveness checked)"
+        elif live_capture:
             frame = self.capture.newest()
             if frame is None:
                 return {"ok": False, "name": name, "reasons": ["no camera frame to enrol from"]}
-            image = frame.image
-            if self.liveness is not None:
-                faces = self.engine.faces(image)
-                verdict = self.liveness.check(image, max(faces, key=lambda f: f.width * f.height)).verdict \
-                    if faces else "uncertain"
-                if verdict != "live":
-                    return {"ok": False, "name": name, "reasons": [f"liveness: {verdict}"]}
+            image, command = frame.image, "mqtt enroll (live capture, kiosk: no liveness check)"
         else:
             if len(image_jpeg) > MAX_ENROL_JPEG:
                 return {"ok": False, "name": name, "reasons": ["image too large"]}
@@ -446,12 +460,14 @@ class Daemon:
             if decoded is None:
                 return {"ok": False, "name": name, "reasons": ["unreadable image"]}
             image = decoded
+            command = "mqtt enroll (administrator, from a file: no liveness check)"
+            log.info("enrolling %r from a file sent by an administrator: no liveness check", name)
         enroller = Enroller(self.store, self.pipeline, matcher=self.engine.matcher)
         with self.engine.lock:
             judged = enroller.judge(f"mqtt:{name}", image=image)
             enroller.duplicates(name, [judged])
         try:
-            ids = enroller.commit(name, [judged], command="mqtt enroll")
+            ids = enroller.commit(name, [judged], command=command)
         except FacegateError as exc:
             return {"ok": False, "name": name, "reasons": [str(exc)]}
         return {"ok": bool(ids), "name": name, "templates": len(ids), "reasons": judged.reasons,
@@ -539,6 +555,9 @@ class Daemon:
             self.sink.publish_face_present(self.engine.face_present)
             if self.engine.face_present:
                 self.sink.publish_prompt(PROMPTS["present"])
+        if self.engine.live_gate is not None:
+            for text in self.engine.live_gate.take_prompts():  # the challenge's instruction, after the above
+                self.sink.publish_prompt(text)
         for d in decisions:
             self._announce(d)
 

@@ -159,12 +159,15 @@ class Policy:
         counts = Counter(o.identity for o in window if o.identity is not None)
         top, agree = counts.most_common(1)[0] if counts else (None, 0)
         full = len(window) == n
-        if self.liveness_required and spoofs >= k:
-            return self._decide(track, "spoof", top, window, "liveness: spoof", "spoof")
+        vetoed = s.get("liveness_spoof")  # edge/liveness/temporal.py: one high-confidence spoof frame, or the challenge
+        if self.liveness_required and (spoofs >= k or vetoed):
+            return self._decide(track, "spoof", top, window, vetoed or "liveness: spoof", "spoof")
         if top is not None and agree >= k:
             if not live_ok:
                 if full:
-                    return self._decide(track, "denied", top, window, "liveness incomplete", "uncertain")
+                    note = s.get("liveness_note")  # why the challenge ended without passing, if it did
+                    return self._decide(track, "denied", top, window,
+                                        "liveness incomplete" + (f" ({note})" if note else ""), "uncertain")
                 return None
             ok, why = self.access.allowed(top)
             if not ok:
@@ -184,8 +187,9 @@ class Policy:
         s["eligible_at"] = s.get("eligible_at", s["observations"])  # recognised and allowed: waiting at most
         # Faces that passed the quality gate at least once count; granted ones, and ones recognised and allowed
         # but waiting like this one, are allowed company (two colleagues arriving together both get in).
-        company = [o for o in others if o.state.get("observations") and o.state.get("decided") != "granted"
-                   and "eligible_at" not in o.state]
+        # A face held in its liveness challenge (edge/liveness/temporal.py) has passed the quality gate too.
+        company = [o for o in others if (o.state.get("observations") or o.state.get("liveness_track"))
+                   and o.state.get("decided") != "granted" and "eligible_at" not in o.state]
         if not company or self.cfg.tailgating == "allow":
             reason = f"{len(company)} other face(s) in view" if company else ""
             return self._decide(track, "granted", name, window, reason)

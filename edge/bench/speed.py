@@ -130,6 +130,17 @@ def _time(fn: Embed, images: list[np.ndarray], label: str) -> tuple[float, int]:
     return float(np.median(times)), no_face
 
 
+def _liveness_timing(registry: Registry, images: list[np.ndarray]) -> dict[str, Any] | None:
+    """The passive liveness check's cost per face (both crops, both nets, fusion) and the challenge's tracking
+    cost, when a liveness model is installed; None otherwise."""
+    from edge.bench.liveness import time_passive, time_tracking
+    from edge.liveness import installed
+
+    if not installed(registry):
+        return None
+    return {**time_passive(images, threads=1, registry=registry), "challenge_tracking": time_tracking(images)}
+
+
 def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = "central",
         peers: bool = True, registry: Registry | None = None) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -161,6 +172,7 @@ def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = 
             result["face_recognition_ms"], no_face["face_recognition"] = _time(fr, images, "face_recognition")
             ratios["face_recognition"] = result["face_recognition_ms"] / result["ours_ms"]
     result["ratios"] = {k: (round(v, 2) if v is not None else None) for k, v in ratios.items()}
+    result["liveness"] = _liveness_timing(registry, images[:60])
     result["no_face"] = no_face
     for k in ("ours_ms", "naive_ms", "face_recognition_ms"):
         if result.get(k) is not None:

@@ -173,6 +173,9 @@ def export(out: Path, models: tuple[str, ...] = tuple(MODELS), variants: tuple[s
                 b.parity = {"reference": f"PyTorch state dict {up.file}", "variant": b.variant,
                             "crop_images": paths, **liveness_parity(reference, out_p)}
             results += finish(out, built, {v: TARGETS for v in variants})
+    from edge.liveness.minifasnet import write_fused
+
+    write_fused(Path(out))  # the fused V2 + V1SE check, once both members are in `out`
     return results
 
 

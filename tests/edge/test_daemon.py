@@ -100,7 +100,7 @@ def test_events_arrive_over_mosquitto(tmp_path, clip):
 
 def test_door_profile_unlocks_with_a_liveness_check(tmp_path, clip):
     cfg = parse(_config(tmp_path, clip, profile="door", door={"unlock_s": 3},
-                        liveness={"model": "tests.edge.test_daemon:AlwaysLive"}))
+                        liveness={"model": "tests.edge.test_daemon:AlwaysLive", "challenge": False}))
     out = tmp_path / "events.jsonl"
     daemon = Daemon(cfg, sink=LogSink("door1", "front", out))
     _enrol(daemon, clip["enrol"])

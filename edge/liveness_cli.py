@@ -1,0 +1,132 @@
+"""`facegate liveness IMG` and `facegate bench liveness`, for edge/cli.py to register.
+
+`facegate liveness IMG [--json]`: the passive check on the largest face of one image, at the fixed
+threshold. Exit 0 live, 1 spoof, 2 error (unreadable image, no face, no liveness model installed).
+JSON keys: live (bool), score, threshold, plus the members' scores, the crops and the face.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _check(args: argparse.Namespace):
+    from edge.liveness.minifasnet import open_passive
+    from edge.models.registry import Registry
+
+    return open_passive(Registry(), args.model, args.threads)
+
+
+def cmd_liveness(args: argparse.Namespace) -> int:
+    from edge.imageio import load_bgr
+    from edge.models.registry import Registry
+    from edge.vision.detect import Detector, select_face
+
+    image = load_bgr(args.image)
+    check = _check(args)
+    detector = Detector(*Registry().open("yunet", threads=args.threads), min_face_px=args.min_face)
+    face = select_face(detector.detect(image), image.shape, "largest")  # NoFaceError → exit 2
+    a = check.assess(image, face)
+    data = {"image": str(args.image), "model": check.name, **a.to_dict(), "face": face.to_dict()}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        members = ", ".join(f"{k} {v:.4f}" for k, v in a.members.items())
+        print(f"{'live' if a.live else 'spoof'}: score {a.score:.4f} (threshold {a.threshold:g}; {members})")
+    return 0 if a.live else 1
+
+
+def cmd_bench_liveness(args: argparse.Namespace) -> int:
+    from edge.bench import liveness as bench
+    from edge.errors import FacegateError
+
+    if args.clips:
+        if args.live is None and args.spoof is None:
+            raise FacegateError("bench liveness --clips: give --live DIR and/or --spoof DIR")
+        r = bench.run_clips(args.live, args.spoof, model=args.model, threads=args.threads, fps=args.fps,
+                            challenge=not args.no_challenge, direction=args.direction, k=args.k, n=args.n)
+        lines = [f"{label} {c['clip']}: {c['verdict']} ({c['reason']})"
+                 for label in ("live", "spoof") for c in r["clips"][label]]
+        lines.append(f"clips: APCER {_pct(r['apcer'])}, BPCER {_pct(r['bpcer'])}, ACER {_pct(r['acer'])}; "
+                     f"no face: {r['no_face']}; tracking {r['tracking_ms_median']} ms/frame (median)")
+    else:
+        if args.live is None or args.spoof is None:
+            raise FacegateError("bench liveness: give --live DIR and --spoof DIR")
+        r = bench.run(args.live, args.spoof, model=args.model, threads=args.threads, limit=args.limit,
+                      pairs=args.pairs)
+        up = r["upstream_argmax"]
+        lines = [f"{r['model']} ({' + '.join(r['members'])}), live iff score > {r['threshold']:g}: "
+                 f"APCER {_pct(r['apcer'])} ({r['attacks_accepted']} of {r['spoof_images'] - r['no_face']['spoof']}), "
+                 f"BPCER {_pct(r['bpcer'])} ({r['bona_fide_refused']} of "
+                 f"{r['live_images'] - r['no_face']['live']}), ACER {_pct(r['acer'])}",
+                 f"no face: {r['no_face']['live']} live, {r['no_face']['spoof']} spoof; crops shrunk "
+                 f"{_pct(r['crops_adjusted']['shrunk'])}, shifted {_pct(r['crops_adjusted']['shifted'])} "
+                 f"(shrunk to fit, then shifted inside: no padding); high-confidence spoof on live faces "
+                 f"{_pct(r['certain_spoof_on_live'])}",
+                 f"upstream arg-max rule for comparison: APCER {_pct(up['apcer'])}, BPCER {_pct(up['bpcer'])}"]
+    print(json.dumps(r, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="auto",
+                   help="liveness bundle: auto (the fused MiniFASNets when installed), or a bundle name")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("liveness", help="passive liveness check of one image (exit 0 live, 1 spoof, 2 error)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--min-face", type=float, default=40.0, metavar="PX",
+                   help="smallest face to find, in image pixels (default: 40)")
+    _model_args(p)
+    p.set_defaults(func=cmd_liveness)
+
+
+def add_bench_liveness(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("liveness", help="APCER/BPCER/ACER of the passive check at its fixed threshold; "
+                                          "--clips: clips through the temporal rule and the challenge")
+    p.add_argument("--live", type=Path, help="folder of bona fide images (or, with --clips, of clips)")
+    p.add_argument("--spoof", type=Path, help="folder of attack images (or, with --clips, of clips)")
+    p.add_argument("--pairs", type=Path, help="use only the --live images an LFW pairs file names (e.g. View 2)")
+    p.add_argument("--limit", type=int, help="at most this many images per folder (evenly spread)")
+    p.add_argument("--clips", action="store_true",
+                   help="each sub-folder of frames or video file is one presentation, run through tracking, "
+                        "the temporal rule and the challenge")
+    p.add_argument("--fps", type=float, default=15.0, help="clips: frame rate of frame folders (default: 15)")
+    p.add_argument("--no-challenge", action="store_true", help="clips: passive check and temporal rule only")
+    p.add_argument("--direction", choices=("any", "left", "right"), default="any",
+                   help="clips: the turn that passes the challenge (default: any; a recording cannot follow "
+                        "a random instruction)")
+    p.add_argument("--k", type=int, default=3, help="clips: k of the last n frames must read live (default 3)")
+    p.add_argument("--n", type=int, default=5, help="clips: n (default 5)")
+    _model_args(p)
+    p.set_defaults(func=cmd_bench_liveness)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs these commands on their own (until edge/cli.py registers them)."""
+    from edge.errors import FacegateError
+
+    parser = argparse.ArgumentParser(prog="facegate")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(sub)
+    add_bench_liveness(sub.add_parser("bench").add_subparsers(dest="bench_command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FacegateError as exc:
+        print(f"facegate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
