@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -110,23 +109,3 @@ def add_bench_liveness(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=5, help="clips: n (default 5)")
     _model_args(p)
     p.set_defaults(func=cmd_bench_liveness)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Runs these commands on their own (until edge/cli.py registers them)."""
-    from edge.errors import FacegateError
-
-    parser = argparse.ArgumentParser(prog="facegate")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_commands(sub)
-    add_bench_liveness(sub.add_parser("bench").add_subparsers(dest="bench_command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except FacegateError as exc:
-        print(f"facegate: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

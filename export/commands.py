@@ -31,7 +31,7 @@ def _common(p: argparse.ArgumentParser, offered: tuple[str, ...], calib: bool = 
     p.add_argument("--json", action="store_true", help="print the bundles and their parity as JSON")
 
 
-def _report(args: argparse.Namespace, results: list[tuple[Path, bool]]) -> int:
+def report(args: argparse.Namespace, results: list[tuple[Path, bool]]) -> int:
     if args.json:
         rows = [{"bundle": str(p), "passed": ok, "parity": json.loads((p / "parity.json").read_text())}
                 for p, ok in results]
@@ -47,7 +47,7 @@ def cmd_sface(args: argparse.Namespace) -> int:
     from export.recipes import parse_variants, sface
 
     variants = parse_variants(args.variants, sface.OFFERED)
-    return _report(args, sface.export(args.out, variants=variants, source=args.source, images=args.images,
+    return report(args, sface.export(args.out, variants=variants, source=args.source, images=args.images,
                                       calib_images=args.calib_images, parity_images=args.parity_images,
                                       pairs=args.pairs, lfw_folds=args.lfw_folds))
 
@@ -57,7 +57,7 @@ def cmd_minifasnet(args: argparse.Namespace) -> int:
 
     variants = parse_variants(args.variants, minifasnet.OFFERED)
     models = tuple(m if m.startswith("minifasnet-") else f"minifasnet-{m}" for m in args.models.split(","))
-    return _report(args, minifasnet.export(args.out, models=models, variants=variants, weights_dir=args.weights_dir,
+    return report(args, minifasnet.export(args.out, models=models, variants=variants, weights_dir=args.weights_dir,
                                            download=args.download, images=args.images,
                                            parity_images=args.parity_images, samples=args.samples,
                                            mirror=args.mirror))
@@ -70,7 +70,7 @@ def cmd_torch(args: argparse.Namespace) -> int:
                                   mean=tuple(args.mean), std=tuple(args.std), licence=args.licence,
                                   template=args.template, crop_scale=args.crop_scale, live_index=args.live_index)
     variants = parse_variants(args.variants, torch_module.OFFERED)
-    return _report(args, torch_module.export(args.out, args.module, spec, weights=args.weights, variants=variants,
+    return report(args, torch_module.export(args.out, args.module, spec, weights=args.weights, variants=variants,
                                              images=args.images, calib_images=args.calib_images,
                                              parity_images=args.parity_images, pairs=args.pairs,
                                              lfw_folds=args.lfw_folds))

@@ -7,8 +7,9 @@ bundle missed its parity target (the bundle is still written, "passed": false in
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from export.commands import report
 
 
 def cmd_dlib_resnet(args: argparse.Namespace) -> int:
@@ -21,15 +22,7 @@ def cmd_dlib_resnet(args: argparse.Namespace) -> int:
                                  far=args.far, fpir=args.fpir)
     if args.no_calibrate:
         print("thresholds not calibrated (--no-calibrate): run `facegate export calibrate` before using the bundle")
-    if args.json:
-        rows = [{"bundle": str(p), "passed": ok, "parity": json.loads((p / "parity.json").read_text())}
-                for p, ok in results]
-        for r in rows:
-            r["parity"].pop("crop_images", None)
-        print(json.dumps(rows, indent=2))
-    failed = [p.name for p, ok in results if not ok]
-    print(f"wrote {len(results)} bundle(s) to {args.out}" + (f"; parity FAILED: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return report(args, results)
 
 
 def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:

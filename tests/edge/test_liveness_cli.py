@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.liveness_cli import main
+from edge.cli import main
 from tests.edge.test_liveness_passive import build_models
 
 
