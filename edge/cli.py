@@ -148,7 +148,7 @@ def cmd_bench_identify(args: argparse.Namespace) -> int:
     from edge.bench import identify
 
     r = identify.run(args.images, _pipeline(args), gallery_size=args.gallery_size, seeds=args.seeds,
-                     exclude_pairs=args.exclude_pairs, fpir=args.fpir, policy=args.policy)
+                     exclude_pairs=args.exclude_pairs, fpir=args.fpir, policy=args.policy, verifier=args.verifier)
     text = (f"K={r['gallery_size']}, {r['seeds']} seeds: rank-1 {r['rank1']:.4f}; DIR at FPIR "
             + ", ".join(f"{k}: {v:.4f}" for k, v in r["dir_at_fpir"].items())
             + f"; at the operating threshold {r['operating_threshold']:.4f}: FNIR {r['fnir']:.4f}, FPIR {r['fpir']:.4f}"
@@ -442,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-pairs", type=Path,
                    help="leave out the identities of this pairs file (default: the 1:N calibration file, "
                         "when found beside the images folder)")
+    p.add_argument("--verifier", metavar="HEAD",
+                   help="score with a trained verification head (installed name or bundle folder)")
     _common(p, policy="central")
     p.set_defaults(func=cmd_bench_identify)
     p = bench.add_parser("search", help="gallery search: the matcher against faiss, one thread")

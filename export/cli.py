@@ -35,7 +35,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 # Modules that add `facegate export|train|style …` commands: each has add_commands(groups) taking the
 # sub-parsers of the three groups as a dict {"export": …, "train": …, "style": …}.
-COMMAND_MODULES: tuple[str, ...] = ("export.commands", "export.dlib_commands", "export.style_commands")
+COMMAND_MODULES: tuple[str, ...] = ("export.commands", "export.dlib_commands", "export.style_commands",
+                                    "export.train_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,10 +47,20 @@ def dir_at_fpir(known_scores: np.ndarray, known_correct: np.ndarray, unknown_sco
 
 
 def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: int = 10,
-        exclude_pairs: Path | None = None, fpir: float = 0.01, policy: str = "central") -> dict[str, Any]:
+        exclude_pairs: Path | None = None, fpir: float = 0.01, policy: str = "central",
+        verifier: str | Path | None = None) -> dict[str, Any]:
     images = Path(images)
     manifest = pipeline.embedder.manifest
     excluded, excluded_from = calibration_identities(manifest, images, exclude_pairs)
+    head = None
+    if verifier is not None:  # a verification head scores pairs instead of the cosine (edge/verifier.py)
+        from edge.verifier import HeadMatcher, embed_paths_all, head_identities, pipeline_for, resolve_head
+
+        head = resolve_head(verifier, pipeline.registry)
+        head_ids, head_from = head_identities(head, images)  # never benchmark on its training identities
+        excluded |= head_ids
+        excluded_from = ", ".join(dict.fromkeys([*([excluded_from] if excluded_from else []), *head_from]))
+        pipeline = pipeline_for(head, pipeline)
     people = [(n, f) for n, f in person_folders(images) if n not in excluded]
     eligible = [n for n, f in people if len(f) >= 2]
     if len(eligible) < gallery_size:
@@ -58,16 +68,17 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
                             "is too large")
     files = {n: f for n, f in people}
     rels = [f"{n}/{p.name}" for n, fs in people for p in fs]
-    embeddings, no_face = embed_paths(pipeline, images, rels, policy=policy)
+    embeddings, no_face = (embed_paths(pipeline, images, rels, policy=policy) if head is None
+                           else embed_paths_all(pipeline, images, rels, policy=policy))
     dim = manifest.output_dim
-    threshold, details = threshold_for(manifest, gallery_size, fpir)
+    threshold, details = threshold_for(manifest if head is None else head.manifest, gallery_size, fpir)
 
     known_scores, known_correct, unknown_scores = [], [], []
     known_no_face = unknown_no_face = 0
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         chosen = set(rng.choice(eligible, size=gallery_size, replace=False).tolist())
-        matcher = Matcher(embedder=manifest.name, dim=dim)
+        matcher = Matcher(embedder=manifest.name, dim=dim) if head is None else HeadMatcher(head)
         for n in chosen:
             enrol = f"{n}/{files[n][0].name}"  # lowest-numbered image (files are sorted)
             if enrol in embeddings:
@@ -87,7 +98,7 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
                     continue
                 probes.append(embeddings[rel])
                 truth.append(n if n in chosen else None)
-        results = matcher.search(np.stack(probes), k=1)
+        results = matcher.search(np.stack(probes) if head is None else probes, k=1)
         for t, res in zip(truth, results, strict=True):
             score = res[0].score if res else -np.inf
             if t is None:
@@ -98,7 +109,7 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
     ks, kc, us = np.array(known_scores), np.array(known_correct), np.array(unknown_scores)
     dirs = {key: dir_at_fpir(ks, kc, us, f) for key, f in FPIRS.items()}
     return {
-        "model": manifest.name,
+        "model": manifest.name if head is None else f"{head.name} ({'+'.join(head.embedders)} head)",
         "gallery_size": gallery_size,
         "seeds": seeds,
         "probes": len(ks),
