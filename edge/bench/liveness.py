@@ -35,7 +35,7 @@ from edge.liveness.motion import PointTracker
 from edge.liveness.temporal import NOTE_KEY, SPOOF_KEY, STATE_KEY, LivenessGate
 from edge.models.registry import Registry
 from edge.vision.align import align
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import Detector, Face, select_face
 from edge.vision.quality import QualityGate, assess
 from edge.vision.track import Tracker
 
@@ -288,6 +288,15 @@ def run_clips(live_dir: Path | None, spoof_dir: Path | None, model: str = "auto"
 
 
 # -- timings ----------------------------------------------------------------------------------------------------
+def _largest_faces(images: Iterable[np.ndarray | Path], detector: Detector) -> Iterator[tuple[np.ndarray, Face]]:
+    """Each image (decoded if a path) with its largest face; images without one are skipped."""
+    for item in images:
+        image = load_bgr(item) if isinstance(item, str | Path) else item
+        found = detector.detect(image)
+        if found:
+            yield image, select_face(found, image.shape, "largest")
+
+
 def time_passive(images: Iterable[np.ndarray | Path], threads: int = 1, registry: Registry | None = None,
                  model: str = "auto", repeat: int = 3) -> dict[str, Any]:
     """Milliseconds per face of the passive check (both crops, both nets, the fusion), detection excluded.
@@ -301,12 +310,7 @@ def time_passive(images: Iterable[np.ndarray | Path], threads: int = 1, registry
     times: list[float] = []
     cpu: list[float] = []
     faces = 0
-    for item in images:
-        image = load_bgr(item) if isinstance(item, str | Path) else item
-        found = detector.detect(image)
-        if not found:
-            continue
-        face = select_face(found, image.shape, "largest")
+    for image, face in _largest_faces(images, detector):
         faces += 1
         check.assess(image, face)  # warm-up: first runs allocate
         for _ in range(repeat):
@@ -332,12 +336,7 @@ def time_tracking(images: Iterable[np.ndarray | Path], frames: int = 30, registr
 
     detector = _detector(registry or Registry())
     times: list[float] = []
-    for item in images:
-        image = load_bgr(item) if isinstance(item, str | Path) else item
-        found = detector.detect(image)
-        if not found:
-            continue
-        face = select_face(found, image.shape, "largest")
+    for image, face in _largest_faces(images, detector):
         clip = relief_clip(image, face.box, face.landmarks[2], frames=frames)
         tracker = PointTracker(clip[0], face.box)
         for frame in clip[1:]:
