@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.atomic import replace_dir
 from edge.bench.lfw import cross_validate, pair_scores, read_pairs
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.imageio import load_bgr
@@ -62,7 +63,7 @@ def write_bundle(out_dir: Path, manifest: dict[str, Any], model_file: Path, pari
         stage_model(tmp, manifest, model_file, flat=True)
         report = {"name": name, **parity, "summary": parity_summary(name, parity)}
         (tmp / "parity.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        _swap_into_place(tmp, target, staging)
+        replace_dir(tmp, target, staging)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -95,23 +96,6 @@ def stage_model(model_dir: Path, manifest: dict[str, Any], model_file: Path, fla
     Manifest.from_dict(data, origin=f"bundle {name!r}")  # refuse to write what the registry would refuse
     (folder / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")
     return data
-
-
-def _swap_into_place(tmp: Path, target: Path, staging: Path) -> None:
-    """Rename `tmp` to `target`, replacing an older bundle only once the new one is complete."""
-    old = None
-    if target.exists():
-        old = staging / f"{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(value: Any) -> Any:

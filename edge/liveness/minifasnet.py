@@ -35,11 +35,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.atomic import atomic_write_bytes
 from edge.embed import to_input
 from edge.errors import ModelError
 from edge.liveness.base import LivenessResult
 from edge.models.manifest import Manifest, Threshold
-from edge.models.registry import Registry, atomic_write_bytes
+from edge.models.registry import Registry
 from edge.runtime.base import Runtime
 from edge.vision.detect import Face
 

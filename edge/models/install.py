@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.atomic import replace_dir
 from edge.errors import ModelError
 from edge.models.manifest import Manifest
 from edge.models.registry import Registry, sha256_file
@@ -188,21 +189,14 @@ def install_bundle(bundle: Path, model_dir: Path) -> str:
     staging = staging_dir(model_dir)
     tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{m.name}."))
     os.chmod(tmp, 0o755)
-    target = model_dir / m.name
-    old = staging / f"{m.name}.old-{os.getpid()}"
     try:
         for name in {src, *BUNDLE_FILES}:
             if (bundle / name).is_file():
                 shutil.copyfile(bundle / name, tmp / name)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
+        replace_dir(tmp, model_dir / m.name, staging)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
     return m.name
 
 

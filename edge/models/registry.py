@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from edge.atomic import atomic_write_bytes
 from edge.errors import ModelError
 from edge.models.manifest import Manifest
 from edge.paths import model_dir as default_model_dir
@@ -31,21 +30,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -30,14 +30,13 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
 
 log = logging.getLogger(__name__)
@@ -198,22 +197,7 @@ class CounterStore:
             self._counters = updated
 
     def _write(self, counters: dict[str, int]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")  # 0600
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(counters, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)  # the rename itself must reach the disk
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(self.path, json.dumps(counters, sort_keys=True).encode())  # 0600, fsynced
 
 
 class CommandProcessor:

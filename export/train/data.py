@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge.atomic import atomic_write_bytes
 from edge.embed import Embedder
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.imageio import load_bgr
 from edge.models.manifest import AlignmentTemplate
-from edge.models.registry import Registry, atomic_write_bytes
+from edge.models.registry import Registry
 from edge.paths import state_dir
 from edge.vision.align import align
 from edge.vision.detect import Detector, select_face

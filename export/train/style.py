@@ -25,6 +25,7 @@ so features[12…] are never built. Pixels enter as RGB in [0, 1] and are ImageN
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -41,6 +42,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
 from edge.paths import data_dir
 from export.nets.mobilenet_v2 import IMAGENET_MEAN, IMAGENET_STD, InvertedResidual, load_mobilenet_v2, trunk
@@ -469,9 +471,9 @@ LOG_FIELDS = ["iteration", "seconds", "images", "J", "content", "style", "tv", "
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())  # a crash mid-write leaves the previous checkpoint whole
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -19,8 +19,8 @@ it and reproduces the uninterrupted run, since all randomness flows from the see
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
 
 MINING = ("batch-hard", "semi-hard")
@@ -155,9 +156,9 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint whole
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())  # a crash mid-write leaves the previous checkpoint whole
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
