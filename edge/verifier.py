@@ -240,30 +240,6 @@ def head_identities(head: VerifierHead, images: Path) -> tuple[set[str], list[st
     return out, used
 
 
-def embed_paths_all(pipeline: Any, root: Path, rels: list[str], policy: str = "central",
-                    desc: str = "embedding") -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
-    """Like edge.bench.lfw.embed_paths, but every configured embedder: {rel: {embedder: vector}}."""
-    import sys
-
-    from tqdm import tqdm
-
-    from edge.errors import ImageError, NoFaceError
-    from edge.imageio import load_bgr
-    from edge.vision.detect import select_face
-
-    out: dict[str, dict[str, np.ndarray]] = {}
-    no_face: list[str] = []
-    for rel in tqdm(rels, desc=desc, unit="img", file=sys.stderr, disable=None):
-        try:
-            image = load_bgr(Path(root) / rel)
-            face = select_face(pipeline.detect(image), image.shape, policy)
-        except (NoFaceError, ImageError):
-            no_face.append(rel)
-            continue
-        out[rel] = pipeline.embed_all(image, face)
-    return out, no_face
-
-
 def pipeline_for(head: VerifierHead, pipeline: Any) -> Any:
     """The pipeline itself when it already computes every embedder the head needs, else one that does (same
     registry, detector settings and primary embedder)."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import replace_dir
-from edge.bench.lfw import cross_validate, pair_scores, read_pairs
+from edge.bench.lfw import cross_validate, embed_paths, pair_scores, read_pairs
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.imageio import load_bgr
 from edge.models.install import staging_dir
@@ -239,17 +239,9 @@ def lfw_accuracy(models: list[str], images_dir: Path, pairs_file: Path, folds: i
         pairs = [p for p in pairs if p.fold < folds]
     rels = sorted({p.a for p in pairs} | {p.b for p in pairs})
     pipe = FacePipeline(registry or Registry(), embedder=models[0], extra_embedders=tuple(models[1:]))
-    embeddings: dict[str, dict[str, np.ndarray]] = {m: {} for m in models}
-    no_face = 0
-    for rel in rels:
-        try:
-            image = load_bgr(Path(images_dir) / rel)
-            face = select_face(pipe.detect(image), image.shape, policy)
-        except (ImageError, NoFaceError):
-            no_face += 1
-            continue
-        for name, emb in pipe.embed_all(image, face).items():
-            embeddings[name][rel] = emb
+    per_image, missing = embed_paths(pipe, Path(images_dir), rels, policy=policy, desc="LFW", every=True)
+    embeddings = {m: {rel: embs[m] for rel, embs in per_image.items()} for m in models}
+    no_face = len(missing)
     same = np.array([p.same for p in pairs])
     fold_ids = np.array([p.fold for p in pairs])
     out = {}

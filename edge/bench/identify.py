@@ -54,7 +54,7 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
     excluded, excluded_from = calibration_identities(manifest, images, exclude_pairs)
     head = None
     if verifier is not None:  # a verification head scores pairs instead of the cosine (edge/verifier.py)
-        from edge.verifier import HeadMatcher, embed_paths_all, head_identities, pipeline_for, resolve_head
+        from edge.verifier import HeadMatcher, head_identities, pipeline_for, resolve_head
 
         head = resolve_head(verifier, pipeline.registry)
         head_ids, head_from = head_identities(head, images)  # never benchmark on its training identities
@@ -68,8 +68,7 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
                             "is too large")
     files = {n: f for n, f in people}
     rels = [f"{n}/{p.name}" for n, fs in people for p in fs]
-    embeddings, no_face = (embed_paths(pipeline, images, rels, policy=policy) if head is None
-                           else embed_paths_all(pipeline, images, rels, policy=policy))
+    embeddings, no_face = embed_paths(pipeline, images, rels, policy=policy, every=head is not None)
     dim = manifest.output_dim
     threshold, details = threshold_for(manifest if head is None else head.manifest, gallery_size, fpir)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.imageio import load_bgr
+from edge.vision.detect import select_face
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,23 @@ def read_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
-def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central",
-                desc: str = "embedding") -> tuple[dict[str, np.ndarray], list[str]]:
-    """Embed each image once; returns (embeddings by relative path, paths with no usable face)."""
-    embeddings: dict[str, np.ndarray] = {}
+def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", desc: str = "embedding",
+                every: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Embed each image once; returns (embeddings by relative path, paths with no usable face).
+
+    With `every`, each value is {embedder: vector} for every embedder the pipeline carries (the face is
+    detected once, each embedder aligns it with its own template); otherwise the primary embedder's vector.
+    """
+    embeddings: dict[str, Any] = {}
     no_face: list[str] = []
     for rel in tqdm(rels, desc=desc, unit="img", file=sys.stderr, disable=None):
         try:
-            _, emb = pipeline.embed_one(load_bgr(root / rel), policy=policy)
+            image = load_bgr(Path(root) / rel)
+            face = select_face(pipeline.detect(image), image.shape, policy)
         except (NoFaceError, ImageError):
             no_face.append(rel)
             continue
-        embeddings[rel] = emb
+        embeddings[rel] = pipeline.embed_all(image, face) if every else pipeline.embed_faces(image, [face])[0]
     return embeddings, no_face
 
 
