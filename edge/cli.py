@@ -159,13 +159,13 @@ def cmd_bench_identify(args: argparse.Namespace) -> int:
 
 def cmd_bench_search(args: argparse.Namespace) -> int:
     from edge.bench import search
-    from edge.bench.speed import list_images
+    from edge.imageio import sample_images
 
     real = None
     if args.images:
         from edge.bench.lfw import embed_paths
 
-        paths = list_images(args.images, args.real)
+        paths = sample_images(args.images, args.real)
         embs, _ = embed_paths(_pipeline(args), args.images, [str(p.relative_to(args.images)) for p in paths])
         real = np.stack(list(embs.values())) if embs else None
     result = search.run(args.n, args.dim, real, queries=args.queries, seed=args.seed)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from edge.errors import FacegateError, ManyFacesError, NoFaceError
 from edge.identify_threshold import threshold_for
-from edge.imageio import load_bgr
+from edge.imageio import image_files, load_bgr
 from edge.pipeline import FacePipeline
 from edge.store.db import Store, TemplateIn
 from edge.store.matcher import Matcher
@@ -29,7 +29,6 @@ from edge.vision.detect import Face, select_face
 from edge.vision.quality import QualityGate, assess
 
 DUPLICATE = "matches another enrolled identity"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -163,7 +162,7 @@ def person_folders(root: Path) -> list[tuple[str, list[Path]]]:
         raise FacegateError(f"{root}: not a directory")
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(d, recursive=False)
         if files:
             out.append((d.name, files))
     if not out:

@@ -10,6 +10,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edge.errors import ImageError
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
 # 50 megapixels: larger than any camera frame or phone photo we expect, far below a decompression bomb.
 MAX_PIXELS = 50_000_000
 
@@ -52,3 +54,30 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         arr = (255.0 * arr / max(arr.max(), 1.0)).astype(np.uint8)
         return Image.fromarray(arr).convert("RGB")
     return im.convert("RGB")
+
+
+def is_image_file(path: Path) -> bool:
+    """A file whose suffix names an image format we read (the contents are checked when decoded)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def image_files(root: Path, recursive: bool = True) -> list[Path]:
+    """Image files under `root` (or directly in it), sorted by path."""
+    root = Path(root)
+    return sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if is_image_file(p))
+
+
+def sample_images(root: Path, limit: int | None = None, names: set[str] | None = None) -> list[Path]:
+    """Images under `root` (only those whose relative POSIX path is in `names`, when given), thinned evenly to
+    at most `limit` — a deterministic sample for benchmarks."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(f"{root}: not a directory")
+    files = image_files(root)
+    if names is not None:
+        files = [p for p in files if p.relative_to(root).as_posix() in names]
+    if not files:
+        raise ImageError(f"{root}: no images found")
+    if limit is not None and len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
+    return files

@@ -22,11 +22,10 @@ import numpy as np
 
 from edge.config import CameraConfig, ConfigError
 from edge.errors import ImageError
-from edge.imageio import load_bgr
+from edge.imageio import image_files, load_bgr
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 STREAM_SCHEMES = {"rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"}
 # A file that fails this many reads in a row is treated as ended rather than retried for ever.
 MAX_CORRUPT_RUN = 25
@@ -91,7 +90,7 @@ class FolderSource:
         self._pacer = _Pacer(fps)
 
     def open(self) -> None:
-        self.files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = image_files(self.root)
         if not self.files:
             raise OSError(f"{self.root}: no images")
         self._i, self._shown, self._image = 0, 0, None

@@ -21,14 +21,13 @@ import numpy as np
 from edge.atomic import replace_dir
 from edge.bench.lfw import cross_validate, embed_paths, pair_scores, read_pairs
 from edge.errors import FacegateError, ImageError, NoFaceError
-from edge.imageio import load_bgr
+from edge.imageio import image_files, load_bgr
 from edge.models.install import staging_dir
 from edge.models.manifest import AlignmentTemplate, Manifest
 from edge.models.registry import Registry, sha256_file
 from edge.vision.align import align
 from edge.vision.detect import Detector, Face, select_face
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 
 # A crop maker turns (image, chosen face) into the model's input crop; an alignment template is the usual one.
@@ -169,8 +168,7 @@ def list_images(images_dir: Path) -> list[str]:
     root = Path(images_dir)
     if not root.is_dir():
         raise ExportError(f"{root}: not a directory")
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [p.relative_to(root).as_posix() for p in image_files(root)]
 
 
 def images_named_by(pairs_files: Iterable[Path]) -> set[str]:

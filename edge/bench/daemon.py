@@ -20,19 +20,18 @@ from typing import Any
 import numpy as np
 
 from edge.errors import FacegateError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from edge.imageio import image_files
 
 
 def plan(source: Path, limit: int) -> tuple[list[tuple[str, Path]], list[Path]]:
     """(identities to enrol as (name, image), images to show in order) for a folder of ≤ `limit` images."""
     subdirs = sorted(p for p in source.iterdir() if p.is_dir())
     if not subdirs:
-        shown = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        shown = image_files(source, recursive=False)[:limit]
         return [], shown
     enrol, shown = [], []
     for d in subdirs:
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(d, recursive=False)
         if len(files) >= 2:
             enrol.append((d.name, files[0]))
             shown += files[1:]

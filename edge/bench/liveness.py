@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from edge.errors import FacegateError, ImageError
-from edge.imageio import load_bgr
+from edge.imageio import image_files, is_image_file, load_bgr, sample_images
 from edge.liveness.challenge import ChallengeConfig
 from edge.liveness.minifasnet import PassiveCheck, open_passive
 from edge.liveness.motion import PointTracker
@@ -39,25 +39,8 @@ from edge.vision.detect import Detector, Face, select_face
 from edge.vision.quality import QualityGate, assess
 from edge.vision.track import Tracker
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 DEFAULT_CHALLENGE = ChallengeConfig()
-
-
-def list_images(root: Path, names: set[str] | None = None, limit: int | None = None) -> list[Path]:
-    """Images under `root` (sorted; only those whose relative path is in `names` when given), evenly thinned
-    to `limit`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FacegateError(f"{root}: not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if names is not None:
-        files = [p for p in files if p.relative_to(root).as_posix() in names]
-    if not files:
-        raise FacegateError(f"{root}: no images found")
-    if limit is not None and len(files) > limit:
-        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
-    return files
 
 
 def pairs_images(pairs_file: Path) -> set[str]:
@@ -109,8 +92,8 @@ def run(live_dir: Path, spoof_dir: Path, model: str = "auto", threads: int = 1, 
     check = open_passive(registry, model, threads)
     detector = _detector(registry)
     names = pairs_images(pairs) if pairs else None
-    live_paths = list_images(live_dir, names, limit)
-    spoof_paths = list_images(spoof_dir, None, limit)
+    live_paths = sample_images(live_dir, limit, names)
+    spoof_paths = sample_images(spoof_dir, limit)
     t0 = time.perf_counter()
     live = score_images(check, detector, live_paths, Path(live_dir))
     spoof = score_images(check, detector, spoof_paths, Path(spoof_dir))
@@ -155,12 +138,12 @@ def _provenance(registry: Registry, check: PassiveCheck) -> dict[str, Any]:
 def clip_sources(root: Path) -> list[Path]:
     """Each sub-folder holding images, or video file, directly under `root` (or `root` itself if it is one)."""
     root = Path(root)
-    if root.is_file() or (root.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())):
+    if root.is_file() or (root.is_dir() and any(is_image_file(p) for p in root.iterdir())):
         return [root]
     if not root.is_dir():
         raise FacegateError(f"{root}: not a folder or video")
     out = sorted(p for p in root.iterdir()
-                 if (p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()))
+                 if (p.is_dir() and any(is_image_file(q) for q in p.iterdir()))
                  or (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES))
     if not out:
         raise FacegateError(f"{root}: no clips (sub-folders of frames or video files)")
@@ -169,7 +152,7 @@ def clip_sources(root: Path) -> list[Path]:
 
 def read_clip(source: Path) -> Iterator[np.ndarray]:
     if Path(source).is_dir():
-        for p in sorted(q for q in Path(source).iterdir() if q.suffix.lower() in IMAGE_SUFFIXES):
+        for p in image_files(Path(source), recursive=False):
             yield load_bgr(p)
         return
     cap = cv2.VideoCapture(str(source))

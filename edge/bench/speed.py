@@ -23,27 +23,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.errors import FacegateError, ImageError
-from edge.imageio import load_bgr
+from edge.errors import ImageError
+from edge.imageio import load_bgr, sample_images
 from edge.models.registry import Registry
 from edge.pipeline import FacePipeline
 from edge.vision.align import align
 from edge.vision.detect import select_face
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def list_images(root: Path, limit: int) -> list[Path]:
-    """A deterministic, evenly spread sample of up to `limit` images under `root`."""
-    if not root.is_dir():
-        raise FacegateError(f"{root}: not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise FacegateError(f"{root}: no images found")
-    if len(files) > limit:
-        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
-    return files
-
 
 Embed = Callable[[np.ndarray], np.ndarray | None]  # BGR image → embedding, or None when no face
 
@@ -146,7 +131,7 @@ def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
     registry = registry or Registry()
-    paths = list_images(Path(images_dir), limit)
+    paths = sample_images(Path(images_dir), limit)
     images = []
     for p in paths:
         try:

@@ -21,14 +21,12 @@ from tqdm import tqdm
 from edge.atomic import atomic_write_bytes
 from edge.embed import Embedder
 from edge.errors import FacegateError, ImageError, NoFaceError
-from edge.imageio import load_bgr
+from edge.imageio import image_files, load_bgr
 from edge.models.manifest import AlignmentTemplate
 from edge.models.registry import Registry
 from edge.paths import state_dir
 from edge.vision.align import align
 from edge.vision.detect import Detector, select_face
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def default_cache_dir() -> Path:
@@ -43,7 +41,7 @@ def list_people(images: Path, min_images: int = 1, exclude: set[str] | frozenset
         raise FacegateError(f"{root}: not a directory")
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in exclude):
-        rels = sorted(f"{d.name}/{f.name}" for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        rels = [f"{d.name}/{f.name}" for f in image_files(d, recursive=False)]
         if len(rels) >= min_images:
             out.append((d.name, rels))
     if not out:

@@ -44,11 +44,11 @@ from torch import nn
 
 from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
+from edge.imageio import image_files
 from edge.paths import data_dir
 from export.nets.mobilenet_v2 import IMAGENET_MEAN, IMAGENET_STD, InvertedResidual, load_mobilenet_v2, trunk
 from export.nets.style_net import STRIDE, StyleNet
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CHECKPOINT_FORMAT = "facegate-style-net/1"
 
 
@@ -429,7 +429,7 @@ def list_images(folders: Sequence[str | Path]) -> list[Path]:
         root = Path(folder)
         if not root.is_dir():
             raise StyleError(f"{root}: content folder not found")
-        found += sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found += image_files(root)
     return found
 
 
@@ -738,7 +738,7 @@ def bench(styles: Sequence[str], contents: Sequence[Path], paintings: Path, size
 
     torch.set_num_threads(1)
     paintings = Path(paintings)
-    all_paintings = sorted(p for p in paintings.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    all_paintings = image_files(paintings, recursive=False)
     if not all_paintings:
         raise StyleError(f"{paintings}: no paintings found")
     net: LossNet | None = None
