@@ -191,7 +191,7 @@ class Engine:
 
     def claim(self, name: str) -> bool:
         """Narrow the next decision to 1:1 against `name`; False (ignored) when it has no templates."""
-        vecs = [v for n, _, v in self.store.templates(self.manifest.name) if n == name]
+        vecs = [v for _, _, v in self.store.templates(self.manifest.name, name)]
         if not vecs:
             log.warning("claim for %r ignored: no such enrolled identity", name)
             return False

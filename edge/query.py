@@ -33,7 +33,7 @@ def verify(store: Store, pipeline: FacePipeline, name: str, embedding: np.ndarra
     m = pipeline.embedder.manifest
     if store.identity(name) is None:
         raise FacegateError(f"unknown identity {name!r}")
-    vecs = [v for n, _, v in store.templates(m.name) if n == name]
+    vecs = [v for _, _, v in store.templates(m.name, name)]
     if not vecs:
         raise FacegateError(f"identity {name!r} has no {m.name} template; re-enrol or run 'store reembed'")
     score = float(np.max(np.stack(vecs) @ embedding))

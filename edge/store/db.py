@@ -408,13 +408,14 @@ class Store:
             return [tuple(r) for r in self._conn.execute(
                 "SELECT embedder, manifest_sha256, count(*) FROM templates GROUP BY 1, 2 ORDER BY 1, 2")]
 
-    def templates(self, embedder: str) -> list[tuple[str, int, np.ndarray]]:
-        """(identity name, template id, float32 vector) for one embedder; other embedders never mix in."""
+    def templates(self, embedder: str, name: str | None = None) -> list[tuple[str, int, np.ndarray]]:
+        """(identity name, template id, float32 vector) for one embedder (and one identity, if `name`); other
+        embedders never mix in. A 1:1 check reads only the claimed identity's rows, not the whole gallery."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT i.name, t.id, t.vector FROM templates t JOIN identities i ON i.id = t.identity_id "
-                "WHERE t.embedder = ? ORDER BY t.id", (embedder,)).fetchall()
-        return [(name, tid, self._decode(blob, name, embedder)) for name, tid, blob in rows]
+                "WHERE t.embedder = ? AND (? IS NULL OR i.name = ?) ORDER BY t.id", (embedder, name, name)).fetchall()
+        return [(who, tid, self._decode(blob, who, embedder)) for who, tid, blob in rows]
 
     def crops(self, name: str, embedder: str | None = None) -> list[tuple[int, bytes]]:
         """(template id, image bytes) for each of the identity's templates (of `embedder`, if given)."""
