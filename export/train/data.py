@@ -57,6 +57,21 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
+def _load_rows(path: Path, field: str) -> dict[str, np.ndarray]:
+    """A cache file's rows as {relative path: row of `field`} (empty when the cache does not exist yet)."""
+    if not path.is_file():
+        return {}
+    with np.load(path) as z:
+        return dict(zip(z["rels"].tolist(), z[field], strict=True))
+
+
+def _save_rows(path: Path, field: str, known: dict[str, np.ndarray], empty: np.ndarray, **extra: np.ndarray) -> None:
+    """Write {relative path: row} back as a cache file (sorted rows; `empty` shapes a cache with none)."""
+    rows = sorted(known)
+    _save_npz(path, rels=np.array(rows, dtype=str), **{field: np.stack([known[r] for r in rows]) if rows else empty},
+              **extra)
+
+
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     import io
 
@@ -76,11 +91,10 @@ def landmarks(images: Path, rels: list[str], cache_dir: Path | None = None, regi
     root = Path(images).resolve()
     m = registry.manifest(detector)
     path = Path(cache_dir or default_cache_dir()) / f"landmarks-{detector}-{_key(str(root), m.sha256, policy)}.npz"
-    known: dict[str, np.ndarray] = {}
+    known = _load_rows(path, "points")
     no_face: set[str] = set()
     if path.is_file():
         with np.load(path) as z:
-            known = dict(zip(z["rels"].tolist(), z["points"], strict=True))
             no_face = set(z["no_face"].tolist())
     todo = [r for r in dict.fromkeys(rels) if r not in known and r not in no_face]
     if todo:
@@ -93,10 +107,7 @@ def landmarks(images: Path, rels: list[str], cache_dir: Path | None = None, regi
                 no_face.add(rel)
                 continue
             known[rel] = np.asarray(face.landmarks, np.float32).reshape(5, 2)
-        rows = sorted(known)
-        _save_npz(path, rels=np.array(rows, dtype=str),
-                  points=np.stack([known[r] for r in rows]) if rows else np.zeros((0, 5, 2), np.float32),
-                  no_face=np.array(sorted(no_face), dtype=str))
+        _save_rows(path, "points", known, np.zeros((0, 5, 2), np.float32), no_face=np.array(sorted(no_face), dtype=str))
     return {r: known[r] for r in rels if r in known}
 
 
@@ -122,19 +133,14 @@ def aligned_crops(images: Path, rels: list[str], size: tuple[int, int], template
     tpl = scaled_template(base, size)
     det_sha = registry.manifest("yunet").sha256
     path = cache / f"crops-{template}-{size[0]}x{size[1]}-{_key(str(root), det_sha, policy, repr(tpl))}.npz"
-    known: dict[str, np.ndarray] = {}
-    if path.is_file():
-        with np.load(path) as z:
-            known = dict(zip(z["rels"].tolist(), z["crops"], strict=True))
+    known = _load_rows(path, "crops")
     todo = [r for r in dict.fromkeys(rels) if r not in known]
     if todo:
         points = landmarks(root, todo, cache, registry, policy=policy)
         for rel in tqdm([r for r in todo if r in points], desc="aligning", unit="img", file=sys.stderr,
                         disable=None):
             known[rel] = align(load_bgr(root / rel), points[rel], tpl)
-        rows = sorted(known)
-        _save_npz(path, rels=np.array(rows, dtype=str),
-                  crops=np.stack([known[r] for r in rows]) if rows else np.zeros((0, size[1], size[0], 3), np.uint8))
+        _save_rows(path, "crops", known, np.zeros((0, size[1], size[0], 3), np.uint8))
     kept = [r for r in rels if r in known]
     crops = np.stack([known[r] for r in kept]) if kept else np.zeros((0, size[1], size[0], 3), np.uint8)
     return crops, kept
@@ -153,10 +159,7 @@ def embeddings(images: Path, rels: list[str], embedder: str, cache_dir: Path | N
     m = registry.manifest(embedder)
     det_sha = registry.manifest("yunet").sha256
     path = cache / f"emb-{embedder}-{_key(str(root), det_sha, m.sha256, policy)}.npz"
-    known: dict[str, np.ndarray] = {}
-    if path.is_file():
-        with np.load(path) as z:
-            known = dict(zip(z["rels"].tolist(), z["vectors"], strict=True))
+    known = _load_rows(path, "vectors")
     todo = [r for r in dict.fromkeys(rels) if r not in known]
     if todo:
         points = landmarks(root, todo, cache, registry, policy=policy)
@@ -168,10 +171,8 @@ def embeddings(images: Path, rels: list[str], embedder: str, cache_dir: Path | N
             chunk = found[start:start + batch]
             crops = np.stack([align(load_bgr(root / r), points[r], m.alignment) for r in chunk])
             known.update(zip(chunk, emb.embed(crops), strict=True))
-        rows = sorted(known)
         dim = m.output_dim or (len(next(iter(known.values()))) if known else 0)
-        _save_npz(path, rels=np.array(rows, dtype=str),
-                  vectors=np.stack([known[r] for r in rows]) if rows else np.zeros((0, dim), np.float32))
+        _save_rows(path, "vectors", known, np.zeros((0, dim), np.float32))
     return {r: known[r] for r in rels if r in known}
 
 
