@@ -35,5 +35,11 @@ class Embedder:
         """(N, H, W, 3) BGR uint8 aligned crops → (N, D) float32 unit vectors."""
         if len(crops) == 0:
             return np.zeros((0, self.dim or 0), np.float32)
+        n = len(crops)
+        if self.manifest.flip_average:  # one batch: the crops, then their mirror images
+            crops = np.concatenate([crops, crops[:, :, ::-1]])
         out = self.runtime.run({self.runtime.input_names[0]: to_input(crops, self.manifest)})[0]
-        return l2_normalise(out.reshape(len(crops), -1).astype(np.float32))
+        vectors = l2_normalise(out.reshape(len(crops), -1).astype(np.float32))
+        if self.manifest.flip_average:
+            vectors = l2_normalise(vectors[:n] + vectors[n:])
+        return vectors

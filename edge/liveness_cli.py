@@ -70,6 +70,32 @@ def cmd_bench_liveness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_liveness(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from tqdm import tqdm
+
+    from edge.liveness.calibrate import calibrate
+    from edge.models.registry import Registry
+
+    command = "facegate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    r = calibrate(args.live, Registry(), bpcer=args.bpcer, exclude=args.exclude_pairs or (), limit=args.limit,
+                  command=command, write=not args.dry_run,
+                  progress=lambda it: tqdm(it, desc="scoring live faces", unit="img", file=sys.stderr,
+                                           disable=None))
+    p = r["provenance"]
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['model']}: live iff score > {r['threshold']:g} (was {r['previous_threshold']:g}); BPCER "
+              f"{_pct(p['bpcer_measured'])} on {p['faces']} live faces (target {_pct(p['target_bpcer'])}; "
+              f"{_pct(p['a_priori_rule']['bpcer_measured'])} at {p['a_priori_rule']['value']:g}); no face "
+              f"{p['no_face']}; {p['excluded_images']} images excluded; "
+              + ("written to the manifest" if r["written"] else "dry run: nothing written"))
+    return 0
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f} %"
 
@@ -88,6 +114,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="smallest face to find, in image pixels (default: 40)")
     _model_args(p)
     p.set_defaults(func=cmd_liveness)
+    _calibrate_parser(sub)
+
+
+def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate-liveness",
+                       help="set the passive check's live threshold from bona fide faces (a target BPCER)")
+    p.add_argument("--live", type=Path, required=True,
+                   help="folder of live faces that no evaluation uses (ideally this camera's own captures)")
+    p.add_argument("--bpcer", type=float, default=0.05,
+                   help="share of these live frames the threshold may refuse (default: 0.05)")
+    p.add_argument("--exclude-pairs", type=Path, action="append", metavar="FILE",
+                   help="leave out the images an LFW-format pairs file names, e.g. View 2 (repeatable)")
+    p.add_argument("--limit", type=int, help="at most this many images (evenly spread)")
+    p.add_argument("--dry-run", action="store_true", help="report the threshold without writing it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_calibrate_liveness)
 
 
 def add_bench_liveness(bench: argparse._SubParsersAction) -> None:

@@ -182,7 +182,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
 # -- registration ------------------------------------------------------------------------------------------------
 def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
-    from export.train.triplet import MINING
+    from export.train.triplet import INITS, MINING
 
     p = subs["train"].add_parser("triplet", help="triplet-loss training: a small net from scratch or a projection "
                                  "head on a frozen backbone (CPU)")
@@ -191,8 +191,9 @@ def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--mode", choices=("net", "head"), default="net")
     p.add_argument("--backbone", default="sface", help="head mode: the frozen embedder (default: sface)")
     p.add_argument("--dim", type=int, help="embedding size (default: 128 for net, 64 for head)")
-    p.add_argument("--init", choices=("pca", "orthogonal"), default="pca",
-                   help="head mode: start from the principal directions (default) or a random orthogonal map")
+    p.add_argument("--init", choices=INITS, default="pca",
+                   help="head mode: start from the principal directions (pca, default), the linear discriminant "
+                        "directions (lda: most between-person per within-person spread) or a random orthogonal map")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--p", type=int, default=32, help="identities per batch (default: 32)")
     p.add_argument("--k", type=int, default=4, help="images per identity (default: 4)")

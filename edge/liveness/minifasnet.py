@@ -11,9 +11,10 @@ training — and a straight dark edge is exactly what a photo's or a phone's bor
 is off-centre but made only of real pixels, as every training crop was. Each crop records whether it was
 shrunk or shifted, so benchmarks can report how often that happened.
 
-Decision (fixed a priori, not fitted to any data; see docs/liveness.md): live when the fused live probability
-exceeds 0.5, i.e. live is more likely than either attack class together. Upstream takes the arg-max of the
-summed softmax; the two agree whenever one class holds a majority, and ours is the stricter where none does.
+Decision (see docs/liveness.md): live when the fused live probability exceeds the manifest's threshold. As
+written here it is 0.5, fixed a priori: live is more likely than either attack class together.
+`facegate calibrate-liveness` (edge/liveness/calibrate.py) replaces it with a quantile of a site's live faces.
+Upstream takes the arg-max of the summed softmax; it and the 0.5 rule agree whenever one class holds a majority, and ours is the stricter where none does.
 A frame whose fused live probability is at most 0.05 (≥ 95 % attack) is a *high-confidence spoof*: the
 temporal rule lets one such frame deny its track.
 
@@ -283,7 +284,8 @@ def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite
         "input": {"size": [80, 80], "layout": "NCHW", "colour": "BGR"},
         "output_dim": 3,
         "thresholds": {
-            "live": {"value": LIVE_THRESHOLD, "metric": "probability", "provenance": PROVENANCE_LIVE},
+            "live": _kept_live_threshold(folder, found) or {"value": LIVE_THRESHOLD, "metric": "probability",
+                                                            "provenance": PROVENANCE_LIVE},
             "certain_spoof": {"value": CERTAIN_SPOOF, "metric": "probability", "provenance": PROVENANCE_CERTAIN},
         },
         "extra": {"members": [m.name for m in found], "fusion": "mean", "live_index": 1,
@@ -292,6 +294,19 @@ def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite
     Manifest.from_dict(manifest, origin=str(folder / "manifest.json"))  # refuse what the registry would
     atomic_write_bytes(folder / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return folder
+
+
+def _kept_live_threshold(folder: Path, members: list[Manifest]) -> dict[str, Any] | None:
+    """A calibrated live threshold already in the fused bundle, kept while it was set with these same members.
+
+    (`facegate calibrate-liveness` records the members' sha256; a changed member voids the calibration.)
+    """
+    try:
+        live = json.loads((folder / "manifest.json").read_text())["thresholds"]["live"]
+        pinned = live["provenance"]["members_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return live if pinned == {m.name: m.sha256 for m in members} else None
 
 
 def open_passive(registry: Registry | None = None, spec: str = "auto", threads: int = 1) -> PassiveCheck:

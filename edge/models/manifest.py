@@ -69,6 +69,9 @@ class Manifest:
     thresholds: dict[str, Threshold] = field(default_factory=dict)
     prepare: tuple[str, ...] = ()  # graph repairs applied once on first use (see prepare.py)
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific settings (e.g. detector limits)
+    # Embedders: embed the crop and its mirror image and average the two unit vectors (test-time flip).
+    # Doubles the embedding cost; a recipe sets it only where held-out data showed it pays (see its provenance).
+    flip_average: bool = False
 
     def threshold(self, key: str) -> Threshold:
         try:
@@ -102,7 +105,7 @@ class Manifest:
 
 
 _KEYS = {"name", "task", "file", "sha256", "source", "licence", "runtime", "input", "normalisation",
-         "alignment", "output_dim", "thresholds", "prepare", "extra"}
+         "alignment", "output_dim", "thresholds", "prepare", "extra", "flip_average"}
 _REQUIRED = {"name", "task", "file", "sha256", "source", "licence", "runtime", "input"}
 
 
@@ -149,11 +152,15 @@ def _parse(d: dict[str, Any]) -> Manifest:
             raise ModelError(f"thresholds.{key}.tail must list FAR values in descending order")
         thresholds[key] = Threshold(value=float(t["value"]), metric=str(t.get("metric", "cosine")),
                                     provenance=dict(t.get("provenance", {})), tail=tail)
+    flip = d.get("flip_average", False)
+    if not isinstance(flip, bool):
+        raise ModelError(f"flip_average must be true or false, not {flip!r}")
     return Manifest(
         name=str(d["name"]), task=d["task"], file=str(d["file"]), sha256=sha, source=dict(d["source"]),
         licence=str(d["licence"]), runtime=d["runtime"], input=spec, normalisation=normalisation,
         alignment=alignment, output_dim=int(d["output_dim"]) if d.get("output_dim") else None,
         thresholds=thresholds, prepare=tuple(d.get("prepare", ())), extra=dict(d.get("extra", {})),
+        flip_average=flip,
     )
 
 

@@ -50,8 +50,10 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, dim_in: int = 128, dim_out: int = 64) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out, bias=False)
+        # The bias lets a head centre its input (the LDA start does); it starts at zero otherwise.
+        self.linear = nn.Linear(dim_in, dim_out, bias=True)
         nn.init.orthogonal_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return l2n(self.linear(x))

@@ -158,7 +158,8 @@ def embeddings(images: Path, rels: list[str], embedder: str, cache_dir: Path | N
     cache = Path(cache_dir or default_cache_dir())
     m = registry.manifest(embedder)
     det_sha = registry.manifest("yunet").sha256
-    path = cache / f"emb-{embedder}-{_key(str(root), det_sha, m.sha256, policy)}.npz"
+    flip = ("flip_average",) if m.flip_average else ()  # the same file used differently: another cache
+    path = cache / f"emb-{embedder}-{_key(str(root), det_sha, m.sha256, policy, *flip)}.npz"
     known = _load_rows(path, "vectors")
     todo = [r for r in dict.fromkeys(rels) if r not in known]
     if todo:

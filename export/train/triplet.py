@@ -125,7 +125,7 @@ class TripletSettings:
     size: tuple[int, int] = (64, 64)  # net mode: the crop size (W, H)
     dim: int = 128  # net mode: embedding size; head mode: the head's output size
     backbone: str = "sface"  # head mode
-    init: str = "pca"  # head mode: "pca" (top principal directions of the training embeddings) or "orthogonal"
+    init: str = "pca"  # head mode: see INITS
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -134,8 +134,8 @@ class TripletSettings:
             raise FacegateError(f"mode must be one of {', '.join(MODES)}")
         if self.mining not in MINING:
             raise FacegateError(f"mining must be one of {', '.join(MINING)}")
-        if self.init not in ("pca", "orthogonal"):
-            raise FacegateError("init must be 'pca' or 'orthogonal'")
+        if self.init not in INITS:
+            raise FacegateError(f"init must be one of {', '.join(INITS)}")
         if self.p < 2 or self.k < 2:
             raise FacegateError("a batch needs P ≥ 2 identities and K ≥ 2 samples each")
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -149,6 +149,9 @@ class TripletSettings:
     def from_dict(cls, d: dict[str, Any]) -> TripletSettings:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: (tuple(v) if k == "size" else v) for k, v in d.items() if k in known})
+
+
+INITS = ("pca", "lda", "orthogonal")  # head mode starts: principal directions, discriminant directions, random
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -361,7 +364,12 @@ def train_projection(vectors: np.ndarray, labels: np.ndarray, settings: TripletS
 
     torch.manual_seed(settings.seed)
     head = ProjectionHead(vectors.shape[1], settings.dim)
-    if settings.init == "pca":
+    if settings.init == "lda":
+        weight, bias = lda_projection(vectors, labels, settings.dim)
+        with torch.no_grad():
+            head.linear.weight.copy_(torch.from_numpy(weight))
+            head.linear.bias.copy_(torch.from_numpy(bias))
+    elif settings.init == "pca":
         # Start from the subspace that best keeps the backbone's inner products (eigenvectors of XᵀX, uncentred:
         # cosine similarity is what the device compares), so training only has to refine a good projection.
         _, vecs = np.linalg.eigh(vectors.T.astype(np.float64) @ vectors)
@@ -375,6 +383,35 @@ def train_projection(vectors: np.ndarray, labels: np.ndarray, settings: TripletS
     history = train(head, labels, make_batch, settings, out, resume=resume, progress=progress, on_epoch=on_epoch,
                     stop_after=stop_after)
     return head, history
+
+
+def lda_projection(vectors: np.ndarray, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear discriminant start for a head: the `dim` directions with the most spread between people per unit
+    of spread within a person, as (weight (dim, D), bias (dim,)) applied to the raw vectors (bias centres them).
+
+    Solves Sb v = λ Sw v with Sb the total covariance and Sw the pooled within-identity covariance (identities
+    with ≥ 2 samples), through Sw's Cholesky factor; a tiny ridge keeps Sw invertible. The map is scaled as a
+    whole (one factor, so the geometry is unchanged) to unit mean row norm, the scale the optimiser expects.
+    """
+    x = np.asarray(vectors, np.float64)
+    labels = np.asarray(labels)
+    mean = x.mean(axis=0)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    multi = counts[inverse] >= 2
+    if multi.sum() <= x.shape[1]:
+        raise FacegateError(f"LDA start needs more than {x.shape[1]} samples of identities with ≥ 2 images")
+    centroids = np.zeros((len(counts), x.shape[1]))
+    np.add.at(centroids, inverse, x)
+    centroids /= counts[:, None]
+    within = x[multi] - centroids[inverse[multi]]
+    sw = within.T @ within / len(within)
+    sw += 1e-6 * np.trace(sw) / len(sw) * np.eye(len(sw))
+    total = np.cov((x - mean).T)
+    inv_l = np.linalg.inv(np.linalg.cholesky(sw))
+    _, q = np.linalg.eigh(inv_l @ total @ inv_l.T)
+    p = inv_l.T @ q[:, ::-1][:, :dim]  # (D, dim)
+    weight = p.T / np.linalg.norm(p, axis=0).mean()
+    return weight.astype(np.float32), (-weight @ mean).astype(np.float32)
 
 
 def project(head: nn.Module, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

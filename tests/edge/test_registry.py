@@ -2,6 +2,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.errors import ModelError
@@ -91,3 +92,29 @@ def test_manifest_validation_names_the_key():
         Manifest.from_dict({**base, "task": "dance"})
     with pytest.raises(ModelError, match="unknown model"):
         Registry().manifest("nope")
+    with pytest.raises(ModelError, match="flip_average"):
+        Manifest.from_dict({**base, "flip_average": "yes"})
+    assert Manifest.from_dict({**base, "flip_average": True}).flip_average
+    assert not Manifest.from_dict(base).flip_average
+
+
+def test_flip_average_embeds_a_face_and_its_mirror_alike(pipeline, lfw):
+    """With the test-time flip a face and its mirror image get the same vector; without it they do not."""
+    import dataclasses
+
+    from edge.embed import Embedder
+    from edge.imageio import load_bgr
+
+    image = load_bgr(lfw / "images" / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg")
+    face, _ = pipeline.embed_one(image)
+    crop = pipeline.crops(image, [face])
+    mirrored = crop[:, :, ::-1]
+    plain = pipeline.embedder
+    flip = Embedder(plain.runtime, dataclasses.replace(plain.manifest, flip_average=True))
+    a, b = flip.embed(crop)[0], flip.embed(mirrored)[0]
+    assert float(a @ b) > 0.99999 and abs(float(np.linalg.norm(a)) - 1) < 1e-5
+    assert float(plain.embed(crop)[0] @ plain.embed(mirrored)[0]) < 0.999
+    # The average of the two single-pass unit vectors, re-normalised.
+    both = plain.embed(np.concatenate([crop, mirrored]))
+    expected = both.sum(0) / np.linalg.norm(both.sum(0))
+    assert np.allclose(a, expected, atol=1e-6)

@@ -148,3 +148,6 @@ def test_export_writes_bundles(tmp_path: Path, lfw: Path) -> None:
         assert manifest["name"] == name and len(manifest["alignment"]["points"]) == 5
         assert manifest["normalisation"]["std"] == [256.0] * 3
         assert manifest["extra"]["alignment_fit"]["faces"] == 60
+        # The test-time flip, with the View-1 evidence that chose it.
+        assert manifest["flip_average"] is True
+        assert "View 1" in manifest["extra"]["flip_average"]["chosen_on"]
