@@ -14,7 +14,8 @@ shrunk or shifted, so benchmarks can report how often that happened.
 Decision (see docs/liveness.md): live when the fused live probability exceeds the manifest's threshold. As
 written here it is 0.5, fixed a priori: live is more likely than either attack class together.
 `facegate calibrate-liveness` (edge/liveness/calibrate.py) replaces it with a quantile of a site's live faces.
-Upstream takes the arg-max of the summed softmax; it and the 0.5 rule agree whenever one class holds a majority, and ours is the stricter where none does.
+Upstream takes the arg-max of the summed softmax; it and the 0.5 rule agree whenever one class holds a
+majority, and 0.5 is the stricter where none does.
 A frame whose fused live probability is at most 0.05 (≥ 95 % attack) is a *high-confidence spoof*: the
 temporal rule lets one such frame deny its track.
 
