@@ -37,8 +37,23 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 def _pipeline(args: argparse.Namespace):
     from edge.pipeline import FacePipeline
 
+    # With a verification head, every embedder it reads is computed too (and, at enrolment, stored).
+    extra = _head(args).embedders if getattr(args, "verifier", None) else ()
     return FacePipeline(detector=args.detector, embedder=args.model, threads=args.threads,
-                        min_face_px=args.min_face)
+                        min_face_px=args.min_face, extra_embedders=tuple(extra))
+
+
+def _head(args: argparse.Namespace):
+    from edge.verifier import resolve_head
+
+    if getattr(args, "_head", None) is None:
+        args._head = resolve_head(args.verifier)
+    return args._head
+
+
+def _verifier_opt(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--verifier", metavar="HEAD",
+                   help=f"{what} (installed name or bundle folder; default: the embedder's cosine)")
 
 
 def _common(p: argparse.ArgumentParser, policy: str = "largest") -> None:
@@ -237,26 +252,39 @@ def _probe(args: argparse.Namespace, pipe):
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from edge.query import verify
+    from edge.imageio import load_bgr
+    from edge.query import verify, verify_with_head
 
     pipe = _pipeline(args)
     with _store(args) as store:
-        face, emb = _probe(args, pipe)
-        v = verify(store, pipe, args.id, emb)
-    data = {**v.to_dict(), "face": face.to_dict(), "model": pipe.manifest.name}
+        if args.verifier:
+            image = load_bgr(args.image)
+            face = pipe.embed_one(image, policy=args.policy)[0]
+            v = verify_with_head(store, _head(args), args.id, pipe.embed_all(image, face))
+        else:
+            face, emb = _probe(args, pipe)
+            v = verify(store, pipe, args.id, emb)
+    data = {**v.to_dict(), "face": face.to_dict(), "model": _head(args).name if args.verifier else pipe.manifest.name}
     verdict = "match" if v.match else "no match"
     _emit(args, data, f"{verdict}: {args.id} (score {v.score:.4f}, threshold {v.threshold:.4f})")
     return 0 if v.match else 1
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from edge.query import identify
+    from edge.imageio import load_bgr
+    from edge.query import head_matcher, identify, identify_with_head
     from edge.store.matcher import Matcher
 
     pipe = _pipeline(args)
     with _store(args) as store:
-        _, emb = _probe(args, pipe)
-        result = identify(Matcher.follow(store, pipe.manifest.name), pipe, emb, top=args.top, fpir=args.fpir)
+        if args.verifier:
+            image = load_bgr(args.image)
+            face = pipe.embed_one(image, policy=args.policy)[0]
+            result = identify_with_head(head_matcher(store, _head(args)), _head(args), pipe.embed_all(image, face),
+                                        top=args.top, fpir=args.fpir)
+        else:
+            _, emb = _probe(args, pipe)
+            result = identify(Matcher.follow(store, pipe.manifest.name), pipe, emb, top=args.top, fpir=args.fpir)
     if result["recognized"]:
         text = f"{result['identity']} (score {result['score']:.4f}, threshold {result['threshold']:.4f})"
     else:
@@ -356,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--display-name")
     p.add_argument("--force", action="store_true", help="enrol even if a photo matches another identity")
     p.add_argument("--keep-crops", action="store_true", help="keep face crops (for re-embedding later)")
+    _verifier_opt(p, "also store templates of every embedder this head reads")
     store_opts(p)
     _common(p, policy="single")
     p.set_defaults(func=cmd_enroll)
@@ -366,12 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-crops", action="store_true")
     p.add_argument("--limit", type=int, help="enrol only the first N images (folder order)")
     store_opts(p)
+    _verifier_opt(p, "also store templates of every embedder this head reads")
     _common(p, policy="single")
     p.set_defaults(func=cmd_enroll_dir)
 
     p = sub.add_parser("verify", help="1:1 — is this photo the claimed identity? (exit 0 yes, 1 no, 2 error)")
     p.add_argument("--id", required=True, help="claimed identity")
     p.add_argument("image", type=Path)
+    _verifier_opt(p, "score with a trained verification head at its own 1:1 threshold")
     store_opts(p)
     _common(p)
     p.set_defaults(func=cmd_verify)
@@ -381,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=1, help="list this many candidates")
     p.add_argument("--fpir", type=float, default=0.01,
                    help="target false-positive identification rate at the current gallery size (default 0.01)")
+    _verifier_opt(p, "score with a trained verification head at its own 1:N threshold")
     store_opts(p)
     _common(p)
     p.set_defaults(func=cmd_identify)

@@ -54,6 +54,7 @@ class CameraConfig:
 class ModelsConfig:
     detector: str = "yunet"
     embedder: str = "sface"
+    verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
     threads: int = 1
     min_face_px: float = 40.0
     model_dir: str = ""  # default: <state dir>/models

@@ -142,6 +142,13 @@ def clock_synced() -> bool:
         return False
 
 
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def undo() -> None:
+        first()
+        second()
+    return undo
+
+
 # -- one frame → decisions --------------------------------------------------------------------------------------
 class Engine:
     """Runs the recognition stages on a frame and feeds the decision policy; times every stage."""
@@ -149,7 +156,7 @@ class Engine:
     STAGES = ("detect", "quality", "liveness", "embed", "match", "decide", "frame")
 
     def __init__(self, pipeline: FacePipeline, policy: Policy, cfg: Config, liveness: LivenessCheck | None,
-                 metrics: Metrics, store: Store, live_gate: LivenessGate | None = None) -> None:
+                 metrics: Metrics, store: Store, live_gate: LivenessGate | None = None, head: Any = None) -> None:
         self.pipeline, self.policy, self.cfg, self.liveness, self.metrics = pipeline, policy, cfg, liveness, metrics
         # Liveness per track (edge/liveness/temporal.py): the check, the temporal rule and, when configured, the
         # challenge; without one given, a gate around the bare check.
@@ -160,8 +167,17 @@ class Engine:
         self.template = self.manifest.alignment
         self.gate = cfg.quality.gate()
         self.tracker = Tracker(cfg.decision.iou, cfg.decision.track_ttl_s)
-        self.verify_threshold = self.manifest.threshold("verify").value
+        # The embedder's own 1:1 threshold also tells one person from the next within a track (cosine).
+        self.split_threshold = self.manifest.threshold("verify").value
+        # With a verification head (models.verifier) decisions are scored by the head: logits, its thresholds,
+        # probes and templates under every embedder it reads. The cosine matcher stays for enrolment's
+        # duplicate check and the gallery counts.
+        self.head = head
+        self.scored_by = head.manifest if head is not None else self.manifest
+        self.verify_threshold = self.scored_by.threshold("verify").value
         self.matcher: Matcher = Matcher(self.manifest.name)
+        self._head_matcher: Any = None
+        self._head_stale = True
         self._unsubscribe: Callable[[], None] | None = None
         self._threshold: tuple[int, float] | None = None  # (gallery rows, 1:N threshold)
         self._claim_vecs: tuple[str, np.ndarray] | None = None
@@ -178,25 +194,50 @@ class Engine:
         with self.store.locked():
             matcher.load((name, vec) for name, _, vec in self.store.templates(self.manifest.name))
             unsubscribe = self.store.subscribe(matcher.on_change)
+            if self.head is not None:  # rebuilt on the next match after any committed change
+                head_unsub = self.store.subscribe(self._head_changed)
+                unsubscribe = _both(unsubscribe, head_unsub)
         old, self.matcher, self._unsubscribe = self._unsubscribe, matcher, unsubscribe
+        self._head_stale = True
         if old is not None:
             old()
         return len(matcher)
 
+    def _head_changed(self, *_: Any) -> None:
+        self._head_stale = True
+
+    def _gallery_rows(self) -> int:
+        return self._head_gallery().rows if self.head is not None else self.matcher.rows
+
+    def _head_gallery(self) -> Any:
+        if self._head_stale or self._head_matcher is None:
+            from edge.query import head_matcher
+
+            self._head_stale = False
+            self._head_matcher = head_matcher(self.store, self.head)
+        return self._head_matcher
+
     def identify_threshold(self) -> float:
-        rows = max(1, self.matcher.rows)
+        rows = max(1, self._gallery_rows())
         if self._threshold is None or self._threshold[0] != rows:  # recomputed when the gallery size changes
-            self._threshold = (rows, threshold_for(self.manifest, rows, self.cfg.decision.fpir)[0])
+            self._threshold = (rows, threshold_for(self.scored_by, rows, self.cfg.decision.fpir)[0])
         return self._threshold[1]
 
     def claim(self, name: str) -> bool:
         """Narrow the next decision to 1:1 against `name`; False (ignored) when it has no templates."""
-        vecs = [v for _, _, v in self.store.templates(self.manifest.name, name)]
+        vecs: Any = [v for _, _, v in self.store.templates(self.manifest.name, name)]
         if not vecs:
             log.warning("claim for %r ignored: no such enrolled identity", name)
             return False
+        if self.head is not None:
+            from edge.query import head_templates
+
+            vecs = head_templates(self.store, self.head, name).get(name)
+            if vecs is None:
+                log.warning("claim for %r ignored: no templates for the verifier's embedders", name)
+                return False
         with self.lock:
-            self._claim_vecs = (name, np.stack(vecs))
+            self._claim_vecs = (name, vecs if self.head is not None else np.stack(vecs))
             self.policy.claim(name, list(self.tracker.tracks.values()))
         log.info("claim: the next decision is 1:1 against %r", name)
         return True
@@ -227,15 +268,16 @@ class Engine:
                 passed.append((track, face))
         t = self._timed("quality", t)
         embs = self.pipeline.embedder.embed(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
+        probes = self._head_probes(frame.image, passed, embs) if self.head is not None and crops else None
         t = self._timed("embed", t)
         claim = self.policy.claimed
         if claim is None:
             self._claim_vecs = None
         threshold = self.verify_threshold if claim else self.identify_threshold()
         decisions = []
-        for (track, face), emb in zip(passed, embs, strict=True):
+        for i, ((track, face), emb) in enumerate(zip(passed, embs, strict=True)):
             last = track.state.get("embedding")
-            if last is not None and float(last @ emb) < self.verify_threshold:
+            if last is not None and float(last @ emb) < self.split_threshold:
                 track = self.tracker.split(track, face, frame.t_capture)  # someone else stepped in
             track.state["embedding"] = emb
             if track.state.get("decided"):
@@ -247,7 +289,7 @@ class Engine:
                 t = self._timed("liveness", t)
                 if live is None:
                     continue  # its liveness challenge is under way: nothing to decide on yet
-            obs = self._match(emb, claim, threshold, live, frame.t_capture)
+            obs = self._match(emb, claim, threshold, live, frame.t_capture, probes[i] if probes else None)
             t = self._timed("match", t)
             self.policy.observe(track, obs)
             others = [o for o in self.tracker.visible(frame.t_capture) if o.id != track.id]
@@ -259,11 +301,28 @@ class Engine:
         self.face_present = bool(faces)
         return decisions
 
-    def _match(self, emb: np.ndarray, claim: str | None, threshold: float, live: Any, t_capture: float) -> Observation:
+    def _head_probes(self, image: np.ndarray, passed: list[Any], primary: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Each passed face under every embedder the head reads (each aligned with its own template)."""
+        per = {self.manifest.name: primary}
+        for emb in self.pipeline.embedders[1:]:
+            tpl = emb.manifest.alignment
+            per[emb.manifest.name] = emb.embed(np.stack([align(image, f.landmarks, tpl) for _, f in passed]))
+        return [{name: v[i] for name, v in per.items()} for i in range(len(passed))]
+
+    def _match(self, emb: np.ndarray, claim: str | None, threshold: float, live: Any, t_capture: float,
+               probe: dict[str, np.ndarray] | None = None) -> Observation:
         if claim is not None and self._claim_vecs is not None and self._claim_vecs[0] == claim:
-            score = float(np.max(self._claim_vecs[1] @ emb))  # 1:1: the claimed identity's best template
+            if self.head is not None and probe is not None:
+                from edge.verifier import HeadScorer
+
+                score = HeadScorer(self.head).verify(probe, self._claim_vecs[1])
+            else:
+                score = float(np.max(self._claim_vecs[1] @ emb))  # 1:1: the claimed identity's best template
             return Observation(claim if score >= threshold else None, claim, score, threshold, live, t_capture)
-        best = self.matcher.search(emb, k=1)[0]
+        if self.head is not None and probe is not None:
+            best = self._head_gallery().search([probe], k=1)[0]
+        else:
+            best = self.matcher.search(emb, k=1)[0]
         if not best:
             return Observation(None, None, None, threshold, live, t_capture)
         m = best[0]
@@ -335,13 +394,20 @@ class Daemon:
         self.liveness = liveness if liveness is not None else resolve_liveness(cfg, registry)
         if cfg.profile == "kiosk":
             self.liveness = None  # every kiosk event says not_checked
+        self.head = None
+        if cfg.models.verifier:
+            from edge.verifier import load_head
+
+            self.head = load_head(cfg.models.verifier, registry)
         self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
-                                     threads=cfg.models.threads, min_face_px=cfg.models.min_face_px)
+                                     threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
+                                     extra_embedders=self.head.embedders if self.head is not None else ())
         self.store = open_store(cfg)
         self.access = AccessPolicy(cfg.access, metadata=self._metadata)
         self.policy = Policy(cfg.decision, self.access, liveness_required=self.liveness is not None)
         live_gate = gate_for(cfg, self.liveness) if self.liveness is not None else None
-        self.engine = Engine(self.pipeline, self.policy, cfg, self.liveness, self.metrics, self.store, live_gate)
+        self.engine = Engine(self.pipeline, self.policy, cfg, self.liveness, self.metrics, self.store, live_gate,
+                             head=self.head)
         self.sink = sink if sink is not None else self._make_sink()
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
@@ -566,7 +632,7 @@ class Daemon:
         if granted and self.cfg.profile == "door":
             self.sink.publish_door("UNLOCK", self.cfg.door.unlock_s)  # first: the door is what the person waits for
         latency = (time.monotonic() - d.t_capture) * 1e3
-        event = self.sink.publish_event(d.event(self.engine.manifest.name, latency))
+        event = self.sink.publish_event(d.event(self.engine.scored_by.name, latency))
         self.sink.publish_prompt(PROMPTS[d.decision])
         self.metrics.inc("decisions_total", decision=d.decision)
         self.metrics.histogram("decision_latency_ms").observe(latency)

@@ -51,3 +51,64 @@ def identify(matcher: Matcher, pipeline: FacePipeline, embedding: np.ndarray, to
             "score": round(matches[0].score, 4) if matches else None, "threshold": round(threshold, 4),
             "gallery_templates": matcher.rows, "fpir_target": fpir, "threshold_extrapolated": details["extrapolated"],
             "candidates": [{"identity": c.name, "score": round(c.score, 4)} for c in matches]}
+
+
+# -- with a trained verification head (edge/verifier.py) ----------------------------------------------------------
+def head_templates(store: Store, head: Any, name: str | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{identity: {embedder: (T, D)}} for every embedder the head needs, rows paired by enrolment order.
+
+    Enrolment stores one template per image for every configured embedder, in the same order, so the k-th rows
+    of an identity's embedders come from the same photo. An identity missing an embedder's templates (enrolled
+    before the head was configured) cannot be scored by the head: that is an error naming the fix.
+    """
+    per: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in head.embedders}
+    for e in head.embedders:
+        for who, _, vec in store.templates(e, name):
+            per[e].setdefault(who, []).append(vec)
+    names = sorted(set().union(*(set(d) for d in per.values())))
+    out = {}
+    for who in names:
+        counts = {e: len(per[e].get(who, [])) for e in head.embedders}
+        if len(set(counts.values())) != 1:
+            raise FacegateError(f"identity {who!r} has {counts} templates; the verifier {head.name!r} needs one per "
+                                "embedder for every enrolment photo: re-enrol it with --verifier, or run "
+                                "'facegate store reembed --embedder NAME'")
+        out[who] = {e: np.stack(per[e][who]) for e in head.embedders}
+    return out
+
+
+def verify_with_head(store: Store, head: Any, name: str, probe: dict[str, np.ndarray]) -> Verification:
+    """1:1 with the head: its best logit over the claimed identity's templates, at the head's verify threshold."""
+    from edge.verifier import HeadScorer
+
+    if store.identity(name) is None:
+        raise FacegateError(f"unknown identity {name!r}")
+    templates = head_templates(store, head, name).get(name)
+    if templates is None:
+        raise FacegateError(f"identity {name!r} has no templates of {', '.join(head.embedders)}; re-enrol it")
+    score = HeadScorer(head).verify(probe, templates)
+    t = head.manifest.threshold("verify").value
+    return Verification(name, score, t, score >= t)
+
+
+def head_matcher(store: Store, head: Any) -> Any:
+    """The whole gallery in a HeadMatcher (exhaustive scoring: a head is not an inner product to index)."""
+    from edge.verifier import HeadMatcher
+
+    matcher = HeadMatcher(head)
+    for who, vectors in head_templates(store, head).items():
+        matcher.add(who, vectors)
+    return matcher
+
+
+def identify_with_head(matcher: Any, head: Any, probe: dict[str, np.ndarray], top: int = 1,
+                       fpir: float = DEFAULT_FPIR) -> dict[str, Any]:
+    """As identify(), scored by the head (logits), at the head's 1:N threshold for this gallery size."""
+    threshold, details = threshold_for(head.manifest, max(1, matcher.rows), fpir)
+    matches = matcher.search([probe], k=max(1, top))[0]
+    best = matches[0] if matches and matches[0].score >= threshold else None
+    return {"identity": best.name if best else None, "recognized": best is not None,
+            "score": round(matches[0].score, 4) if matches else None, "threshold": round(threshold, 4),
+            "gallery_templates": matcher.rows, "fpir_target": fpir, "threshold_extrapolated": details["extrapolated"],
+            "scorer": head.name, "metric": "logit",
+            "candidates": [{"identity": c.name, "score": round(c.score, 4)} for c in matches]}

@@ -120,3 +120,27 @@ def test_export_calibrate_writes_override(capsys, lfw, tmp_path, monkeypatch):
     assert override["thresholds"]["verify"]["value"] == entry["value"]
     tail = entries["identify"]["tail"]
     assert tail and all(a[0] > b[0] and a[1] <= b[1] for a, b in zip(tail, tail[1:], strict=False))
+
+
+def test_verify_and_identify_with_a_verifier_head(capsys, faces, tmp_path, monkeypatch):
+    """--verifier: enrolment stores the head's embedders, 1:1 and 1:N are scored by the head (logits)."""
+    pytest.importorskip("onnx")
+    from tests.edge.test_daemon import _two_embedder_head
+
+    monkeypatch.setenv("FACEGATE_STATE_DIR", str(tmp_path))
+    _two_embedder_head(tmp_path / "models")
+    capsys.readouterr()
+    db = tmp_path / "s.db"
+    assert _run(capsys, "enroll", "abel", faces["a1"], "--verifier", "head-2e", "--store", db)[0] == 0
+    code, out, _ = _run(capsys, "verify", "--id", "abel", faces["a4"], "--verifier", "head-2e", "--store", db,
+                        "--json")
+    data = json.loads(out)
+    assert code == 0 and data["match"] and data["model"] == "head-2e" and data["score"] > 1.0
+    code, out, _ = _run(capsys, "identify", faces["b1"], "--verifier", "head-2e", "--store", db, "--json")
+    assert code == 1 and json.loads(out)["scorer"] == "head-2e"
+    code, out, _ = _run(capsys, "identify", faces["a4"], "--verifier", "head-2e", "--store", db, "--json")
+    assert code == 0 and json.loads(out)["identity"] == "abel"
+    # Enrolled without the head: its second embedder's templates are missing, and the error says how to fix it.
+    assert _run(capsys, "enroll", "aaron", faces["b1"], "--store", db)[0] == 0
+    code, out, err = _run(capsys, "verify", "--id", "aaron", faces["b1"], "--verifier", "head-2e", "--store", db)
+    assert code == 2 and "reembed" in err and out == ""

@@ -242,3 +242,70 @@ def test_sigterm_flushes_and_publishes_offline(tmp_path, clip):
         assert wait_until(lambda: sub.on("facegate/door1/availability")[-1].payload == b"offline", 5)
         state = [m.json() for m in sub.on("facegate/door1/state")][-1]
         assert state["outbox_depth"] == 0
+
+
+def _two_embedder_head(model_dir: Path) -> None:
+    """Install into `model_dir`: "sface-mirror" (SFace with the test-time flip: a second embedder whose vectors
+    differ from SFace's) and "head-2e", a head over both: logit = 6·cos(sface) + 4·cos(sface-mirror) − 3."""
+    import hashlib
+
+    from edge.models.registry import Registry
+    from edge.verifier import VerifierHead
+    from export.bundle import write_bundle
+    from export.train.verifier import head_onnx
+
+    builtin = Registry(model_dir)
+    sface = builtin.manifest("sface")
+    prepared = builtin.runtime_file(sface)
+    mirror = model_dir / "sface-mirror"
+    mirror.mkdir(parents=True)
+    shutil.copy(prepared, mirror / "model.onnx")
+    m = sface.to_dict()
+    m.update(name="sface-mirror", file="model.onnx", sha256=hashlib.sha256(prepared.read_bytes()).hexdigest(),
+             source={"file": "model.onnx"}, prepare=[], flip_average=True)
+    (mirror / "manifest.json").write_text(json.dumps(m))
+    head = VerifierHead(("sface", "sface-mirror"), (128, 128),
+                        {"prod": np.concatenate([np.full(128, 6.0), np.full(128, 4.0)])}, -3.0)
+    tail = [[0.1, 1.5], [0.01, 2.0], [0.001, 2.5]]
+    manifest = {"name": "head-2e", "task": "verify_head", "licence": "test", "input": {"size": None},
+                "source": {"recipe": "test"},
+                "thresholds": {"verify": {"value": 1.0, "metric": "logit"},
+                               "identify": {"value": 2.0, "metric": "logit", "tail": tail}},
+                "extra": {"embedders": ["sface", "sface-mirror"], "dims": [128, 128]}}
+    write_bundle(model_dir, manifest, head_onnx(head, model_dir.parent / "h.onnx"), {"crops": 0})
+
+
+def test_a_configured_verifier_head_scores_the_decisions(tmp_path, clip, pipeline):
+    """models.verifier: enrolment stores both embedders' templates, and events carry the head's logits."""
+    pytest.importorskip("onnx")
+    from edge.embed import Embedder
+    from edge.imageio import load_bgr
+    from edge.models.registry import Registry
+
+    model_dir = tmp_path / "models"
+    _two_embedder_head(model_dir)
+    cfg = parse(_config(tmp_path, clip, models={"model_dir": str(model_dir), "verifier": "head-2e"}))
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
+    try:
+        _enrol(daemon, clip["enrol"])
+        assert [len(daemon.store.templates(e)) for e in ("sface", "sface-mirror")] == [1, 1]
+        with running(daemon) as thread:
+            thread.join(60)
+    finally:
+        daemon.store.close()
+    records = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    decided = [r["event"] for r in records if r["kind"] == "event"]
+    assert [(e["decision"], e["identity"]) for e in decided] == [("granted", "colin"), ("unknown", None)]
+    assert all(e["model"] == "head-2e" for e in decided)
+    # The granted score is the head's logit for this pair, computed here from the two embedders directly.
+    reg = Registry(model_dir)
+    mirror = Embedder(*reg.open("sface-mirror"))
+    probe, enrolled = (load_bgr(p) for p in (clip["folder"] / "01_colin.jpg", clip["enrol"]))
+    vecs = []
+    for image in (probe, enrolled):
+        face = pipeline.embed_one(image)[0]
+        crop = pipeline.crops(image, [face])
+        vecs.append((pipeline.embedder.embed(crop)[0], mirror.embed(crop)[0]))
+    expected = 6 * float(vecs[0][0] @ vecs[1][0]) + 4 * float(vecs[0][1] @ vecs[1][1]) - 3
+    assert decided[0]["score"] == pytest.approx(expected, abs=0.05)
+    assert decided[0]["score"] > 1.0 and decided[0]["threshold"] >= 1.5  # logits, the head's own 1:N threshold

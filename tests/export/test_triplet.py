@@ -90,6 +90,28 @@ def test_batch_loss_reports_active_fraction() -> None:
     assert float(loss) > 0
 
 
+def test_lda_start_keeps_the_discriminative_direction_and_centres() -> None:
+    """Toy data: identities differ along axis 0; axis 1 carries large noise within each identity. PCA would keep
+    axis 1 (more variance); the discriminant start must keep axis 0, and its bias must centre the data."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1.0, size=(40, 1))
+    labels = np.repeat(np.arange(40), 5)
+    x = np.zeros((200, 3))
+    x[:, 0] = centres[labels, 0] + rng.normal(0, 0.05, 200)
+    x[:, 1] = rng.normal(0, 5.0, 200)  # within-identity noise, the largest variance
+    x[:, 2] = rng.normal(0, 0.5, 200)
+    x += np.array([3.0, -2.0, 1.0])  # an offset the bias has to remove
+    weight, bias = T.lda_projection(x, labels, 1)
+    direction = weight[0] / np.linalg.norm(weight[0])
+    assert abs(direction[0]) > 0.99
+    assert abs(float((weight @ x.T + bias[:, None]).mean())) < 1e-4
+    assert np.linalg.norm(weight, axis=1).mean() == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(Exception, match="LDA"):
+        T.lda_projection(x[:3], labels[:3], 1)
+    head_settings = T.TripletSettings(mode="head", dim=1, init="lda", epochs=1)
+    assert head_settings.init == "lda"
+
+
 def test_pk_batches_hold_p_identities_of_k() -> None:
     labels = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 6, 2, 2, 2, 9])
     batches = list(pk_batches(labels, 3, 4, np.random.default_rng(0)))
