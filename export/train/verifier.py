@@ -256,7 +256,8 @@ def summary(accs: Sequence[float]) -> dict[str, Any]:
     std = float(np.std(accs, ddof=1)) if n > 1 else 0.0
     # Rounded to 10 places: fold accuracies are k/600, and float summation noise (0.99599999… for 24 errors in
     # 6,000) must not read as a different count of errors.
-    return {"accuracy": round(float(np.mean(accs)), 10), "accuracy_std": std, "accuracy_sem": std / np.sqrt(n) if n else 0.0,
+    return {"accuracy": round(float(np.mean(accs)), 10), "accuracy_std": std,
+            "accuracy_sem": std / np.sqrt(n) if n else 0.0,
             "folds": n}
 
 
