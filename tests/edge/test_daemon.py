@@ -293,6 +293,19 @@ def test_a_configured_verifier_head_scores_the_decisions(tmp_path, clip, pipelin
             thread.join(60)
     finally:
         daemon.store.close()
+    # A badge claim (a new daemon on the same store): 1:1 against the claimed identity's templates of both
+    # embedders, scored by the head.
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", tmp_path / "claim.jsonl"))
+    try:
+        engine = daemon.engine
+        assert engine.claim("colin")
+        image = load_bgr(clip["enrol"])
+        face = engine.pipeline.embed_one(image)[0]
+        probe = engine.pipeline.embed_all(image, face)
+        obs = engine._match(probe["sface"], "colin", engine.verify_threshold, None, 0.0, probe)
+        assert obs.identity == "colin" and obs.score == pytest.approx(6 + 4 - 3, abs=1e-3)  # the same photo
+    finally:
+        daemon.store.close()
     records = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
     decided = [r["event"] for r in records if r["kind"] == "event"]
     assert [(e["decision"], e["identity"]) for e in decided] == [("granted", "colin"), ("unknown", None)]
