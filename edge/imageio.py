@@ -67,15 +67,17 @@ def image_files(root: Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if is_image_file(p))
 
 
-def sample_images(root: Path, limit: int | None = None, names: set[str] | None = None) -> list[Path]:
-    """Images under `root` (only those whose relative POSIX path is in `names`, when given), thinned evenly to
-    at most `limit` — a deterministic sample for benchmarks."""
+def sample_images(root: Path, limit: int | None = None, names: set[str] | None = None,
+                  exclude: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+    """Images under `root` (only those whose relative POSIX path is in `names`, when given, and not in
+    `exclude`), thinned evenly to at most `limit` — a deterministic sample for benchmarks and calibration."""
     root = Path(root)
     if not root.is_dir():
         raise ImageError(f"{root}: not a directory")
     files = image_files(root)
-    if names is not None:
-        files = [p for p in files if p.relative_to(root).as_posix() in names]
+    if names is not None or exclude:
+        rel = {p: p.relative_to(root).as_posix() for p in files}
+        files = [p for p in files if (names is None or rel[p] in names) and rel[p] not in exclude]
     if not files:
         raise ImageError(f"{root}: no images found")
     if limit is not None and len(files) > limit:

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,15 +169,6 @@ def list_images(images_dir: Path) -> list[str]:
     if not root.is_dir():
         raise ExportError(f"{root}: not a directory")
     return [p.relative_to(root).as_posix() for p in image_files(root)]
-
-
-def images_named_by(pairs_files: Iterable[Path]) -> set[str]:
-    """The relative image paths an LFW-format pairs file names: kept out of calibration so it stays held out."""
-    out: set[str] = set()
-    for f in pairs_files:
-        if Path(f).is_file():
-            out |= {r for p in read_pairs(Path(f)) for r in (p.a, p.b)}
-    return out
 
 
 def _crop_maker(template: AlignmentTemplate | CropMaker) -> CropMaker:

@@ -8,6 +8,7 @@ Rows are "Name i j" (same person) or "Name1 i Name2 j" (different people).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ def read_pairs(path: Path) -> list[Pair]:
             raise FacegateError(f"{path}: line {k + 2} has {len(row)} fields; expected 3 or 4")
     return pairs
 
+
+
+def images_named_by(pairs_files: Iterable[Path]) -> set[str]:
+    """The relative image paths (Name/Name_NNNN.jpg) LFW-format pairs files name: a test set's images, to be
+    kept out of calibration, fitting and sampling."""
+    return {r for f in pairs_files for p in read_pairs(Path(f)) for r in (p.a, p.b)}
 
 def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", desc: str = "embedding",
                 every: bool = False) -> tuple[dict[str, Any], list[str]]:

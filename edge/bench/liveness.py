@@ -43,13 +43,6 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 DEFAULT_CHALLENGE = ChallengeConfig()
 
 
-def pairs_images(pairs_file: Path) -> set[str]:
-    """The relative image paths (Name/Name_NNNN.jpg) an LFW-format pairs file names."""
-    from edge.bench.lfw import read_pairs
-
-    return {r for p in read_pairs(Path(pairs_file)) for r in (p.a, p.b)}
-
-
 def _detector(registry: Registry, min_face_px: float = 40.0) -> Detector:
     return Detector(*registry.open("yunet", threads=1), min_face_px=min_face_px)
 
@@ -91,7 +84,9 @@ def run(live_dir: Path, spoof_dir: Path, model: str = "auto", threads: int = 1, 
     registry = registry or Registry()
     check = open_passive(registry, model, threads)
     detector = _detector(registry)
-    names = pairs_images(pairs) if pairs else None
+    from edge.bench.lfw import images_named_by
+
+    names = images_named_by([pairs]) if pairs else None
     live_paths = sample_images(live_dir, limit, names)
     spoof_paths = sample_images(spoof_dir, limit)
     t0 = time.perf_counter()

@@ -12,7 +12,6 @@ manifest (`thresholds.live.provenance`); `write_fused` keeps it while the member
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 
 from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
-from edge.imageio import image_files
+from edge.imageio import sample_images
 from edge.models.manifest import Manifest
-from edge.models.registry import Registry
+from edge.models.registry import Registry, sha256_file
 
 DEFAULT_BPCER = 0.05
 
@@ -46,17 +45,11 @@ def live_threshold(scores: np.ndarray, bpcer: float) -> float:
     return float((s[refused - 1] + s[refused]) / 2.0)
 
 
-def excluded_images(pairs_files: Iterable[Path]) -> set[str]:
-    """Relative image paths named by LFW-format pairs files (kept out of calibration: they are test data)."""
-    from edge.bench.lfw import read_pairs
-
-    return {r for f in pairs_files for p in read_pairs(Path(f)) for r in (p.a, p.b)}
-
-
 def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, exclude: Iterable[Path] = (),
               limit: int | None = None, command: str = "", write: bool = True,
               progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it) -> dict[str, Any]:
     """Score the live images with the installed fused check and (with `write`) store the new threshold."""
+    from edge.bench.lfw import images_named_by
     from edge.bench.liveness import _detector, score_images
     from edge.liveness.minifasnet import FUSED_NAME, LIVE_THRESHOLD, open_passive, write_fused
 
@@ -67,14 +60,8 @@ def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, 
                             "minifasnet-v2` and `minifasnet-v1se`)")
     registry = Registry(registry.model_dir)  # re-read: the fused bundle may have just been written
     check = open_passive(registry, FUSED_NAME)
-    skip = excluded_images(exclude)
-    if not live_dir.is_dir():
-        raise FacegateError(f"{live_dir}: not a directory")
-    paths = [p for p in image_files(live_dir) if p.relative_to(live_dir).as_posix() not in skip]
-    if limit is not None:
-        paths = [paths[int(k)] for k in np.linspace(0, len(paths) - 1, min(limit, len(paths)))] if paths else []
-    if not paths:
-        raise FacegateError(f"{live_dir}: no live images left to calibrate on")
+    skip = images_named_by(exclude)
+    paths = sample_images(live_dir, limit, exclude=skip)
     rows = score_images(check, _detector(registry), progress(paths), live_dir)
     scores = np.array([r["score"] for r in rows if r["face"]])
     if scores.size < 100:
@@ -95,7 +82,7 @@ def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, 
         "live_dir": str(live_dir), "images": len(rows), "faces": int(scores.size),
         "no_face": len(rows) - int(scores.size),
         "crops_adjusted": round(sum(r["shrunk"] or r["shifted"] for r in faces) / len(faces), 4),
-        "excluded_pairs": [{"file": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in exclude],
+        "excluded_pairs": [{"file": p.name, "sha256": sha256_file(p)} for p in exclude],
         "excluded_images": len(skip),
         "members_sha256": {n.manifest.name: n.manifest.sha256 for n in check.nets},
         "attacks": "none used: APCER at this value must be measured separately (facegate bench liveness)",

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.bench.lfw import images_named_by
 from edge.embed import Embedder, l2_normalise, to_input
 from edge.errors import ImageError, NoFaceError
 from edge.imageio import load_bgr
@@ -35,7 +36,7 @@ from edge.models.registry import Registry, sha256_file
 from edge.paths import data_dir
 from edge.vision.align import align, similarity_transform
 from edge.vision.detect import Detector, select_face
-from export.bundle import ExportError, embedding_parity, images_named_by, list_images
+from export.bundle import ExportError, embedding_parity, list_images
 from export.recipes import EMBED_TARGETS, Built, finish, stage_all, torch_to_onnx, variant_name
 
 NAME = "dlib-resnet"
@@ -322,7 +323,7 @@ def export(out: Path, variants: tuple[str, ...] = OFFERED, images: Path | None =
     finder = DlibFaces(registry)
     # Template and parity faces come from photos LFW View 2 does not name, so the View-2 benchmark stays clean.
     view2 = images.parent / "pairs.txt"
-    named = images_named_by([view2])
+    named = images_named_by([view2] if view2.is_file() else [])
     rels = [r for r in list_images(images) if r not in named]
     rels = [rels[int(k)] for k in np.random.default_rng(0).permutation(len(rels))]
     fit_faces = finder.collect(images, rels[: max(template_images * 2, template_images + 200)], template_images)

@@ -15,12 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edge.bench.lfw import images_named_by
 from edge.embed import Embedder, to_input
 from edge.errors import ModelError
 from edge.models.manifest import Manifest
 from edge.models.registry import Registry
 from edge.paths import data_dir
-from export.bundle import ExportError, embedding_parity, heldout_face_crops, images_named_by, lfw_parity
+from export.bundle import ExportError, embedding_parity, heldout_face_crops, lfw_parity
 from export.recipes import (
     EMBED_TARGETS,
     LFW_INT8_TARGET_PP,

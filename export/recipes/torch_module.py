@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from edge.bench.lfw import images_named_by
 from edge.embed import Embedder, l2_normalise, to_input
 from edge.models.manifest import TASKS, AlignmentTemplate, InputSpec, Manifest, Normalisation
 from edge.models.registry import Registry
 from edge.paths import data_dir
-from export.bundle import ExportError, embedding_parity, heldout_face_crops, images_named_by, lfw_parity
+from export.bundle import ExportError, embedding_parity, heldout_face_crops, lfw_parity
 from export.recipes import (
     EMBED_TARGETS,
     LFW_INT8_TARGET_PP,

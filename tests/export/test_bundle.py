@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.bench.lfw import images_named_by
 from edge.embed import Embedder
 from edge.errors import ModelError
 from edge.models.registry import Registry, sha256_file
@@ -15,7 +16,6 @@ from export.bundle import (
     check_targets,
     embedding_parity,
     heldout_face_crops,
-    images_named_by,
     lfw_parity,
     stage_model,
     write_bundle,
