@@ -220,7 +220,7 @@ def rescore(head: VerifierHead, probe: Mapping[str, np.ndarray], candidates: lis
 def head_identities(head: VerifierHead, images: Path) -> tuple[set[str], list[str]]:
     """Identities the head was trained or calibrated on (pairs files named in its manifest, found beside the
     images folder): a benchmark must leave them out."""
-    from edge.bench.lfw import read_pairs
+    from edge.bench.lfw import pair_identities, read_pairs
 
     names: list[str] = []
     m = head.manifest
@@ -235,7 +235,7 @@ def head_identities(head: VerifierHead, images: Path) -> tuple[set[str], list[st
         if not path.is_file():
             raise ModelError(f"verifier {head.name!r} was trained/calibrated on {name}, not found beside {images}: "
                              "cannot keep its identities out of the benchmark")
-        out |= {r.split("/")[0] for p in read_pairs(path) for r in (p.a, p.b)}
+        out |= pair_identities(read_pairs(path))
         used.append(str(path))
     return out, used
 

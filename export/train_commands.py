@@ -120,7 +120,7 @@ def export_trained(args: argparse.Namespace, settings: Any, result: dict[str, An
 
 # -- verifier ----------------------------------------------------------------------------------------------------
 def cmd_verifier(args: argparse.Namespace) -> int:
-    from edge.bench.lfw import read_pairs
+    from edge.bench.lfw import pair_identities, read_pairs
     from export.train import verifier as V
     from export.train.data import list_people
 
@@ -157,14 +157,14 @@ def cmd_verifier(args: argparse.Namespace) -> int:
                 + ", ".join(f"{e} {b['accuracy']:.4f}" for e, b in base.items()))
     else:
         trained = V.fit_on(pairs, vectors, embedders, settings)
-        trained.provenance = {"trained_on": {"pairs_file": args.pairs.name, "identities": len(V.pair_identities(pairs)),
+        trained.provenance = {"trained_on": {"pairs_file": args.pairs.name, "identities": len(pair_identities(pairs)),
                                              "extra_pairs_per_class": settings.extra_pairs}}
         text = f"trained a {'+'.join(embedders)} head on {args.pairs.name}"
         if args.export:
             thresholds = None
             if args.calibrate_pairs:
                 cal = read_pairs(args.calibrate_pairs)
-                overlap = V.pair_identities(cal) & V.pair_identities(pairs)
+                overlap = pair_identities(cal) & pair_identities(pairs)
                 if overlap:
                     raise FacegateError(f"{args.calibrate_pairs.name} shares {len(overlap)} identities with the "
                                         "training pairs: calibrate on disjoint identities")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import embed_paths, read_pairs
+from edge.bench.lfw import embed_paths, pair_identities, read_pairs
 from edge.enroll import person_folders
 from edge.errors import FacegateError
 from edge.identify_threshold import threshold_for
@@ -34,7 +34,7 @@ def calibration_identities(manifest, images: Path, explicit: Path | None) -> tup
         path = candidate if candidate and candidate.is_file() else None
     if path is None:
         return set(), None
-    return {p.a.split("/")[0] for p in read_pairs(path)} | {p.b.split("/")[0] for p in read_pairs(path)}, str(path)
+    return pair_identities(read_pairs(path)), str(path)
 
 
 def dir_at_fpir(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores: np.ndarray,

@@ -66,6 +66,11 @@ def images_named_by(pairs_files: Iterable[Path]) -> set[str]:
     kept out of calibration, fitting and sampling."""
     return {r for f in pairs_files for p in read_pairs(Path(f)) for r in (p.a, p.b)}
 
+
+def pair_identities(pairs: Iterable[Pair]) -> set[str]:
+    """The identities (image folders) a list of pairs names."""
+    return {r.split("/")[0] for p in pairs for r in (p.a, p.b)}
+
 def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", desc: str = "embedding",
                 every: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Embed each image once; returns (embeddings by relative path, paths with no usable face).

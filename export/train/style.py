@@ -25,7 +25,6 @@ so features[12…] are never built. Pixels enter as RGB in [0, 1] and are ImageN
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -42,12 +41,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
 from edge.imageio import image_files
 from edge.paths import data_dir
 from export.nets.mobilenet_v2 import IMAGENET_MEAN, IMAGENET_STD, InvertedResidual, load_mobilenet_v2, trunk
 from export.nets.style_net import STRIDE, StyleNet
+from export.train.checkpoint import load_checkpoint as read_checkpoint
+from export.train.checkpoint import save_checkpoint
 
 CHECKPOINT_FORMAT = "facegate-style-net/1"
 
@@ -470,16 +470,8 @@ def settings_path(out_dir: Path, name: str) -> Path:
 LOG_FIELDS = ["iteration", "seconds", "images", "J", "content", "style", "tv", "lr"]
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())  # a crash mid-write leaves the previous checkpoint whole
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise StyleError(f"{path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, StyleError)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise StyleError(f"{path}: not a facegate style-net checkpoint")
     return state
@@ -557,7 +549,7 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
     net.train()
 
     def save() -> None:
-        _save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "settings": settings.to_dict(),
+        save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "settings": settings.to_dict(),
                                 "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                                 "optimizer": opt.state_dict(), "iteration": iteration, "elapsed_s": elapsed,
                                 "images": seen, "torch": torch.__version__, "device": str(dev)})

@@ -19,7 +19,6 @@ it and reproduces the uninterrupted run, since all randomness flows from the see
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 import time
@@ -32,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.atomic import atomic_write_bytes
+from edge.bench.lfw import pair_identities
 from edge.errors import FacegateError
+from export.train.checkpoint import load_checkpoint, save_checkpoint
 
 MINING = ("batch-hard", "semi-hard")
 MODES = ("net", "head")
@@ -158,18 +158,6 @@ def checkpoint_path(out: Path) -> Path:
     return Path(out) / "checkpoint.pt"
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())  # a crash mid-write leaves the previous checkpoint whole
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise FacegateError(f"{path}: no such checkpoint")
-    return torch.load(str(path), map_location="cpu", weights_only=False)
-
-
 # -- the loop ------------------------------------------------------------------------------------------------------
 # A batch maker turns row indices (and the epoch's RNG, for augmentation) into the model's input tensor.
 BatchMaker = Callable[[np.ndarray, np.random.Generator], torch.Tensor]
@@ -246,9 +234,10 @@ def train(model: nn.Module, labels: np.ndarray, make_batch: BatchMaker, settings
         if progress:
             print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
                   file=sys.stderr, flush=True)
-        _save(ckpt, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                     "history": history, "settings": settings.to_dict()})
+        save_checkpoint(ckpt, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
+                               "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history,
+                               "settings": settings.to_dict()})
         write_log(out / "log.csv", history)
         if stop_after is not None and epoch >= stop_after:
             break
@@ -287,10 +276,6 @@ def dev_accuracy(vectors: dict[str, np.ndarray], dev_train: Sequence[Any], dev_t
     t = best_threshold(s_tr, y_tr)
     return {"dev_train_accuracy": accuracy_at(s_tr, y_tr, t),
             "dev_test_accuracy": accuracy_at(s_te, np.array([p.same for p in dev_test]), t), "dev_threshold": t}
-
-
-def pair_identities(pairs: Sequence[Any]) -> set[str]:
-    return {r.split("/")[0] for p in pairs for r in (p.a, p.b)}
 
 
 # -- mode "net": a small CNN from scratch on aligned crops ----------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import Pair, accuracy_at, best_threshold
+from edge.bench.lfw import Pair, accuracy_at, best_threshold, pair_identities
 from edge.errors import FacegateError
 from edge.models.registry import Registry
 from edge.verifier import BIAS_NAME, CHI2_EPS, WEIGHT_NAMES, VerifierHead, sigmoid
@@ -214,7 +214,7 @@ def with_extra_pairs(pairs: Sequence[Pair], vectors: Mapping[str, Mapping[str, n
     only: these identities are the training side of a split, so the test side stays unseen)."""
     if n <= 0:
         return list(pairs)
-    ids = {r.split("/")[0] for p in pairs for r in (p.a, p.b)}
+    ids = pair_identities(pairs)
     pool = [r for r in vectors[embedders[0]] if r.split("/")[0] in ids and all(r in vectors[e] for e in embedders)]
     return [*pairs, *sample_pairs(pool, n, np.random.default_rng(seed))]
 
@@ -279,10 +279,6 @@ def default_grid(extra_pairs: int = 20000) -> list[HeadSettings]:
         for l2 in (100.0, 300.0, 1000.0, 3000.0):
             grid += [HeadSettings(features=feats, l2=l2, extra_pairs=n) for n in dict.fromkeys((0, extra_pairs))]
     return grid
-
-
-def pair_identities(pairs: Sequence[Pair]) -> set[str]:
-    return {r.split("/")[0] for p in pairs for r in (p.a, p.b)}
 
 
 def view1_accuracy(dev_train: Sequence[Pair], dev_test: Sequence[Pair],
