@@ -246,45 +246,44 @@ def cmd_enroll_dir(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace, pipe):
+    """The chosen face of the image and its probe: the embedding, or with --verifier {embedder: embedding} for
+    every embedder the head reads (the face is detected once, each embedder embeds it once)."""
     from edge.imageio import load_bgr
+    from edge.vision.detect import select_face
 
-    return pipe.embed_one(load_bgr(args.image), policy=args.policy)
+    image = load_bgr(args.image)
+    face = select_face(pipe.detect(image), image.shape, args.policy)
+    return face, (pipe.embed_all(image, face) if args.verifier else pipe.embed_faces(image, [face])[0])
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from edge.imageio import load_bgr
     from edge.query import verify, verify_with_head
 
     pipe = _pipeline(args)
     with _store(args) as store:
+        face, probe = _probe(args, pipe)
         if args.verifier:
-            image = load_bgr(args.image)
-            face = pipe.embed_one(image, policy=args.policy)[0]
-            v = verify_with_head(store, _head(args), args.id, pipe.embed_all(image, face))
+            v = verify_with_head(store, _head(args), args.id, probe)
         else:
-            face, emb = _probe(args, pipe)
-            v = verify(store, pipe, args.id, emb)
-    data = {**v.to_dict(), "face": face.to_dict(), "model": _head(args).name if args.verifier else pipe.manifest.name}
+            v = verify(store, pipe, args.id, probe)
+    data = {**v.to_dict(), "face": face.to_dict(), "model": (_head(args) if args.verifier else pipe).manifest.name}
     verdict = "match" if v.match else "no match"
     _emit(args, data, f"{verdict}: {args.id} (score {v.score:.4f}, threshold {v.threshold:.4f})")
     return 0 if v.match else 1
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from edge.imageio import load_bgr
-    from edge.query import head_matcher, identify, identify_with_head
+    from edge.query import head_matcher, identify
     from edge.store.matcher import Matcher
 
     pipe = _pipeline(args)
     with _store(args) as store:
+        _, probe = _probe(args, pipe)
         if args.verifier:
-            image = load_bgr(args.image)
-            face = pipe.embed_one(image, policy=args.policy)[0]
-            result = identify_with_head(head_matcher(store, _head(args)), _head(args), pipe.embed_all(image, face),
-                                        top=args.top, fpir=args.fpir)
+            matcher, manifest = head_matcher(store, _head(args)), _head(args).manifest
         else:
-            _, emb = _probe(args, pipe)
-            result = identify(Matcher.follow(store, pipe.manifest.name), pipe, emb, top=args.top, fpir=args.fpir)
+            matcher, manifest = Matcher.follow(store, pipe.manifest.name), pipe.manifest
+        result = identify(matcher, manifest, probe, top=args.top, fpir=args.fpir)
     if result["recognized"]:
         text = f"{result['identity']} (score {result['score']:.4f}, threshold {result['threshold']:.4f})"
     else:

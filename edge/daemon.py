@@ -180,7 +180,7 @@ class Engine:
         self._head_stale = True
         self._unsubscribe: Callable[[], None] | None = None
         self._threshold: tuple[int, float] | None = None  # (gallery rows, 1:N threshold)
-        self._claim_vecs: tuple[str, np.ndarray] | None = None
+        self._claim_vecs: tuple[str, Any] | None = None  # (claimed name, its templates)
         self.face_present = False
         self.lock = threading.Lock()  # inference and tracking: the loop and enrolment commands share the models
         self.hist = {s: metrics.histogram("stage_latency_ms", stage=s) for s in self.STAGES}
@@ -225,19 +225,19 @@ class Engine:
 
     def claim(self, name: str) -> bool:
         """Narrow the next decision to 1:1 against `name`; False (ignored) when it has no templates."""
-        vecs: Any = [v for _, _, v in self.store.templates(self.manifest.name, name)]
-        if not vecs:
-            log.warning("claim for %r ignored: no such enrolled identity", name)
-            return False
-        if self.head is not None:
+        templates: Any
+        if self.head is not None:  # {embedder: (T, D)}, scored by the head
             from edge.query import head_templates
 
-            vecs = head_templates(self.store, self.head, name).get(name)
-            if vecs is None:
-                log.warning("claim for %r ignored: no templates for the verifier's embedders", name)
-                return False
+            templates = head_templates(self.store, self.head, name).get(name)
+        else:
+            rows = [v for _, _, v in self.store.templates(self.manifest.name, name)]
+            templates = np.stack(rows) if rows else None
+        if templates is None:
+            log.warning("claim for %r ignored: no such enrolled identity", name)
+            return False
         with self.lock:
-            self._claim_vecs = (name, vecs if self.head is not None else np.stack(vecs))
+            self._claim_vecs = (name, templates)
             self.policy.claim(name, list(self.tracker.tracks.values()))
         log.info("claim: the next decision is 1:1 against %r", name)
         return True
@@ -268,14 +268,13 @@ class Engine:
                 passed.append((track, face))
         t = self._timed("quality", t)
         embs = self.pipeline.embedder.embed(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
-        probes = self._head_probes(frame.image, passed, embs) if self.head is not None and crops else None
         t = self._timed("embed", t)
         claim = self.policy.claimed
         if claim is None:
             self._claim_vecs = None
         threshold = self.verify_threshold if claim else self.identify_threshold()
         decisions = []
-        for i, ((track, face), emb) in enumerate(zip(passed, embs, strict=True)):
+        for (track, face), emb in zip(passed, embs, strict=True):
             last = track.state.get("embedding")
             if last is not None and float(last @ emb) < self.split_threshold:
                 track = self.tracker.split(track, face, frame.t_capture)  # someone else stepped in
@@ -289,7 +288,9 @@ class Engine:
                 t = self._timed("liveness", t)
                 if live is None:
                     continue  # its liveness challenge is under way: nothing to decide on yet
-            obs = self._match(emb, claim, threshold, live, frame.t_capture, probes[i] if probes else None)
+            # A head's other embedders run only here, for faces still to be decided (not every face every frame).
+            probe = self._head_probe(frame.image, face, emb) if self.head is not None else emb
+            obs = self._match(probe, claim, threshold, live, frame.t_capture)
             t = self._timed("match", t)
             self.policy.observe(track, obs)
             others = [o for o in self.tracker.visible(frame.t_capture) if o.id != track.id]
@@ -301,28 +302,24 @@ class Engine:
         self.face_present = bool(faces)
         return decisions
 
-    def _head_probes(self, image: np.ndarray, passed: list[Any], primary: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """Each passed face under every embedder the head reads (each aligned with its own template)."""
-        per = {self.manifest.name: primary}
+    def _head_probe(self, image: np.ndarray, face: Face, primary: np.ndarray) -> dict[str, np.ndarray]:
+        """The face under every embedder the head reads (each aligned with its own template)."""
+        probe = {self.manifest.name: primary}
         for emb in self.pipeline.embedders[1:]:
-            tpl = emb.manifest.alignment
-            per[emb.manifest.name] = emb.embed(np.stack([align(image, f.landmarks, tpl) for _, f in passed]))
-        return [{name: v[i] for name, v in per.items()} for i in range(len(passed))]
+            probe[emb.manifest.name] = emb.embed(align(image, face.landmarks, emb.manifest.alignment)[None])[0]
+        return probe
 
-    def _match(self, emb: np.ndarray, claim: str | None, threshold: float, live: Any, t_capture: float,
-               probe: dict[str, np.ndarray] | None = None) -> Observation:
+    def _match(self, probe: Any, claim: str | None, threshold: float, live: Any, t_capture: float) -> Observation:
+        """Score a probe (the embedding, or with a head {embedder: embedding}) 1:1 against a claim or 1:N."""
         if claim is not None and self._claim_vecs is not None and self._claim_vecs[0] == claim:
-            if self.head is not None and probe is not None:
+            if self.head is not None:
                 from edge.verifier import HeadScorer
 
                 score = HeadScorer(self.head).verify(probe, self._claim_vecs[1])
             else:
-                score = float(np.max(self._claim_vecs[1] @ emb))  # 1:1: the claimed identity's best template
+                score = float(np.max(self._claim_vecs[1] @ probe))  # 1:1: the claimed identity's best template
             return Observation(claim if score >= threshold else None, claim, score, threshold, live, t_capture)
-        if self.head is not None and probe is not None:
-            best = self._head_gallery().search([probe], k=1)[0]
-        else:
-            best = self.matcher.search(emb, k=1)[0]
+        best = (self._head_gallery() if self.head is not None else self.matcher).search(probe, k=1)[0]
         if not best:
             return Observation(None, None, None, threshold, live, t_capture)
         m = best[0]

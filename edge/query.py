@@ -9,9 +9,9 @@ import numpy as np
 
 from edge.errors import FacegateError
 from edge.identify_threshold import threshold_for
+from edge.models.manifest import Manifest
 from edge.pipeline import FacePipeline
 from edge.store.db import Store
-from edge.store.matcher import Matcher
 
 DEFAULT_FPIR = 0.01
 
@@ -41,13 +41,17 @@ def verify(store: Store, pipeline: FacePipeline, name: str, embedding: np.ndarra
     return Verification(name, score, t, score >= t)
 
 
-def identify(matcher: Matcher, pipeline: FacePipeline, embedding: np.ndarray, top: int = 1,
-             fpir: float = DEFAULT_FPIR) -> dict[str, Any]:
-    """Top candidates and the open-set answer: the best identity, or None ("not recognized")."""
-    threshold, details = threshold_for(pipeline.embedder.manifest, max(1, matcher.rows), fpir)
-    matches = matcher.search(embedding, k=max(1, top))[0]
+def identify(matcher: Any, manifest: Manifest, probe: Any, top: int = 1, fpir: float = DEFAULT_FPIR
+             ) -> dict[str, Any]:
+    """Top candidates and the open-set answer: the best identity, or None ("not recognized").
+
+    `matcher` is the embedder's Matcher (probe: a vector) or a verifier HeadMatcher (probe: {embedder: vector});
+    `manifest` is the scorer's (the embedder's or the head's): its 1:N threshold for this gallery size applies.
+    """
+    threshold, details = threshold_for(manifest, max(1, matcher.rows), fpir)
+    matches = matcher.search(probe, k=max(1, top))[0]
     best = matches[0] if matches and matches[0].score >= threshold else None
-    return {"identity": best.name if best else None, "recognized": best is not None,
+    return {"identity": best.name if best else None, "recognized": best is not None, "model": manifest.name,
             "score": round(matches[0].score, 4) if matches else None, "threshold": round(threshold, 4),
             "gallery_templates": matcher.rows, "fpir_target": fpir, "threshold_extrapolated": details["extrapolated"],
             "candidates": [{"identity": c.name, "score": round(c.score, 4)} for c in matches]}
@@ -99,16 +103,3 @@ def head_matcher(store: Store, head: Any) -> Any:
     for who, vectors in head_templates(store, head).items():
         matcher.add(who, vectors)
     return matcher
-
-
-def identify_with_head(matcher: Any, head: Any, probe: dict[str, np.ndarray], top: int = 1,
-                       fpir: float = DEFAULT_FPIR) -> dict[str, Any]:
-    """As identify(), scored by the head (logits), at the head's 1:N threshold for this gallery size."""
-    threshold, details = threshold_for(head.manifest, max(1, matcher.rows), fpir)
-    matches = matcher.search([probe], k=max(1, top))[0]
-    best = matches[0] if matches and matches[0].score >= threshold else None
-    return {"identity": best.name if best else None, "recognized": best is not None,
-            "score": round(matches[0].score, 4) if matches else None, "threshold": round(threshold, 4),
-            "gallery_templates": matcher.rows, "fpir_target": fpir, "threshold_extrapolated": details["extrapolated"],
-            "scorer": head.name, "metric": "logit",
-            "candidates": [{"identity": c.name, "score": round(c.score, 4)} for c in matches]}

@@ -189,9 +189,12 @@ class HeadMatcher:
         self._rows.extend(self.head.concat(vectors))
         self._names.extend([name] * (len(self._rows) - len(self._names)))
 
-    def search(self, probes: list[Mapping[str, np.ndarray]], k: int = 1) -> list[list[Any]]:
+    def search(self, probes: Mapping[str, np.ndarray] | list[Mapping[str, np.ndarray]], k: int = 1
+               ) -> list[list[Any]]:
+        """Top-k identities per probe, best first (one probe mapping counts as a list of one, as in Matcher)."""
         from edge.store.matcher import Match
 
+        probes = [probes] if isinstance(probes, Mapping) else probes
         if not self._rows or not probes:
             return [[] for _ in probes]
         logits = self.head.logit_matrix(np.concatenate([self.head.concat(p) for p in probes]), np.stack(self._rows))

@@ -137,7 +137,7 @@ def test_verify_and_identify_with_a_verifier_head(capsys, faces, tmp_path, monke
     data = json.loads(out)
     assert code == 0 and data["match"] and data["model"] == "head-2e" and data["score"] > 1.0
     code, out, _ = _run(capsys, "identify", faces["b1"], "--verifier", "head-2e", "--store", db, "--json")
-    assert code == 1 and json.loads(out)["scorer"] == "head-2e"
+    assert code == 1 and json.loads(out)["model"] == "head-2e"
     code, out, _ = _run(capsys, "identify", faces["a4"], "--verifier", "head-2e", "--store", db, "--json")
     assert code == 0 and json.loads(out)["identity"] == "abel"
     # Enrolled without the head: its second embedder's templates are missing, and the error says how to fix it.

@@ -302,7 +302,7 @@ def test_a_configured_verifier_head_scores_the_decisions(tmp_path, clip, pipelin
         image = load_bgr(clip["enrol"])
         face = engine.pipeline.embed_one(image)[0]
         probe = engine.pipeline.embed_all(image, face)
-        obs = engine._match(probe["sface"], "colin", engine.verify_threshold, None, 0.0, probe)
+        obs = engine._match(probe, "colin", engine.verify_threshold, None, 0.0)
         assert obs.identity == "colin" and obs.score == pytest.approx(6 + 4 - 3, abs=1e-3)  # the same photo
     finally:
         daemon.store.close()
