@@ -9,14 +9,19 @@ import tempfile
 from pathlib import Path
 
 
+def fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(folder: Path) -> None:
     # The rename itself must reach the disk, or a power cut can bring the old name back.
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync(folder)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

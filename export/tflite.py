@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from export.bundle import ExportError
+from export.recipes import quiet
 
 # Weight-carrying TFLite ops whose weights fp16 stores as half floats; their compute stays float32.
 FP16_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """litert-torch narrates each conversion step on stdout; keep the CLI's output to our own lines."""
-    if os.environ.get("FACEGATE_VERBOSE"):
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
 
 
 def _sample(shape: tuple[int, ...], batch: int) -> torch.Tensor:
@@ -40,7 +29,7 @@ def convert_fp32(module: torch.nn.Module, input_shape: tuple[int, ...], out: Pat
     import litert_torch
 
     module = module.eval()
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         edge = litert_torch.convert(module, (_sample(input_shape, batch),))
         edge.export(str(out))
     return Path(out)
@@ -59,7 +48,7 @@ def convert_int8(module: torch.nn.Module, input_shape: tuple[int, ...], calibrat
     sample = _sample(input_shape, batch)
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         graph = torch.export.export(module.eval(), (sample,)).module()
         graph = quantize_pt2e.prepare_pt2e(graph, quantizer)
         x = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
@@ -84,7 +73,7 @@ def to_fp16(src: Path, out: Path) -> Path:
     for op in FP16_OPS:
         q.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName[op], num_bits=16,
                                  algorithm_key=aeq.AlgorithmName.FLOAT_CASTING)
-    with _quiet(), contextlib.redirect_stderr(io.StringIO()):  # its progress bars ignore the flag
+    with quiet(), contextlib.redirect_stderr(io.StringIO()):  # its progress bars ignore the flag
         result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
     if result.quantized_model is None:
         raise ExportError(f"{src}: ai-edge-quantizer produced no model")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.atomic import fsync
 from edge.store import StoreError
 from edge.store.crypto import KEY_ENV, OVERHEAD, Cipher
 
@@ -452,9 +453,9 @@ class Store:
                 with self._lock:
                     self._conn.backup(out)
                 out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
-            _fsync(Path(tmp))
+            fsync(Path(tmp))
             os.replace(tmp, dest)
-            _fsync(dest.parent)
+            fsync(dest.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -484,7 +485,7 @@ class Store:
                     restored._audit(conn, "restore", None, command, {"source": str(src.resolve())})
             _quiesce(dest)
             os.replace(tmp, dest)
-            _fsync(dest.parent)
+            fsync(dest.parent)
         except BaseException:
             for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 p.unlink(missing_ok=True)
@@ -540,11 +541,3 @@ def _quiesce(dest: Path) -> None:
         pass  # the store being replaced is itself damaged: nothing of it is worth keeping
     for suffix in ("-wal", "-shm"):
         dest.with_name(dest.name + suffix).unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
