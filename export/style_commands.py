@@ -68,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FacegateError(f"{style}: no such painting")
     content = tuple(str(c) for c in (args.content or [_default_lfw()]))
     settings = TrainSettings(name=args.name or style.stem, style=str(style.resolve()), content=content,
-                             size=args.size, batch=args.batch, lr=args.lr, iterations=args.iterations,
+                             size=args.size, load_size=args.load_size, zoom=tuple(args.zoom),
+                             batch=args.batch, lr=args.lr, iterations=args.iterations,
                              minutes=args.minutes, channels=tuple(args.channels), res_blocks=args.res_blocks,
                              max_images=args.max_images, seed=args.seed, log_every=args.log_every,
                              checkpoint_every=args.checkpoint_every, costs=_costs(args))
@@ -186,6 +187,10 @@ def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--name", help="run name (default: the painting's file stem)")
     p.add_argument("--out", type=Path, default=Path("style_runs"), help="checkpoint/log folder")
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("--load-size", type=int, default=0,
+                   help="decode images at this side, then crop --size² from them (default: --size, no crop)")
+    p.add_argument("--zoom", type=float, nargs=2, default=[1.0, 1.0], metavar=("MIN", "MAX"),
+                   help="zoom each batch by a log-uniform factor in [MIN, MAX] before cropping (default 1 1)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--iterations", type=int, default=20000)

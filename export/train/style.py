@@ -394,6 +394,11 @@ class TrainSettings:
     style: str  # the painting's path
     content: tuple[str, ...]  # folders of content images (searched recursively)
     size: int = 256  # training crops are size × size
+    # Multi-scale crops: images are decoded at load_size² (0: at size², the whole centre square) and each
+    # batch is zoomed by a factor drawn log-uniformly from `zoom`, then cut to random size² crops. A net
+    # trained on small crops then also sees faces at the scale the device and the benchmark show them.
+    load_size: int = 0
+    zoom: tuple[float, float] = (1.0, 1.0)
     batch: int = 16
     lr: float = 1e-3
     iterations: int = 20000
@@ -412,6 +417,7 @@ class TrainSettings:
         d["costs"] = self.costs.to_dict()
         d["content"] = list(self.content)
         d["channels"] = list(self.channels)
+        d["zoom"] = list(self.zoom)
         return d
 
     @classmethod
@@ -420,6 +426,7 @@ class TrainSettings:
         d["costs"] = CostSettings.from_dict(d.get("costs", {}))
         d["content"] = tuple(d.get("content", ()))
         d["channels"] = tuple(d.get("channels", (16, 32, 64)))
+        d["zoom"] = tuple(float(v) for v in d.get("zoom", (1.0, 1.0)))
         return cls(**d)
 
 
@@ -443,6 +450,24 @@ def _square(path: Path, size: int) -> np.ndarray:
         w, h = im.size
         left, top = (w - size) // 2, (h - size) // 2
         return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def held_out_removed(paths: Sequence[Path]) -> list[Path]:
+    """`paths` without the benchmark's held-out identities (LFW's <Name>/<Name>_NNNN.jpg, or flat copies)."""
+    held = {rel.split("/")[0] for rel in BENCH_PORTRAITS}
+    return [p for p in paths if p.parent.name not in held and re.sub(r"_\d+$", "", p.stem) not in held]
+
+
+def zoom_crop(x: torch.Tensor, size: int, zoom: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    """The batch zoomed by one factor drawn log-uniformly from `zoom` (never below size²), then one random
+    size × size crop per image."""
+    lo, hi = math.log(zoom[0]), math.log(zoom[1])
+    factor = math.exp(lo + (hi - lo) * float(torch.rand((), generator=gen)))
+    side = max(size, round(x.shape[-1] * factor))
+    if side != x.shape[-1]:
+        x = nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    offsets = torch.randint(side - size + 1, (len(x), 2), generator=gen).tolist()
+    return torch.stack([img[:, y:y + size, c:c + size] for img, (y, c) in zip(x, offsets, strict=True)])
 
 
 def load_content_set(paths: Sequence[Path], size: int, workers: int = 8) -> torch.Tensor:
@@ -502,6 +527,10 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
     With `resume`, training continues from <name>.pt (weights, Adam state, iteration, elapsed time) and the
     log is appended to. Returns a summary (iterations, seconds, last logged costs).
     """
+    if settings.load_size and settings.load_size < settings.size:
+        raise StyleError(f"load size {settings.load_size} is smaller than the crop size {settings.size}")
+    if not 0 < settings.zoom[0] <= settings.zoom[1]:
+        raise StyleError(f"zoom {settings.zoom}: need 0 < MIN ≤ MAX")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt, log = checkpoint_path(out_dir, settings.name), log_path(out_dir, settings.name)
@@ -529,14 +558,14 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
             csv.writer(f).writerow(LOG_FIELDS)
     settings_path(out_dir, settings.name).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
 
-    paths = list_images(settings.content)
+    paths = held_out_removed(list_images(settings.content))
     if settings.max_images:
         order = np.random.default_rng(settings.seed).permutation(len(paths))[: settings.max_images]
         paths = [paths[int(i)] for i in sorted(order)]
     t_load = time.perf_counter()
-    images = load_content_set(paths, settings.size, workers=workers).to(dev)
+    images = load_content_set(paths, settings.load_size or settings.size, workers=workers).to(dev)
     cost = build_cost(Path(settings.style), settings.costs, weights, device=str(dev))
-    print(f"{settings.name}: {len(images)} content images at {settings.size}² loaded in "
+    print(f"{settings.name}: {len(images)} content images at {images.shape[-1]}² loaded in "
           f"{time.perf_counter() - t_load:.1f} s; device {dev}", flush=True)
 
     gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + iteration)  # resumes draw fresh batches
@@ -563,6 +592,8 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
         flip = (torch.rand(settings.batch, generator=gen) < 0.5).to(dev).view(-1, 1, 1, 1)
         x = images[idx].float() / 255.0
         x = torch.where(flip, x.flip(-1), x)
+        if x.shape[-1] != settings.size or settings.zoom != (1.0, 1.0):
+            x = zoom_crop(x, settings.size, settings.zoom, gen)
         target = cost.content_target(x)
         c = cost(net(x), target)
         opt.zero_grad(set_to_none=True)
