@@ -1,7 +1,7 @@
 """`facegate style optimize|train|export|bench`: neural style transfer on the workstation (PyTorch).
 
 Registered through export/cli.py's COMMAND_MODULES; `python -m export.style_commands …` runs the same
-commands without that hook (how the GPU script calls the trainer).
+commands without that hook. The work itself is in export/style/ (one module per job).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from edge.errors import FacegateError
 
 
 def _costs(args: argparse.Namespace):
-    from export.train.style import CostSettings
+    from export.style.costs import CostSettings
 
     d = CostSettings().to_dict()
     for key in ("alpha", "beta", "tv", "smoothing", "temperature", "style_size"):
@@ -40,7 +40,9 @@ def _cost_options(p: argparse.ArgumentParser) -> None:
 def cmd_optimize(args: argparse.Namespace) -> int:
     import torch
 
-    from export.train.style import build_cost, fit_stride, load_image, optimize, save_curve, save_image
+    from export.style.costs import build_cost
+    from export.style.images import fit_stride, load_image, save_image
+    from export.style.optimize import optimize, save_curve
 
     if args.device == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
@@ -61,7 +63,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from export.train.style import TrainSettings, train
+    from export.style.train import TrainSettings, train
 
     style = Path(args.style)
     if not style.is_file():
@@ -87,31 +89,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from edge.paths import model_dir
-    from export.train.style import export_style
+    from export.style.bundle import export_style
+    from export.style.reference import load_reference
 
-    out = args.out or model_dir()
-    rows = [export_style(ckpt, out, tile=args.tile, overlap=args.overlap, name=args.name if len(args.checkpoint) == 1
-                         else None) for ckpt in args.checkpoint]
+    out = args.out or (None if args.ship else model_dir())
+    reference = load_reference(args.reference)
+    rows = [export_style(ckpt, out, tile=args.tile, overlap=args.overlap, ship=args.ship, paintings=args.paintings,
+                         reference=reference, weights=args.weights,
+                         name=args.name if len(args.checkpoint) == 1 else None) for ckpt in args.checkpoint]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
         for r in rows:
-            p = r["parity"]
-            print(f"{r['style']}: {r['onnx']} + {r['tflite']}; ONNX vs TFLite PSNR ≥ "
-                  f"{p['min_psnr_db_onnx_tflite']:.1f} dB — {'PASS' if p['passed'] else 'FAIL'}")
+            p, loss = r["parity"], r["parity"]["style_loss"]
+            where = r["onnx"] + (f" + {r['tflite']}" if r["tflite"] else "")
+            ratio = f"; style loss ratio {loss['mean_ratio']:.2f} (max {loss['max_ratio']:.2f})" \
+                if "mean_ratio" in loss else ""
+            print(f"{r['style']}: {where}; ONNX fp16 vs PyTorch PSNR ≥ {p['min_psnr_db_onnx_torch']:.1f} dB"
+                  + (f", ONNX vs TFLite ≥ {p['min_psnr_db_onnx_tflite']:.1f} dB" if r["tflite"] else "")
+                  + f"{ratio} — {'PASS' if p['passed'] else 'FAIL'}")
     return 0 if all(r["parity"]["passed"] for r in rows) else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge.paths import data_dir
-    from export.train.style import (
-        BenchStyle,
-        CostSettings,
-        bench,
-        default_portraits,
-        load_checkpoint,
-        reference_style_losses,
-    )
+    from export.style.bench import bench
+    from export.style.content import default_portraits
+    from export.style.costs import CostSettings
+    from export.style.reference import BenchStyle, load_reference, matches, reference_style_losses
+    from export.style.train import load_checkpoint
 
     contents = list(args.content_images) if args.content_images else default_portraits(args.lfw)
     if len(contents) < 5 and not args.allow_few:
@@ -135,11 +141,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.styles = installed_styles()
         if not args.styles:
             raise FacegateError("no style bundles installed (facegate style export --checkpoint …)")
-    reference = json.loads(Path(args.reference).read_text()) if args.reference else None
-    if reference and (reference.get("size"), reference.get("steps"), reference.get("lr")) != (
-            args.size, args.steps, args.lr):
-        raise FacegateError(f"{args.reference}: computed at size/steps/lr {reference.get('size')}/"
-                            f"{reference.get('steps')}/{reference.get('lr')}, not {args.size}/{args.steps}/{args.lr}")
+    reference = None
+    if not args.compute_reference:
+        reference = load_reference(args.reference)
+        if not matches(reference, args.size, args.steps, args.lr):
+            where = args.reference or "the shipped reference"
+            if args.reference:
+                raise FacegateError(f"{where}: computed at size/steps/lr {reference.get('size')}/"
+                                    f"{reference.get('steps')}/{reference.get('lr')}, not "
+                                    f"{args.size}/{args.steps}/{args.lr}")
+            reference = None  # the shipped one is for the defaults; other settings compute their own
     result = bench(args.styles, contents, args.paintings or data_dir() / "style", size=args.size, lr=args.lr,
                    steps=args.steps, max_steps=args.max_steps, reference=reference, runtime=args.runtime,
                    grid=args.grid, weights=args.weights, progress=not args.json)
@@ -208,12 +219,18 @@ def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
     _cost_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = style.add_parser("export", help="checkpoint → ONNX + TFLite bundles with a parity report")
+    p = style.add_parser("export", help="checkpoint → ONNX fp16 + TFLite bundles with parity and style-loss figures")
     p.add_argument("--checkpoint", type=Path, action="append", required=True)
-    p.add_argument("--out", type=Path, help="bundle folder (default: the model directory, i.e. installed)")
+    p.add_argument("--out", type=Path, help="bundle folder (default: the model directory, i.e. installed; "
+                   "with --ship: the package's edge/models/styles/)")
+    p.add_argument("--ship", action="store_true",
+                   help="write only the ONNX fp16 bundle, as package data the registry finds with no install step")
     p.add_argument("--name", help="style name (default: the run's name; one checkpoint only)")
     p.add_argument("--tile", type=int, default=512, help="TFLite input size and device tile (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="device tile overlap (default 64)")
+    p.add_argument("--paintings", type=Path, help="painting folder (default <data>/style)")
+    p.add_argument("--reference", type=Path, help="reference style losses (default: the shipped ones)")
+    p.add_argument("--weights", type=Path, help="MobileNetV2 state dict for the style-loss figures")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -228,7 +245,10 @@ def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--max-steps", type=int, default=1000,
                    help="stop matching J after this many steps (speedup then a lower bound; default 1000)")
     p.add_argument("--runtime", choices=("onnxruntime", "litert"), default="onnxruntime")
-    p.add_argument("--reference", type=Path, help="reference style losses computed earlier (--reference-out)")
+    p.add_argument("--reference", type=Path, help="reference style losses computed earlier (--reference-out; "
+                   "default: the shipped export/style/reference_losses.json, used when size/steps/lr match)")
+    p.add_argument("--compute-reference", action="store_true",
+                   help="compute the reference style losses here (about an hour on one core)")
     p.add_argument("--reference-out", type=Path, help="only compute the reference losses (any --device)")
     p.add_argument("--checkpoint", type=Path, nargs="+", help="with --reference-out: the styles' checkpoints")
     p.add_argument("--grid", type=Path, help="write the contents × styles PNG grid here")

@@ -1,6 +1,7 @@
 """Resolve a model name to a verified, runtime-ready file.
 
-Manifests come from three places, later ones winning: the built-in JSON files next to this module, bundles
+Manifests come from four places, later ones winning: the built-in JSON files next to this module, the style
+bundles shipped as package data (`styles/<name>/manifest.json`, their model files beside them), bundles
 installed into the model directory (`<model_dir>/<name>/manifest.json`), and overrides
 (`<model_dir>/overrides/<name>.json`, a partial manifest merged key by key — how calibration records a
 threshold without touching site-packages). Prepared graphs are cached in `<model_dir>/prepared/` with a
@@ -22,6 +23,7 @@ from edge.paths import model_dir as default_model_dir
 from edge.runtime import Runtime, open_runtime
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
+STYLES_DIR = Path(__file__).with_name("styles")  # style nets trained by this project (export/style/bundle.py)
 
 
 def sha256_file(path: Path) -> str:
@@ -46,7 +48,7 @@ class Registry:
     # -- manifests ---------------------------------------------------------------------------------------
     def _raw_manifests(self) -> dict[str, tuple[dict[str, Any], Path]]:
         found: dict[str, tuple[dict[str, Any], Path]] = {}
-        sources = sorted(BUILTIN_DIR.glob("*.json"))
+        sources = sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json"))
         if self.model_dir.is_dir():
             sources += sorted(self.model_dir.glob("*/manifest.json"))
         for path in sources:

@@ -9,19 +9,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export.nets.mobilenet_v2 import load_mobilenet_v2, trunk  # noqa: E402
-from export.train.style import (  # noqa: E402
+from export.style.costs import (  # noqa: E402
     CostSettings,
-    LossNet,
     StyleCost,
     build_cost,
     content_cost,
     gram,
     layer_style_cost,
-    load_image,
-    optimize,
-    parse_tap,
     tv_cost,
 )
+from export.style.images import load_image  # noqa: E402
+from export.style.lossnet import LossNet, parse_tap  # noqa: E402
+from export.style.optimize import optimize  # noqa: E402
 
 # Two 2×2 channels: k=0 holds 1 2 / 3 4, k=1 holds 0 1 / 1 0.
 A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])

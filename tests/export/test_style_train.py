@@ -14,15 +14,10 @@ torch = pytest.importorskip("torch")
 from edge.models.registry import Registry  # noqa: E402
 from edge.stylize import load_rgb, open_style_net  # noqa: E402
 from export.nets.style_net import StyleNet, parameter_count  # noqa: E402
-from export.train.style import (  # noqa: E402
-    BENCH_PORTRAITS,
-    CostSettings,
-    TrainSettings,
-    export_style,
-    load_checkpoint,
-    load_style_net,
-    train,
-)
+from export.style.bundle import export_style  # noqa: E402
+from export.style.content import BENCH_PORTRAITS  # noqa: E402
+from export.style.costs import CostSettings  # noqa: E402
+from export.style.train import TrainSettings, load_checkpoint, load_style_net, train  # noqa: E402
 
 
 def test_style_net_is_slim_and_keeps_any_stride_multiple_size() -> None:
