@@ -81,3 +81,96 @@ def test_export_bundles_agree_and_run_on_the_device_path(trained: tuple[Path, Pa
         assert outs[runtime].shape == image.shape
     mse = float(np.mean((outs["onnxruntime"] - outs["litert"]) ** 2))
     assert 10 * np.log10(1 / max(mse, 1e-15)) >= 40.0
+
+
+def test_multi_scale_crops_keep_the_size_and_come_from_the_image() -> None:
+    from export.style.content import zoom_crop
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 40, 40)
+    sides = set()
+    for _ in range(20):
+        y = zoom_crop(x, 16, (0.5, 2.0), gen)
+        assert y.shape == (3, 3, 16, 16)
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+        sides.add(round(float(y.std()), 3))
+    assert len(sides) > 1  # different zooms and crops, not one fixed window
+    same = zoom_crop(x, 40, (1.0, 1.0), gen)  # no zoom, crop = image: the image itself
+    assert torch.equal(same, x)
+
+
+def test_training_content_leaves_the_benchmark_identities_out(data: Path) -> None:
+    from export.style.content import held_out_removed
+
+    held = {rel.split("/")[0] for rel in BENCH_PORTRAITS}
+    nested = [data / "lfw" / "images" / rel for rel in BENCH_PORTRAITS]
+    flat = [Path("subset") / Path(rel).name for rel in BENCH_PORTRAITS]  # prepare-style flat copies
+    kept = [data / "lfw" / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"]
+    assert held_out_removed([*nested, *flat, *kept]) == kept
+    assert not held & {p.parent.name for p in held_out_removed(nested)}
+
+
+def test_training_with_multi_scale_crops(trained: tuple[Path, Path], data: Path, tmp_path: Path) -> None:
+    _, weights = trained
+    settings = TrainSettings(name="zoomed", style=str(data / "style" / "the_scream.jpg"),
+                             content=(str(data / "lfw" / "images" / "Aaron_Eckhart"),),
+                             size=32, load_size=48, zoom=(0.7, 1.5), batch=2, iterations=2, log_every=1,
+                             costs=CostSettings(style_size=64))
+    train(settings, tmp_path, weights=weights, progress=False, workers=1)
+    state = load_checkpoint(tmp_path / "zoomed.pt")
+    assert TrainSettings.from_dict(state["settings"]) == settings  # zoom and load size survive the round trip
+    bad = TrainSettings(name="bad", style=settings.style, content=settings.content, size=32, load_size=16)
+    with pytest.raises(Exception, match="load size"):
+        train(bad, tmp_path, weights=weights, progress=False, workers=1)
+
+
+def test_shipped_export_is_one_small_fp16_onnx_bundle_read_from_the_package(trained: tuple[Path, Path],
+                                                                             data: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from edge.models.manifest import Manifest
+    from export.style.bundle import SHIP_MAX_BYTES
+
+    out, _ = trained
+    portraits = [data / "lfw" / "images" / rel for rel in BENCH_PORTRAITS[:2]]
+    result = export_style(out / "scream.pt", tmp_path, tile=64, overlap=16, parity_images=portraits, ship=True)
+    assert result["tflite"] is None and sorted(p.name for p in tmp_path.iterdir()) == ["style-scream"]
+    bundle = tmp_path / "style-scream"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    Manifest.from_dict(manifest)
+    assert manifest["source"]["package"] == "edge.models"
+    assert manifest["source"]["path"] == "styles/style-scream/model.onnx"
+    model = onnx.load(str(bundle / "model.onnx"))
+    kinds = {init.data_type for init in model.graph.initializer if len(init.dims) == 4}  # the conv kernels
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    assert (bundle / "model.onnx").stat().st_size <= SHIP_MAX_BYTES
+    parity = result["parity"]
+    assert parity["passed"] and parity["min_psnr_db_onnx_torch"] >= 40.0
+    extra = manifest["extra"]
+    assert extra["training"]["iterations"] >= 3 and extra["training"]["settings"]["style"] == "the_scream.jpg"
+    assert extra["style_loss"]["mean_J_style"] > 0 and "mean_ratio" not in extra["style_loss"]  # no reference at 64²
+
+
+def test_bench_command_measures_what_it_says(trained: tuple[Path, Path], data: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from export.style.reference import REFERENCE_FILE
+    from export.style_commands import main
+
+    out, _ = trained
+    monkeypatch.setenv("FACEGATE_STATE_DIR", str(tmp_path / "state"))
+    portrait = data / "lfw" / "images" / BENCH_PORTRAITS[0]
+    export_style(out / "scream.pt", tmp_path / "state" / "models", tile=64, overlap=16, parity_images=[portrait])
+    capsys.readouterr()
+    # At 64² and 3 steps the shipped reference (512², 500 steps) does not apply: the bench computes its own.
+    assert main(["bench", "--styles", "scream", "--content-images", str(portrait), "--allow-few", "--size", "64",
+                 "--steps", "3", "--max-steps", "10", "--paintings", str(data / "style"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reference"] == "computed here" and result["gram_nearest_correct"].endswith("/1")
+    pair = result["styles"]["scream"]["pairs"][0]
+    assert pair["speedup"] == pytest.approx(pair["optimize_s"] / (pair["feedforward_ms"] / 1000))
+    assert pair["style_loss_ratio"] == pytest.approx(pair["style_feedforward"] / pair["style_after_steps"])
+    assert result["speedup"] > 0 and result["style_loss_ratio"] > 0
+    # An explicit reference computed at other settings is refused, naming them.
+    assert main(["bench", "--styles", "scream", "--content-images", str(portrait), "--allow-few", "--size", "64",
+                 "--reference", str(REFERENCE_FILE), "--json"]) == 2
+    assert "512/500/0.01, not 64/500/0.01" in capsys.readouterr().err
