@@ -12,6 +12,7 @@ stay under SHIP_MAX_BYTES.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -60,10 +61,18 @@ def training_record(settings: TrainSettings, meta: dict[str, Any]) -> dict[str, 
     """The run's settings and progress as the manifest keeps them (folders and paintings by name only)."""
     d = settings.to_dict()
     d["style"] = Path(settings.style).name
-    d["content"] = [Path(c).name for c in settings.content]
+    d["content"] = [_data_relative(c) for c in settings.content]
     return {"settings": d, "iterations": meta.get("iteration"), "images_seen": meta.get("images"),
             "seconds": round(float(meta.get("elapsed_s", 0.0)), 1), "device": meta.get("device"),
             "torch": meta.get("torch")}
+
+
+def _data_relative(path: str | Path) -> str:
+    """A training folder as a path under the data directory (e.g. lfw/images), else by its name alone."""
+    try:
+        return Path(path).resolve().relative_to(data_dir().resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def export_style(checkpoint: Path, out_dir: Path | None = None, tile: int = 512, overlap: int = 64,
@@ -172,3 +181,4 @@ def _as_package_data(bundle: Path) -> None:
     data["source"] = {**source, "package": SHIP_PACKAGE, "path": f"styles/{bundle.name}/{data['file']}"}
     Manifest.from_dict(data, origin=str(manifest_file))
     atomic_write_bytes(manifest_file, (json.dumps(data, indent=2) + "\n").encode())
+    os.chmod(manifest_file, 0o644)  # atomic writes are private (0600); package data is read by anyone
