@@ -73,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                              size=args.size, load_size=args.load_size, zoom=tuple(args.zoom),
                              batch=args.batch, lr=args.lr, iterations=args.iterations,
                              minutes=args.minutes, channels=tuple(args.channels), res_blocks=args.res_blocks,
-                             max_images=args.max_images, seed=args.seed, log_every=args.log_every,
+                             max_images=args.max_images, seed=args.seed, init=str(args.init or ""),
+                             log_every=args.log_every,
                              checkpoint_every=args.checkpoint_every, costs=_costs(args))
     if args.device == "cpu" and args.threads:
         import torch
@@ -210,6 +211,8 @@ def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--res-blocks", type=int, default=5)
     p.add_argument("--max-images", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, metavar="CKPT",
+                   help="start from this style checkpoint's weights (same channels/res blocks; fresh optimiser)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from <out>/<name>.pt")

@@ -62,6 +62,7 @@ def training_record(settings: TrainSettings, meta: dict[str, Any]) -> dict[str, 
     d = settings.to_dict()
     d["style"] = Path(settings.style).name
     d["content"] = [_data_relative(c) for c in settings.content]
+    d["init"] = Path(settings.init).name if settings.init else ""
     return {"settings": d, "iterations": meta.get("iteration"), "images_seen": meta.get("images"),
             "seconds": round(float(meta.get("elapsed_s", 0.0)), 1), "device": meta.get("device"),
             "torch": meta.get("torch")}

@@ -50,6 +50,10 @@ class TrainSettings:
     res_blocks: int = 5
     max_images: int = 0  # 0 = every image found
     seed: int = 0
+    # Warm start: the weights (not the optimiser state) of another style's checkpoint with the same layout.
+    # The encoder/decoder a net learns (keep the face, paint at this scale) is mostly shared across
+    # styles, so a CPU budget goes further from a trained net than from a random one. "" = random init.
+    init: str = ""
     log_every: int = 50
     checkpoint_every: int = 500
     costs: CostSettings = field(default_factory=CostSettings)
@@ -148,6 +152,12 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
         opt.load_state_dict(state["optimizer"])
         iteration, elapsed, seen = int(state["iteration"]), float(state["elapsed_s"]), int(state.get("images", 0))
     else:
+        if settings.init:
+            start = TrainSettings.from_dict(load_checkpoint(Path(settings.init))["settings"])
+            if (start.channels, start.res_blocks) != (settings.channels, settings.res_blocks):
+                raise StyleError(f"{settings.init}: a {start.channels}/{start.res_blocks} net, not "
+                                 f"{settings.channels}/{settings.res_blocks}")
+            net.load_state_dict(load_checkpoint(Path(settings.init))["model"])
         with open(log, "w", newline="") as f:
             csv.writer(f).writerow(LOG_FIELDS)
     settings_path(out_dir, settings.name).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")

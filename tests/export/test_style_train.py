@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -54,8 +55,6 @@ def test_training_writes_checkpoint_log_settings_and_resumes(trained: tuple[Path
     assert all(float(r["J"]) > 0 for r in rows)
     assert json.loads((out / "scream.settings.json").read_text())["name"] == "scream"
     settings = TrainSettings.from_dict(state["settings"])
-    import dataclasses
-
     more = dataclasses.replace(settings, iterations=5)
     train(more, out, resume=True, weights=weights, progress=False, workers=1)
     rows = list(csv.DictReader((out / "scream.train_log.csv").read_text().splitlines()))
@@ -174,3 +173,18 @@ def test_bench_command_measures_what_it_says(trained: tuple[Path, Path], data: P
     assert main(["bench", "--styles", "scream", "--content-images", str(portrait), "--allow-few", "--size", "64",
                  "--reference", str(REFERENCE_FILE), "--json"]) == 2
     assert "512/500/0.01, not 64/500/0.01" in capsys.readouterr().err
+
+
+def test_warm_start_takes_another_styles_weights(trained: tuple[Path, Path], data: Path, tmp_path: Path) -> None:
+    out, weights = trained
+    start = load_checkpoint(out / "scream.pt")
+    settings = TrainSettings(name="warm", style=str(data / "style" / "udnie.jpg"), content=(
+        str(data / "lfw" / "images" / "Aaron_Eckhart"),), size=32, batch=2, iterations=0,
+        init=str(out / "scream.pt"), costs=CostSettings(style_size=64))
+    train(settings, tmp_path, weights=weights, progress=False, workers=1)  # no step: the saved net is the start
+    saved = load_checkpoint(tmp_path / "warm.pt")
+    assert saved["iteration"] == 0 and saved["settings"]["init"] == str(out / "scream.pt")
+    assert all(torch.equal(saved["model"][k], v) for k, v in start["model"].items())
+    other = dataclasses.replace(settings, name="wide", channels=(8, 16, 32))
+    with pytest.raises(Exception, match="not"):
+        train(other, tmp_path, weights=weights, progress=False, workers=1)
