@@ -58,14 +58,20 @@ def onnx_export(module: nn.Module, tile: int, out: Path) -> Path:
 
 
 def training_record(settings: TrainSettings, meta: dict[str, Any]) -> dict[str, Any]:
-    """The run's settings and progress as the manifest keeps them (folders and paintings by name only)."""
+    """The run's settings and progress as the manifest keeps them (folders and paintings by name only),
+    with the same record for the checkpoint it was warm-started from, and so on back to a random start."""
     d = settings.to_dict()
     d["style"] = Path(settings.style).name
     d["content"] = [_data_relative(c) for c in settings.content]
     d["init"] = Path(settings.init).name if settings.init else ""
-    return {"settings": d, "iterations": meta.get("iteration"), "images_seen": meta.get("images"),
-            "seconds": round(float(meta.get("elapsed_s", 0.0)), 1), "device": meta.get("device"),
-            "torch": meta.get("torch")}
+    record = {"settings": d, "iterations": meta.get("iteration"), "images_seen": meta.get("images"),
+              "seconds": round(float(meta.get("elapsed_s") or 0.0), 1), "device": meta.get("device"),
+              "torch": meta.get("torch")}
+    warm = meta.get("warm_start")
+    if warm and warm.get("settings"):
+        record["warm_start"] = {"checkpoint": warm.get("checkpoint"),
+                                **training_record(TrainSettings.from_dict(warm["settings"]), warm)}
+    return record
 
 
 def _data_relative(path: str | Path) -> str:

@@ -144,6 +144,7 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
     net = StyleNet(settings.channels, settings.res_blocks).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     iteration, elapsed, seen = 0, 0.0, 0
+    warm_start: dict[str, Any] | None = None  # what the init checkpoint was trained with, kept for provenance
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt)
         if TrainSettings.from_dict(state["settings"]).costs != settings.costs:
@@ -151,13 +152,18 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         iteration, elapsed, seen = int(state["iteration"]), float(state["elapsed_s"]), int(state.get("images", 0))
+        warm_start = state.get("warm_start")
     else:
         if settings.init:
-            start = TrainSettings.from_dict(load_checkpoint(Path(settings.init))["settings"])
+            init_state = load_checkpoint(Path(settings.init))
+            start = TrainSettings.from_dict(init_state["settings"])
             if (start.channels, start.res_blocks) != (settings.channels, settings.res_blocks):
                 raise StyleError(f"{settings.init}: a {start.channels}/{start.res_blocks} net, not "
                                  f"{settings.channels}/{settings.res_blocks}")
-            net.load_state_dict(load_checkpoint(Path(settings.init))["model"])
+            net.load_state_dict(init_state["model"])
+            warm_start = {"checkpoint": Path(settings.init).name,
+                          **{k: init_state.get(k) for k in ("settings", "iteration", "elapsed_s", "images",
+                                                            "device", "torch", "warm_start")}}
         with open(log, "w", newline="") as f:
             csv.writer(f).writerow(LOG_FIELDS)
     settings_path(out_dir, settings.name).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
@@ -186,7 +192,8 @@ def train(settings: TrainSettings, out_dir: Path, device: str = "cpu", resume: b
         save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "settings": settings.to_dict(),
                                 "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                                 "optimizer": opt.state_dict(), "iteration": iteration, "elapsed_s": elapsed,
-                                "images": seen, "torch": torch.__version__, "device": str(dev)})
+                                "images": seen, "torch": torch.__version__, "device": str(dev),
+                                "warm_start": warm_start})
 
     def batch_costs(_step: int) -> Costs:
         """J of the net's output on a fresh batch, at the learning rate this point of the budget gets."""

@@ -185,6 +185,13 @@ def test_warm_start_takes_another_styles_weights(trained: tuple[Path, Path], dat
     saved = load_checkpoint(tmp_path / "warm.pt")
     assert saved["iteration"] == 0 and saved["settings"]["init"] == str(out / "scream.pt")
     assert all(torch.equal(saved["model"][k], v) for k, v in start["model"].items())
+    assert saved["warm_start"]["checkpoint"] == "scream.pt"  # the start's own record travels with the net
+    assert saved["warm_start"]["iteration"] == start["iteration"]
+    from export.style.bundle import training_record
+
+    _net, s, meta = load_style_net(tmp_path / "warm.pt")
+    record = training_record(s, meta)
+    assert record["settings"]["init"] == "scream.pt" and record["warm_start"]["iterations"] == start["iteration"]
     other = dataclasses.replace(settings, name="wide", channels=(8, 16, 32))
     with pytest.raises(Exception, match="not"):
         train(other, tmp_path, weights=weights, progress=False, workers=1)
