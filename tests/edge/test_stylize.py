@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.stylize import MagentaStylizer, fit_longer, load_rgb, tile_starts, tiled
+from edge.models.manifest import Manifest
+from edge.models.registry import Registry
+from edge.stylize import MagentaStylizer, fit_longer, installed_styles, load_rgb, save_rgb, tile_starts, tiled
 from edge.stylize_cli import add_commands
 
 
@@ -85,3 +87,43 @@ def test_stylize_command_with_a_style_image(data: Path, tmp_path: Path) -> None:
         parser.parse_args(["stylize", str(content), str(out), "--style", "x", "--style-image", "y.jpg"])
 
 
+
+
+# -- the styles that ship with the package (trained by `facegate style train`, exported with --ship) ----------
+def _shipped(registry: Registry) -> dict[str, Manifest]:
+    manifests = {n: registry.manifest(n) for n in registry.names()}
+    return {n: m for n, m in manifests.items() if m.task == "stylize"}
+
+
+def test_shipped_styles_are_found_with_no_install_step(tmp_path: Path) -> None:
+    import onnx
+
+    reg = Registry(tmp_path / "models")  # an empty model directory: nothing installed
+    shipped = _shipped(reg)
+    assert len(shipped) >= 3, sorted(shipped)
+    assert installed_styles(reg) == sorted(str(m.extra["style"]) for m in shipped.values())
+    for name, m in shipped.items():
+        path = reg.verify(m)  # the file is there and matches the manifest's sha256
+        assert m.source["package"] == "edge.models" and m.licence == "Apache-2.0", name
+        assert path.stat().st_size <= 2_000_000, name
+        kernels = {i.data_type for i in onnx.load(str(path)).graph.initializer if len(i.dims) == 4}
+        assert kernels == {onnx.TensorProto.FLOAT16}, name  # fp16 weights
+        e = m.extra
+        assert e["training"]["settings"]["costs"] == e["costs"] and e["training"]["iterations"] > 0, name
+        assert e["parity"]["passed"] and e["parity"]["min_psnr_db_onnx_torch"] >= 40.0, name
+        assert 0 < e["style_loss"]["mean_ratio"] <= 2.0, name  # measured at export on the held-out portraits
+
+
+def test_stylize_command_with_a_shipped_style(tmp_path: Path) -> None:
+    style = installed_styles()[0]
+    yy, xx = np.mgrid[0:90, 0:130].astype(np.float32)
+    photo = np.stack([xx / 130, yy / 90, 0.5 + 0.4 * np.sin(xx / 9) * np.cos(yy / 7)], axis=-1)
+    save_rgb(photo, tmp_path / "photo.png")
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    out = tmp_path / "styled.png"
+    args = parser.parse_args(["stylize", str(tmp_path / "photo.png"), str(out), "--style", style, "--json"])
+    assert args.func(args) == 0
+    result = load_rgb(out)
+    assert result.shape == (90, 130, 3)
+    assert np.abs(result - load_rgb(tmp_path / "photo.png")).mean() > 0.05  # it did restyle the picture
