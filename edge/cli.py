@@ -30,6 +30,26 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
+def bounded(kind: type, lo: float | None = None, hi: float | None = None):
+    """An argparse type: a finite number of `kind` within [lo, hi] (NaN, infinities and out-of-range values are
+    refused with exit status 2, like a wrong configuration value)."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {span})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
 
@@ -60,8 +80,8 @@ def _common(p: argparse.ArgumentParser, policy: str = "largest") -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--model", default="sface", help="embedder model name (default: sface)")
     p.add_argument("--detector", default="yunet", help="detector model name (default: yunet)")
-    p.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
-    p.add_argument("--min-face", type=float, default=40.0, metavar="PX",
+    p.add_argument("--threads", type=bounded(int, 1, 64), default=1, help="inference threads (default: 1)")
+    p.add_argument("--min-face", type=bounded(float, 8), default=40.0, metavar="PX",
                    help="smallest face to find, in image pixels (default: 40)")
     p.add_argument("--policy", choices=POLICIES, default=policy,
                    help=f"which face to use when several are found (default: {policy}; single: refuse)")
@@ -198,14 +218,16 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace):
+def _store(args: argparse.Namespace, create: bool = False):
+    """The store the command names; only enrolment creates one (a read command on a mistyped path is an
+    error, not a new empty store)."""
     from edge.paths import state_dir
     from edge.store.crypto import load_key
     from edge.store.db import Store
 
     path = args.store or state_dir() / "facegate.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Store(path, key=load_key(args.key_file, store=path), keep_crops=getattr(args, "keep_crops", False))
+    return Store(path, key=load_key(args.key_file, store=path), keep_crops=getattr(args, "keep_crops", False),
+                 create=create)
 
 
 def _enroller(args: argparse.Namespace, store):
@@ -225,7 +247,7 @@ def _report_judged(args: argparse.Namespace, name: str, judged) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with _store(args, create=True) as store:
         judged = _enroller(args, store).enroll(args.name, args.images, force=args.force,
                                                command=" ".join(["enroll", args.name, *map(str, args.images)]),
                                                display_name=args.display_name)
@@ -235,7 +257,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_enroll_dir(args: argparse.Namespace) -> int:
     from edge.enroll import enroll_dir
 
-    with _store(args) as store:
+    with _store(args, create=True) as store:
         summary = enroll_dir(_enroller(args, store), args.dir, force=args.force, limit=args.limit)
     text = (f"enrolled {summary['accepted']} of {summary['images']} images as {summary['identities']} identities "
             f"({summary['images_per_s']} images/s)")
@@ -408,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("identify", help="1:N — who is this? (exit 0 recognised, 1 not recognized, 2 error)")
     p.add_argument("image", type=Path)
-    p.add_argument("--top", type=int, default=1, help="list this many candidates")
-    p.add_argument("--fpir", type=float, default=0.01,
+    p.add_argument("--top", type=bounded(int, 1, 1000), default=1, help="list this many candidates")
+    p.add_argument("--fpir", type=bounded(float, 1e-6, 0.5), default=0.01,
                    help="target false-positive identification rate at the current gallery size (default 0.01)")
     _verifier_opt(p, "score with a trained verification head at its own 1:N threshold")
     store_opts(p)

@@ -30,6 +30,7 @@ DEFAULT_CONFIG_NAME = "facegate.toml"
 CREDENTIAL_STORE_KEY = "facegate.store-key"
 CREDENTIAL_MQTT_PASSWORD = "facegate.mqtt-password"
 CREDENTIAL_COMMAND_SECRET = "facegate.command-secret"
+CREDENTIAL_CLAIM_SECRET = "facegate.claim-secret"
 
 
 class ConfigError(FacegateError):
@@ -64,6 +65,7 @@ class ModelsConfig:
 class StoreConfig:
     path: str = ""  # default: <state dir>/facegate.db
     key_file: str = ""  # default: the credential facegate.store-key, else $FACEGATE_STORE_KEY, else unencrypted
+    create: bool = False  # true: start with a new empty store when none exists (else a missing store is an error)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class DecisionConfig:
 @dataclass(frozen=True)
 class DoorConfig:
     unlock_s: float = 5.0  # door profile: how long an UNLOCK lasts (the lock controller relocks itself)
+    # A door command the broker has not been shown responsive for within this long after its decision is
+    # dropped, never sent late; each command also carries valid_until = sent + the rest of this budget.
+    max_delay_ms: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,16 @@ class MqttConfig:
     command_secret: str = ""  # better: command_secret_file, or the credential facegate.command-secret
     command_secret_file: str = ""
     command_state_path: str = ""  # replay counters of signed commands; default: <state dir>/mqtt-command-counters.json
+    # Badge claims on <prefix>/<device>/claim narrow a decision to one identity (never lowering its threshold):
+    # "signed" (the command envelope, MAC'd with the claim secret), "unsigned" (a bare name; kiosk profile
+    # only) or "off".
+    claims: str = "signed"
+    claim_secret: str = ""  # better: claim_secret_file, or the credential facegate.claim-secret
+    claim_secret_file: str = ""
+    claim_state_path: str = ""  # replay counters of signed claims; default: <state dir>/mqtt-claim-counters.json
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    protocol: str = "5"  # "5": door commands also carry an MQTT 5 message expiry; "3.1.1" for older brokers
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "decision.tailgating": ("deny", "allow"),
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),
+    "mqtt.claims": ("signed", "unsigned", "off"),
+    "mqtt.protocol": ("5", "3.1.1"),
     "log.level": ("debug", "info", "warning", "error"),
 }
 # (minimum, maximum) per numeric key; None = unbounded on that side.
@@ -203,7 +218,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
     "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
-    "door.unlock_s": (0.5, 3600), "mqtt.port": (1, 65535), "mqtt.keepalive": (5, 3600),
+    "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.port": (1, 65535), "mqtt.keepalive": (5, 3600),
     "mqtt.outbox_limit": (1, None), "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
@@ -280,10 +295,12 @@ def _check(cfg: Config) -> None:
         s = getattr(cfg, section)
         if s.reconnect_max_s < s.reconnect_min_s:
             raise ConfigError(f"{section}.reconnect_max_s: smaller than {section}.reconnect_min_s")
-    if cfg.mqtt.password and cfg.mqtt.password_file:
-        raise ConfigError("mqtt.password: give either password or password_file, not both")
-    if cfg.mqtt.command_secret and cfg.mqtt.command_secret_file:
-        raise ConfigError("mqtt.command_secret: give either command_secret or command_secret_file, not both")
+    for key in ("password", "command_secret", "claim_secret"):
+        if getattr(cfg.mqtt, key) and getattr(cfg.mqtt, key + "_file"):
+            raise ConfigError(f"mqtt.{key}: give either {key} or {key}_file, not both")
+    if cfg.profile == "door" and cfg.mqtt.claims == "unsigned":
+        raise ConfigError("mqtt.claims: the door profile accepts only signed claims (\"signed\" or \"off\"); "
+                          "anyone who can publish on the claim topic could otherwise steer decisions")
     if cfg.mqtt.tls_cert and not cfg.mqtt.tls_key:
         raise ConfigError("mqtt.tls_key: needed with mqtt.tls_cert")
     for name, windows in cfg.access.windows.items():

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from edge.config import (
+    CREDENTIAL_CLAIM_SECRET,
     CREDENTIAL_COMMAND_SECRET,
     CREDENTIAL_MQTT_PASSWORD,
     CREDENTIAL_STORE_KEY,
@@ -117,8 +118,12 @@ class LogSink:
     def publish_prompt(self, text: str) -> None:
         self._write({"kind": "prompt", "text": text})
 
-    def publish_door(self, command: str, duration_s: float | None) -> None:
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
         self._write({"kind": "door", "command": command, "duration_s": duration_s})
+        return True
+
+    def on_connected(self, callback: Callable[[int], None]) -> None:
+        callback(1)  # a file or the log is "connected" from the start
 
     def publish_face_present(self, present: bool) -> None:
         self._write({"kind": "face_present", "present": present})
@@ -206,8 +211,8 @@ class Engine:
     def _head_changed(self, *_: Any) -> None:
         self._head_stale = True
 
-    def _gallery_rows(self) -> int:
-        return self._head_gallery().rows if self.head is not None else self.matcher.rows
+    def _gallery_identities(self) -> int:
+        return self._head_gallery().identities if self.head is not None else self.matcher.identities
 
     def _head_gallery(self) -> Any:
         if self._head_stale or self._head_matcher is None:
@@ -218,10 +223,16 @@ class Engine:
         return self._head_matcher
 
     def identify_threshold(self) -> float:
-        rows = max(1, self._gallery_rows())
-        if self._threshold is None or self._threshold[0] != rows:  # recomputed when the gallery size changes
-            self._threshold = (rows, threshold_for(self.scored_by, rows, self.cfg.decision.fpir)[0])
+        k = max(1, self._gallery_identities())
+        if self._threshold is None or self._threshold[0] != k:  # recomputed when the gallery size changes
+            self._threshold = (k, threshold_for(self.scored_by, k, self.cfg.decision.fpir)[0])
         return self._threshold[1]
+
+    def claim_threshold(self) -> float:
+        """A claim only adds a condition: it is decided at the stricter of the 1:1 threshold and the 1:N
+        threshold for the current gallery (at K = 25 the 1:N one is already above the 1:1 one), so a badge
+        can never make a face grantable that would be "unknown" without it."""
+        return max(self.verify_threshold, self.identify_threshold())
 
     def claim(self, name: str) -> bool:
         """Narrow the next decision to 1:1 against `name`; False (ignored) when it has no templates."""
@@ -272,7 +283,7 @@ class Engine:
         claim = self.policy.claimed
         if claim is None:
             self._claim_vecs = None
-        threshold = self.verify_threshold if claim else self.identify_threshold()
+        threshold = self.claim_threshold() if claim else self.identify_threshold()
         decisions = []
         for (track, face), emb in zip(passed, embs, strict=True):
             last = track.state.get("embedding")
@@ -311,6 +322,7 @@ class Engine:
 
     def _match(self, probe: Any, claim: str | None, threshold: float, live: Any, t_capture: float) -> Observation:
         """Score a probe (the embedding, or with a head {embedder: embedding}) 1:1 against a claim or 1:N."""
+        best = (self._head_gallery() if self.head is not None else self.matcher).search(probe, k=1)[0]
         if claim is not None and self._claim_vecs is not None and self._claim_vecs[0] == claim:
             if self.head is not None:
                 from edge.verifier import HeadScorer
@@ -318,8 +330,11 @@ class Engine:
                 score = HeadScorer(self.head).verify(probe, self._claim_vecs[1])
             else:
                 score = float(np.max(self._claim_vecs[1] @ probe))  # 1:1: the claimed identity's best template
-            return Observation(claim if score >= threshold else None, claim, score, threshold, live, t_capture)
-        best = (self._head_gallery() if self.head is not None else self.matcher).search(probe, k=1)[0]
+            # The claimed identity must also be the gallery's best match: a face closer to someone else is not
+            # the badge holder, however high its score against the badge.
+            top = best[0].name if best else None
+            return Observation(claim if score >= threshold and top == claim else None, claim, score, threshold,
+                               live, t_capture)
         if not best:
             return Observation(None, None, None, threshold, live, t_capture)
         m = best[0]
@@ -335,14 +350,16 @@ def mqtt_values(cfg: Config) -> dict[str, Any]:
     """The [mqtt] section as MqttSettings.from_mapping takes it: secrets resolved, empty strings as None."""
     m = cfg.mqtt
     values: dict[str, Any] = {k: v for k, v in asdict(m).items()
-                              if k not in ("enabled", "password_file", "command_secret_file")}
+                              if k not in ("enabled", "password_file", "command_secret_file", "claim_secret_file")}
     for k, v in list(values.items()):
         if v == "":
             values[k] = None
     values["device"] = device_name(cfg)
+    values["door_max_delay_ms"] = cfg.door.max_delay_ms
     values["password"] = secret(m.password, m.password_file, CREDENTIAL_MQTT_PASSWORD, "mqtt.password")
     values["command_secret"] = secret(m.command_secret, m.command_secret_file, CREDENTIAL_COMMAND_SECRET,
                                       "mqtt.command_secret")
+    values["claim_secret"] = secret(m.claim_secret, m.claim_secret_file, CREDENTIAL_CLAIM_SECRET, "mqtt.claim_secret")
     return values
 
 
@@ -355,7 +372,7 @@ def open_store(cfg: Config) -> Store:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         cred = Path(directory) / CREDENTIAL_STORE_KEY if directory else None
         key_file = str(cred) if cred is not None and cred.is_file() else None
-    return Store(path, key=load_key(key_file, store=path))
+    return Store(path, key=load_key(key_file, store=path), create=cfg.store.create)
 
 
 def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
@@ -563,14 +580,16 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         self.sink.on_claim(self.claim)
+        if self.cfg.profile == "door":
+            # A known state after a restart, sent once the broker has accepted the connection (CONNACK):
+            # published before that, it was lost in 2 of 3 starts.
+            self.sink.on_connected(lambda n: n == 1 and self.sink.publish_door("LOCK"))
         self.sink.start()
         self._started_t = time.monotonic()
         self.capture.start()
         if self.cfg.health.enabled:
             host, _, port = self.cfg.health.listen.rpartition(":")
             self.health_server = HealthServer(host.strip("[]"), int(port), self.metrics, self.health).start()
-        if self.cfg.profile == "door":
-            self.sink.publish_door("LOCK", None)  # a known state after a restart
         ping_every = watchdog_interval()
         self.notifier.ready(f"profile {self.cfg.profile}, liveness {self.liveness_mode}, "
                             f"{len(self.engine.matcher)} identities")
@@ -627,7 +646,9 @@ class Daemon:
     def _announce(self, d: Decision) -> None:
         granted = d.decision == "granted"
         if granted and self.cfg.profile == "door":
-            self.sink.publish_door("UNLOCK", self.cfg.door.unlock_s)  # first: the door is what the person waits for
+            # First: the door is what the person waits for. Dropped, not sent late, if the broker is not
+            # responsive within door.max_delay_ms (the event still says granted; the door stays locked).
+            self.sink.publish_door("UNLOCK", self.cfg.door.unlock_s, decided_at=time.monotonic())
         latency = (time.monotonic() - d.t_capture) * 1e3
         event = self.sink.publish_event(d.event(self.engine.scored_by.name, latency))
         self.sink.publish_prompt(PROMPTS[d.decision])

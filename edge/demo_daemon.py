@@ -242,8 +242,10 @@ def run(as_json: bool = False) -> int:
             cfg = config.parse({
                 "profile": "kiosk",
                 "camera": {"source": str(clip), "fps": CLIP_FPS},
-                "store": {"path": str(work / "demo.db")},
+                "store": {"path": str(work / "demo.db"), "create": True},
+                # amqtt, the fallback broker, speaks MQTT 3.1.1 only.
                 "mqtt": {"host": broker.host, "port": broker.port, "device": DEMO_DEVICE, "discovery": False,
+                         "protocol": "3.1.1" if broker.kind == "amqtt" else "5",
                          "outbox_path": str(work / "outbox.db"), "command_state_path": str(work / "counters.json")},
                 "health": {"enabled": False},
             }, origin="demo")

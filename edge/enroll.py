@@ -92,7 +92,8 @@ class Enroller:
     def duplicate_threshold(self) -> float:
         """A 1:N search, so the 1:N threshold at the current gallery size: the 1:1 threshold would flag about
         K times more innocent newcomers as duplicates of someone in a K-template gallery."""
-        return threshold_for(self.pipeline.embedder.manifest, max(1, self.matcher.rows), self.duplicate_fpir)[0]
+        return threshold_for(self.pipeline.embedder.manifest, max(1, self.matcher.identities),
+                            self.duplicate_fpir)[0]
 
     def judge(self, path: Path | str, image: np.ndarray | None = None) -> Judged:
         """Decode, detect, gate and embed one image; never raises for a bad image, it is refused instead."""

@@ -48,11 +48,12 @@ def identify(matcher: Any, manifest: Manifest, probe: Any, top: int = 1, fpir: f
     `matcher` is the embedder's Matcher (probe: a vector) or a verifier HeadMatcher (probe: {embedder: vector});
     `manifest` is the scorer's (the embedder's or the head's): its 1:N threshold for this gallery size applies.
     """
-    threshold, details = threshold_for(manifest, max(1, matcher.rows), fpir)
+    threshold, details = threshold_for(manifest, max(1, matcher.identities), fpir)
     matches = matcher.search(probe, k=max(1, top))[0]
     best = matches[0] if matches and matches[0].score >= threshold else None
     return {"identity": best.name if best else None, "recognized": best is not None, "model": manifest.name,
             "score": round(matches[0].score, 4) if matches else None, "threshold": round(threshold, 4),
+            "gallery_identities": matcher.identities,
             "gallery_templates": matcher.rows, "fpir_target": fpir, "threshold_extrapolated": details["extrapolated"],
             "candidates": [{"identity": c.name, "score": round(c.score, 4)} for c in matches]}
 

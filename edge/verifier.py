@@ -185,6 +185,10 @@ class HeadMatcher:
     def rows(self) -> int:
         return len(self._rows)
 
+    @property
+    def identities(self) -> int:
+        return len(set(self._names))
+
     def add(self, name: str, vectors: Mapping[str, np.ndarray]) -> None:
         self._rows.extend(self.head.concat(vectors))
         self._names.extend([name] * (len(self._rows) - len(self._names)))

@@ -352,7 +352,8 @@ def settings_for(broker: Broker, tmp: Path, **overrides: Any) -> Any:
     from edge.mqtt.settings import MqttSettings
 
     values: dict[str, Any] = {"host": HOST, "port": broker.port, "outbox_path": tmp / "outbox.db",
-                              "command_state_path": tmp / "counters.json", "reconnect_min_s": 0.1,
+                              "command_state_path": tmp / "counters.json",
+                              "claim_state_path": tmp / "claim-counters.json", "reconnect_min_s": 0.1,
                               "reconnect_max_s": 0.5}
     values.update(overrides)
     return MqttSettings(**values)

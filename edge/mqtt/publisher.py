@@ -7,7 +7,10 @@ Topics, under <topic_prefix>/<device>/:
   availability   QoS 1, retained: "online" on connect, "offline" on stop and as the Last Will
   face_present   QoS 0, retained: ON / OFF (Home Assistant binary_sensor)
   prompt         QoS 0, not retained: {"text", "ts"} for a display
-  door/command   QoS 1, not retained: {"command": LOCK|UNLOCK|OPEN, "duration_s"?, "door", "source", "ts"}
+  door/command   QoS 1, not retained: {"command": LOCK|UNLOCK|OPEN, "duration_s"?, "door", "source", "ts",
+                 "valid_until"}; MQTT 5 message expiry; never sent late (publish_door)
+  door/probe     QoS 1, not retained, empty: the round trip that proves the broker is responsive right before a
+                 door command
   claim          subscribed: an identity name, as text or {"identity": name}
   cmd/<name>     subscribed: signed commands (commands.py)
   cmd_result     QoS 1, not retained: the outcome of each command
@@ -36,14 +39,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.mqtt import MqttError
-from edge.mqtt.commands import CommandHandlers, CommandProcessor
+from edge.mqtt.commands import ClaimVerifier, CommandHandlers, CommandProcessor
 from edge.mqtt.homeassistant import OFF, ON, discovery_messages, status_topic
 from edge.mqtt.outbox import Outbox, dumps
 from edge.mqtt.settings import MqttSettings
@@ -63,9 +68,10 @@ EVENT_FIELDS = ("event_id", "seq", "ts", "device", "door")
 DOOR_COMMANDS = ("LOCK", "UNLOCK", "OPEN")
 
 
-def utc_now() -> str:
-    """RFC 3339 with milliseconds, UTC, 'Z' suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(offset_s: float = 0.0) -> str:
+    """RFC 3339 with milliseconds, UTC, 'Z' suffix (`offset_s` seconds from now)."""
+    t = datetime.now(UTC) + timedelta(seconds=offset_s)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _scrub(value: Any, name: str) -> Any:
@@ -108,8 +114,14 @@ class Publisher:
         self._outbox = Outbox(settings.effective_outbox_path, settings.device, settings.outbox_limit)
         self._commands = CommandProcessor(settings.device, settings.command_secret,
                                           settings.effective_command_state_path, handlers, self.forget_identity)
+        self._claims = ClaimVerifier(settings.claims, settings.device, settings.claim_secret,
+                                     settings.effective_claim_state_path)
         self._claim_callbacks: list[Callable[[str], None]] = []
+        self._connected_callbacks: list[Callable[[int], None]] = []
         self._send_lock = threading.Lock()  # connection generation vs. the outbox thread's publishes
+        self._door_lock = threading.Lock()
+        self._door_acked = threading.Event()  # set on every PUBACK: a door probe's waiter looks again
+        self.door_dropped = 0  # door commands dropped rather than sent late
         self._state_lock = threading.Lock()  # _state, _last_identity, _face_present
         self._state_publish_lock = threading.Lock()  # retained state documents leave in the order they are built
         self._wake = threading.Event()
@@ -136,8 +148,12 @@ class Publisher:
     # -- set-up ------------------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
-                             clean_session=True, protocol=mqtt.MQTTv311)
+        if s.protocol == "5":
+            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
+                                 protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
+                                 clean_session=True, protocol=mqtt.MQTTv311)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls_ca is not None:
@@ -173,7 +189,8 @@ class Publisher:
             raise RuntimeError("this Publisher was stopped; make a new one")
         self._started = True
         log.info("mqtt: connecting to %s as %s", self._where, self.settings.effective_client_id)
-        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        clean = {"clean_start": True} if self.settings.protocol == "5" else {}
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive, **clean)
         self._client.loop_start()
         self._sender.start()
         self._worker.start()
@@ -274,24 +291,60 @@ class Publisher:
         if self._connected:
             self._client.publish(self.settings.topic("prompt"), dumps({"text": text, "ts": utc_now()}), qos=0)
 
-    def publish_door(self, command: str, duration_s: float | None = None) -> bool:
-        """Send a door command now; False (and nothing queued) when not connected.
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
+        """Send a door command now, or drop it; True when it went to a broker that was responsive a moment ago.
 
-        Door commands are never kept for later: an UNLOCK delivered minutes late, after an outage, would open
-        the door for nobody. For the same reason a reconnect discards any that were still unacknowledged.
+        A door command is never late. It is sent only after a QoS 1 probe (door/probe) came back acknowledged
+        within `door_max_delay_ms` of `decided_at` (time.monotonic(), default now): a broker that is gone,
+        frozen or backlogged would otherwise read an UNLOCK from its socket buffer many seconds later and open
+        the door for nobody. Each command also carries `valid_until` (wall clock, for lock controllers to
+        check) and, under MQTT 5, a message expiry the broker enforces for subscribers it has to queue for.
+        Nothing is kept for later, and a reconnect discards any that were still unacknowledged.
         """
         if command not in DOOR_COMMANDS:
             raise ValueError(f"door command {command!r} is not one of {', '.join(DOOR_COMMANDS)}")
         if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"door duration_s must be a positive number of seconds, got {duration_s!r}")
+        budget = self.settings.door_max_delay_ms / 1e3
+        deadline = (time.monotonic() if decided_at is None else decided_at) + budget
         if not self._connected:
-            log.warning("mqtt: not connected, door command %s not sent", command)
-            return False
-        doc: dict[str, Any] = {"command": command, "door": self.settings.door, "source": "facegate", "ts": utc_now()}
-        if duration_s is not None:
-            doc["duration_s"] = duration_s
-        self._client.publish(self.settings.topic("door", "command"), dumps(doc), qos=1)
+            return self._drop_door(command, "not connected")
+        with self._door_lock:  # one probe round trip at a time; commands leave in the order they were decided
+            if not self._broker_responsive(deadline):
+                return self._drop_door(command, f"the broker did not acknowledge a probe within "
+                                                f"{self.settings.door_max_delay_ms:g} ms")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._connected:
+                return self._drop_door(command, "too late")
+            doc: dict[str, Any] = {"command": command, "door": self.settings.door, "source": "facegate",
+                                   "ts": utc_now(), "valid_until": utc_now(remaining)}
+            if duration_s is not None:
+                doc["duration_s"] = duration_s
+            if not self._clock_is_synced():
+                doc["clock_synced"] = False  # valid_until is then only as good as this box's clock
+            props = None
+            if self.settings.protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = max(1, math.ceil(remaining))  # whole seconds, at least 1
+            self._client.publish(self.settings.topic("door", "command"), dumps(doc), qos=1, properties=props)
         return True
+
+    def _broker_responsive(self, deadline: float) -> bool:
+        """A QoS 1 probe acknowledged before `deadline`: the broker is reading this connection right now."""
+        info = self._client.publish(self.settings.topic("door", "probe"), b"", qos=1)
+        while time.monotonic() < deadline:
+            if _acked(info):
+                return True
+            if not self._connected:
+                return False
+            self._door_acked.wait(min(0.005, max(0.0, deadline - time.monotonic())))
+            self._door_acked.clear()
+        return _acked(info)
+
+    def _drop_door(self, command: str, why: str) -> bool:
+        self.door_dropped += 1
+        log.warning("mqtt: door command %s dropped: %s", command, why)
+        return False
 
     def publish_face_present(self, present: bool) -> None:
         """Retained ON/OFF for the Home Assistant binary_sensor; sent only when it changes."""
@@ -301,6 +354,11 @@ class Publisher:
             self._face_present = present
         if self._connected:
             self._client.publish(self.settings.topic("face_present"), ON if present else OFF, qos=0, retain=True)
+
+    def on_connected(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(n)` (on the worker thread) after the n-th connection is up and announced: what must
+        reach the broker, such as the door's start-up LOCK, is sent from here, never before CONNACK."""
+        self._connected_callbacks.append(callback)
 
     def on_claim(self, callback: Callable[[str], None]) -> None:
         """Call `callback(identity)` (on the worker thread) for each message on facegate/<device>/claim."""
@@ -434,6 +492,7 @@ class Publisher:
 
     def _on_publish(self, *_args: Any) -> None:
         self._wake.set()  # the outbox thread looks for acknowledged events
+        self._door_acked.set()
 
     # -- threads -----------------------------------------------------------------------------------------
     def _sender_main(self) -> None:
@@ -471,6 +530,8 @@ class Publisher:
                 if kind == "connected":
                     self._announce()
                     self._announced = True
+                    for callback in list(self._connected_callbacks):
+                        callback(self._connections)
                 else:
                     self._handle_message(topic, payload)
             except Exception:
@@ -483,9 +544,8 @@ class Publisher:
             if payload.strip() == b"online":
                 self._announce()
         elif topic == s.topic("claim"):
-            identity = _parse_claim(payload)
+            identity = self._claims.parse(payload)  # None: refused, and said why (rate-limited)
             if identity is None:
-                log.warning("mqtt: ignored a claim that is not a name or {\"identity\": name}")
                 return
             for callback in list(self._claim_callbacks):
                 callback(identity)
@@ -495,17 +555,3 @@ class Publisher:
             if self._connected:
                 self._client.publish(s.topic("cmd_result"), dumps(result), qos=1)
 
-
-def _parse_claim(payload: bytes) -> str | None:
-    try:
-        text = payload.decode().strip()
-    except UnicodeDecodeError:
-        return None
-    if text.startswith("{"):
-        try:
-            text = json.loads(text).get("identity")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-    if not isinstance(text, str) or not text or len(text) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return None
-    return text

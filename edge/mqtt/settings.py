@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -43,8 +44,13 @@ class MqttSettings:
     outbox_limit: int = 10000
     command_secret: bytes | None = None  # HMAC key; None = commands disabled (refused with a reason)
     command_state_path: Path | None = None  # default <state dir>/mqtt-command-counters.json
+    claims: str = "signed"  # signed | unsigned | off: badge claims on <prefix>/<device>/claim (commands.py)
+    claim_secret: bytes | None = None  # HMAC key of signed claims (a badge reader's, not the command secret)
+    claim_state_path: Path | None = None  # default <state dir>/mqtt-claim-counters.json
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    protocol: str = "5"  # "5" (door commands carry a message expiry) or "3.1.1" for brokers without MQTT 5
+    door_max_delay_ms: float = 1000.0  # a door command not on its way to a responsive broker by then is dropped
 
     def __post_init__(self) -> None:
         if not DEVICE_RE.fullmatch(self.device):
@@ -70,8 +76,16 @@ class MqttSettings:
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise MqttError(f"mqtt reconnect delays: need 0 < reconnect_min_s ({self.reconnect_min_s}) <= "
                             f"reconnect_max_s ({self.reconnect_max_s})")
-        if self.command_secret is not None and len(self.command_secret) < 16:
-            raise MqttError("mqtt command_secret is shorter than 16 bytes: too easy to guess")
+        for what in ("command_secret", "claim_secret"):
+            value = getattr(self, what)
+            if value is not None and len(value) < 16:
+                raise MqttError(f"mqtt {what} is shorter than 16 bytes: too easy to guess")
+        if self.protocol not in ("5", "3.1.1"):
+            raise MqttError(f"mqtt protocol {self.protocol!r} is not \"5\" or \"3.1.1\"")
+        if not (math.isfinite(self.door_max_delay_ms) and self.door_max_delay_ms > 0):
+            raise MqttError(f"door max_delay_ms {self.door_max_delay_ms!r} must be a positive number")
+        if self.claims not in ("signed", "unsigned", "off"):
+            raise MqttError(f"mqtt claims {self.claims!r} is not one of signed, unsigned, off")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> MqttSettings:
@@ -82,9 +96,10 @@ class MqttSettings:
             raise MqttError(f"unknown mqtt setting(s): {', '.join(unknown)}")
         converted: dict[str, Any] = {}
         for key, value in values.items():
-            if key in {"tls_ca", "tls_cert", "tls_key", "outbox_path", "command_state_path"} and value is not None:
+            if key in {"tls_ca", "tls_cert", "tls_key", "outbox_path", "command_state_path",
+                       "claim_state_path"} and value is not None:
                 value = Path(value)
-            elif key == "command_secret" and isinstance(value, str):
+            elif key in ("command_secret", "claim_secret") and isinstance(value, str):
                 value = value.encode()
             converted[key] = value
         return cls(**converted)
@@ -105,6 +120,10 @@ class MqttSettings:
     @property
     def effective_command_state_path(self) -> Path:
         return self.command_state_path or state_dir() / "mqtt-command-counters.json"
+
+    @property
+    def effective_claim_state_path(self) -> Path:
+        return self.claim_state_path or state_dir() / "mqtt-claim-counters.json"
 
     def topic(self, *parts: str) -> str:
         """facegate/<device>/<parts...>"""

@@ -178,8 +178,14 @@ def _check_key(conn: sqlite3.Connection, path: Path, cipher: Cipher | None) -> N
 
 
 class Store:
-    def __init__(self, path: Path, key: bytes | None = None, keep_crops: bool = False) -> None:
+    def __init__(self, path: Path, key: bytes | None = None, keep_crops: bool = False, create: bool = True) -> None:
+        """Open the store at `path`; with create=False a missing file is an error instead of a new empty
+        store (a mistyped path must not turn into a door that knows nobody and says it is healthy)."""
         self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"no store at {self.path}: enrol someone first (facegate enroll --store …), or "
+                             f"check the path; a new empty store is created only when asked (store.create = true, "
+                             f"or a command's --create)")
         self.keep_crops = keep_crops
         self._cipher = Cipher(key) if key is not None else None
         self._lock = threading.RLock()

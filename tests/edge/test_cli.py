@@ -144,3 +144,25 @@ def test_verify_and_identify_with_a_verifier_head(capsys, faces, tmp_path, monke
     assert _run(capsys, "enroll", "aaron", faces["b1"], "--store", db)[0] == 0
     code, out, err = _run(capsys, "verify", "--id", "aaron", faces["b1"], "--verifier", "head-2e", "--store", db)
     assert code == 2 and "reembed" in err and out == ""
+
+
+@pytest.mark.parametrize("args", [["--fpir", "2"], ["--fpir", "0"], ["--fpir", "-0.1"], ["--fpir", "nan"],
+                                  ["--top", "-1"], ["--threads", "0"], ["--min-face", "inf"]])
+def test_out_of_range_options_are_errors(tmp_path, args):
+    from edge.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["identify", "--store", str(tmp_path / "s.db"), str(tmp_path / "x.jpg"), *args])
+    assert exc.value.code == 2
+
+
+def test_read_commands_refuse_a_missing_store(tmp_path, lfw, capsys):
+    from edge.cli import main
+
+    image = lfw / "images/Colin_Powell/Colin_Powell_0038.jpg"
+    for argv in (["identify", "--store", str(tmp_path / "typo.db"), str(image)],
+                 ["verify", "--store", str(tmp_path / "typo.db"), "--id", "colin", str(image)],
+                 ["store", "list", "--store", str(tmp_path / "typo.db")]):
+        assert main(argv) == 2
+        assert "no store at" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()
