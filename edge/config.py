@@ -218,7 +218,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
     "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
-    "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.port": (1, 65535), "mqtt.keepalive": (5, 3600),
+    "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.port": (1, 65535),
+    "mqtt.keepalive": (5, 3600),
     "mqtt.outbox_limit": (1, None), "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"

@@ -158,7 +158,8 @@ def test_daemon_wiring(data, tmp_path, tmp_path_factory, samples):
     cv2.imwrite(str(frames / "a.jpg"), samples["T1"])
 
     def config(**sections) -> dict:
-        base = {"profile": "door", "camera": {"source": str(frames)}, "store": {"path": str(tmp_path / "s.db"), "create": True},
+        base = {"profile": "door", "camera": {"source": str(frames)},
+                "store": {"path": str(tmp_path / "s.db"), "create": True},
                 "models": {"model_dir": str(models)}, "mqtt": {"enabled": False},
                 "health": {"listen": "127.0.0.1:0"}}
         return {**base, **sections}

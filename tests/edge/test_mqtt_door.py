@@ -130,7 +130,6 @@ def test_the_start_up_lock_is_sent_once_connected(broker: Broker, tmp_path: Path
                  "mqtt": {"port": broker.port, "device": "door1", "discovery": False, "claims": "off",
                           "outbox_path": str(tmp_path / "o.db"), "command_state_path": str(tmp_path / "c.json")},
                  "health": {"enabled": False}})
-    with Subscriber(broker, [DOOR]) as sub:
-        with running(Daemon(cfg)):
-            got = sub.wait_for(lambda msgs: any(m.json()["command"] == "LOCK" for m in msgs), 10)
+    with Subscriber(broker, [DOOR]) as sub, running(Daemon(cfg)):
+        got = sub.wait_for(lambda msgs: any(m.json()["command"] == "LOCK" for m in msgs), 10)
     assert got
