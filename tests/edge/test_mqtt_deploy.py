@@ -9,6 +9,7 @@ import pwd
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +31,12 @@ from tests.mqtt_broker import (
     require_mosquitto,
     sample_event,
     settings_for,
+    wait_until,
 )
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 USERS = {"door1": "pw-door1", "door2": "pw-door2", "homeassistant": "pw-ha", "admin": "pw-admin",
-         "doorrelay": "pw-relay"}
+         "doorrelay": "pw-relay", "badgereader": "pw-badge"}
 SECRET = b"deploy-test-secret-0123"
 
 
@@ -155,3 +157,22 @@ def test_home_assistant_and_console_roles(site: tuple[Broker, Pki], tmp_path: Pa
             assert not console.wait_for(lambda msgs: len(msgs) > 1, 1.0)
     finally:
         pub.stop()
+
+
+CLAIM_SECRET = b"deploy-claim-secret-0123"
+
+
+def test_only_the_badge_reader_publishes_claims(site: tuple[Broker, Pki], tmp_path: Path) -> None:
+    broker, pki = site
+    pub = door(broker, pki, tmp_path, "door1", claim_secret=CLAIM_SECRET)
+    claims: list[str] = []
+    pub.on_claim(claims.append)
+    try:
+        for n, user in enumerate(("admin", "door1", "homeassistant", "badgereader"), start=1):
+            payload = sign_command(CLAIM_SECRET, "reader", n, "claim", {"identity": user}, "door1")
+            publish(broker, "facegate/door1/claim", payload, username=user, password=USERS[user])
+        assert wait_until(lambda: claims, 5)
+        time.sleep(0.3)
+    finally:
+        pub.stop()
+    assert claims == ["badgereader"]
