@@ -186,6 +186,13 @@ class Engine:
         self._unsubscribe: Callable[[], None] | None = None
         self._threshold: tuple[int, float] | None = None  # (gallery rows, 1:N threshold)
         self._claim_vecs: tuple[str, Any] | None = None  # (claimed name, its templates)
+        # Following changes other processes commit (`facegate store delete` while the daemon runs): the store's
+        # data_version, polled each frame, and the template ids the matcher holds per identity.
+        self._data_version: int | None = None
+        self._known: dict[str, frozenset[int]] = {}
+        self._known_stale = False
+        self._pseudonyms: dict[str, str] = {}
+        self.on_forget: Callable[[str], None] | None = None  # the daemon erases the name from its outbox too
         self.face_present = False
         self.lock = threading.Lock()  # inference and tracking: the loop and enrolment commands share the models
         self.hist = {s: metrics.histogram("stage_latency_ms", stage=s) for s in self.STAGES}
@@ -197,8 +204,10 @@ class Engine:
         processes (the CLI) since the last load."""
         matcher = Matcher(self.manifest.name)
         with self.store.locked():
+            self._data_version = self.store.data_version()
+            self._known = self.store.template_ids(self.manifest.name)
             matcher.load((name, vec) for name, _, vec in self.store.templates(self.manifest.name))
-            unsubscribe = self.store.subscribe(matcher.on_change)
+            unsubscribe = _both(self.store.subscribe(matcher.on_change), self.store.subscribe(self._store_changed))
             if self.head is not None:  # rebuilt on the next match after any committed change
                 head_unsub = self.store.subscribe(self._head_changed)
                 unsubscribe = _both(unsubscribe, head_unsub)
@@ -210,6 +219,54 @@ class Engine:
 
     def _head_changed(self, *_: Any) -> None:
         self._head_stale = True
+
+    def _store_changed(self, *_: Any) -> None:
+        self._known_stale = True  # a change made through this process: the matcher has it, _known catches up
+
+    def follow_store(self) -> None:
+        """Apply what other processes committed since the last frame: deleted identities are dropped (and
+        forgotten everywhere) before the next decision, new and re-embedded ones loaded. Costs one PRAGMA when
+        nothing changed; a template-id query (no vectors) when something did."""
+        version = self.store.data_version()
+        if version == self._data_version and not self._known_stale:
+            return
+        self._data_version, self._known_stale = version, False
+        current = self.store.template_ids(self.manifest.name)
+        for name in self._known.keys() - current.keys():
+            self.forget(name)
+        for name, ids in current.items():
+            if self._known.get(name) != ids:
+                rows = [v for _, _, v in self.store.templates(self.manifest.name, name)]
+                if rows:
+                    self.matcher.replace(name, np.stack(rows))
+        self._known = current
+        self._head_stale = True
+
+    def forget(self, name: str) -> None:
+        """`name` was deleted: out of the gallery, out of every track's pending observations, the claim, the
+        cooldowns and the log-name cache, and (through on_forget) out of the outbox."""
+        self.matcher.remove(name)
+        self._head_stale = True
+        for track in self.tracker.tracks.values():
+            window = track.state.get("window")
+            if window and any(name in (o.identity, o.candidate) for o in window):
+                for key in ("window", "decided", "eligible_at", "observations"):
+                    track.state.pop(key, None)
+        if self._claim_vecs is not None and self._claim_vecs[0] == name:
+            self._claim_vecs = None
+        self.policy.forget(name)
+        self._pseudonyms.pop(name, None)
+        if self.on_forget is not None:
+            self.on_forget(name)
+
+    def log_name(self, name: str | None) -> str | None:
+        """What a log line may say about an identity: its random pseudonym, never its name (a log line naming
+        the person would outlive their deletion). The name itself only at debug level, by the caller."""
+        if name is None:
+            return None
+        if name not in self._pseudonyms:
+            self._pseudonyms[name] = f"#{self.store.pseudonym(name) or 'deleted'}"
+        return self._pseudonyms[name]
 
     def _gallery_identities(self) -> int:
         return self._head_gallery().identities if self.head is not None else self.matcher.identities
@@ -245,12 +302,13 @@ class Engine:
             rows = [v for _, _, v in self.store.templates(self.manifest.name, name)]
             templates = np.stack(rows) if rows else None
         if templates is None:
-            log.warning("claim for %r ignored: no such enrolled identity", name)
+            log.warning("claim ignored: no such enrolled identity")
+            log.debug("claim for %r ignored", name)
             return False
         with self.lock:
             self._claim_vecs = (name, templates)
             self.policy.claim(name, list(self.tracker.tracks.values()))
-        log.info("claim: the next decision is 1:1 against %r", name)
+        log.info("claim: the next decision is narrowed to identity %s", self.log_name(name))
         return True
 
     # -- the frame ----------------------------------------------------------------------------------------------
@@ -265,6 +323,7 @@ class Engine:
 
     def _process(self, frame: Frame, problems: list[str]) -> list[Decision]:
         start = t = time.perf_counter()
+        self.follow_store()  # before anything is decided on this frame
         faces = self.pipeline.detector.detect(frame.image)
         t = self._timed("detect", t)
         assigned, _ = self.tracker.update(faces, frame.t_capture)
@@ -423,6 +482,7 @@ class Daemon:
         self.engine = Engine(self.pipeline, self.policy, cfg, self.liveness, self.metrics, self.store, live_gate,
                              head=self.head)
         self.sink = sink if sink is not None else self._make_sink()
+        self.engine.on_forget = self.sink.forget_identity  # a deletion seen in the store also empties the outbox
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
         self.health_server: HealthServer | None = None
@@ -541,7 +601,7 @@ class Daemon:
                 return {"ok": False, "name": name, "reasons": ["unreadable image"]}
             image = decoded
             command = "mqtt enroll (administrator, from a file: no liveness check)"
-            log.info("enrolling %r from a file sent by an administrator: no liveness check", name)
+            log.info("enrolling from a file sent by an administrator: no liveness check")
         enroller = Enroller(self.store, self.pipeline, matcher=self.engine.matcher)
         with self.engine.lock:
             judged = enroller.judge(f"mqtt:{name}", image=image)
@@ -655,8 +715,9 @@ class Daemon:
         self.metrics.inc("decisions_total", decision=d.decision)
         self.metrics.histogram("decision_latency_ms").observe(latency)
         log.info("decision %s: identity=%s score=%s liveness=%s frames=%d latency=%.1f ms%s", d.decision,
-                 d.identity, None if d.score is None else round(d.score, 3), d.liveness, d.frames, latency,
-                 f" ({d.reason})" if d.reason else "")
+                 self.engine.log_name(d.identity), None if d.score is None else round(d.score, 3), d.liveness,
+                 d.frames, latency, f" ({d.reason})" if d.reason else "")
+        log.debug("decision %s: identity name %r", d.decision, d.identity)
         if self.on_decision is not None:
             self.on_decision(d, event)
 

@@ -99,16 +99,16 @@ class AccessPolicy:
                         raise ValueError("not a list")
                     windows = [parse_window(str(w)) for w in raw]
                 except ValueError:
-                    return False, f"{name}: malformed access windows in the identity's metadata"
+                    return False, "malformed access windows in the identity's metadata"
         if windows is None:
-            return self.default_allow, "" if self.default_allow else f"{name}: no access windows (default deny)"
+            return self.default_allow, "" if self.default_allow else "no access windows (default deny)"
         minute, day = when.hour * 60 + when.minute, when.weekday()
         for days, start, end in windows:
             if start < end and day in days and start <= minute < end:
                 return True, ""
             if end <= start and ((day in days and minute >= start) or ((day - 1) % 7 in days and minute < end)):
                 return True, ""
-        return False, f"{name}: outside its access windows ({source}) at {when:%a %H:%M}"
+        return False, f"outside its access windows ({source}) at {when:%a %H:%M}"
 
 
 class Policy:
@@ -131,6 +131,13 @@ class Policy:
             tr.state.pop("decided", None)
             tr.state.pop("window", None)
             tr.state.pop("eligible_at", None)
+
+    def forget(self, name: str) -> None:
+        """A deleted identity: no cooldown entry or pending claim may keep its name."""
+        for key in [k for k in self._last_event if k[0] == name]:
+            del self._last_event[key]
+        if self._claim is not None and self._claim[0] == name:
+            self._claim = None
 
     @property
     def claimed(self) -> str | None:

@@ -322,3 +322,41 @@ def test_a_configured_verifier_head_scores_the_decisions(tmp_path, clip, pipelin
     expected = 6 * float(vecs[0][0] @ vecs[1][0]) + 4 * float(vecs[0][1] @ vecs[1][1]) - 3
     assert decided[0]["score"] == pytest.approx(expected, abs=0.05)
     assert decided[0]["score"] > 1.0 and decided[0]["threshold"] >= 1.5  # logits, the head's own 1:N threshold
+
+
+def test_a_deletion_by_another_process_revokes_at_once(tmp_path, clip):
+    """`facegate store delete` in another process while the daemon runs: no decision names the identity from
+    the next frame on (not only after a SIGHUP), and its pending events leave the outbox."""
+    import threading
+    import time
+
+    folder = tmp_path / "loop"
+    folder.mkdir()
+    shutil.copy(clip["folder"] / "01_colin.jpg", folder / "01_colin.jpg")
+    shutil.copy(clip["folder"] / "02_empty.png", folder / "02_empty.png")
+    cfg = parse(_config(tmp_path, clip, camera={"source": str(folder), "loop": True, "fps": 30,
+                                                "frames_per_image": 10},
+                        decision={"cooldown_s": 0, "track_ttl_s": 0.1}))  # each loop is a new walk-up
+    seen: list[tuple[float, str, str | None]] = []
+    lock = threading.Lock()
+
+    def record(d, event) -> None:
+        with lock:
+            seen.append((time.monotonic(), d.decision, d.identity))
+
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", tmp_path / "e.jsonl"), on_decision=record)
+    _enrol(daemon, clip["enrol"])
+    forgotten: list[str] = []
+    daemon.engine.on_forget = forgotten.append
+    with running(daemon):
+        assert wait_until(lambda: any(i == "colin" for _, _, i in seen), 60)
+        done = subprocess.run([sys.executable, "-m", "edge.cli", "store", "delete", "colin", "--store",
+                               str(tmp_path / "s.db")], capture_output=True, text=True, timeout=60)
+        deleted_at = time.monotonic()
+        assert done.returncode == 0, done.stderr
+        # More walk-ups are decided, the first of them within a second of the deletion.
+        assert wait_until(lambda: len([t for t, _, _ in seen if t > deleted_at]) >= 3, 60)
+    after = [(round(t - deleted_at, 3), d, i) for t, d, i in seen if t > deleted_at]
+    assert after[0][0] < 1.0
+    assert all((d, i) == ("unknown", None) for _, d, i in after), after
+    assert forgotten == ["colin"]
