@@ -238,12 +238,15 @@ def _enroller(args: argparse.Namespace, store):
 
 def _report_judged(args: argparse.Namespace, name: str, judged) -> int:
     accepted = sum(j.accepted for j in judged)
-    data = {"identity": name, "accepted": accepted, "refused": len(judged) - accepted,
-            "images": [j.to_dict() for j in judged]}
-    lines = [f"{name}: {accepted} of {len(judged)} image(s) enrolled"]
-    lines += [f"  refused {j.image}: {'; '.join(j.reasons)}" for j in judged if not j.accepted]
+    already = sum(j.already for j in judged)
+    data = {"identity": name, "accepted": accepted, "already_enrolled": already,
+            "refused": len(judged) - accepted - already, "images": [j.to_dict() for j in judged]}
+    lines = [f"{name}: {accepted} of {len(judged)} image(s) enrolled"
+             + (f", {already} already enrolled" if already else "")]
+    lines += [f"  {'already enrolled' if j.already else 'refused'} {j.image}: {'; '.join(j.reasons)}"
+              for j in judged if not j.accepted]
     _emit(args, data, "\n".join(lines))
-    return 0 if accepted else 2
+    return 0 if accepted or already else 2
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -264,7 +267,7 @@ def cmd_enroll_dir(args: argparse.Namespace) -> int:
     if summary["refusal_reasons"]:
         text += "\nrefusals: " + ", ".join(f"{k} ×{v}" for k, v in summary["refusal_reasons"].items())
     _emit(args, summary, text)
-    return 0 if summary["accepted"] else 2
+    return 0 if summary["accepted"] or summary["already_enrolled"] else 2
 
 
 def _probe(args: argparse.Namespace, pipe):

@@ -12,6 +12,7 @@ under systemd, is read from `$CREDENTIALS_DIRECTORY/<credential>` (LoadCredentia
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -230,34 +231,47 @@ def _type_name(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
+SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret"})
+
+
+def _shown(value: Any, key: str) -> str:
+    """How an error message shows a wrong value: never a secret's (a log or a terminal would keep it)."""
+    if key in SECRET_KEYS:
+        return f"a value of type {type(value).__name__} (not shown: a secret)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where numbers are (5 for 5.0)."""
     origin = typing.get_origin(tp)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_shown(value, key)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(value, key)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(value, key)}")
+        if not math.isfinite(value):  # nan passes every range check (nan < lo is false): refuse it here
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_shown(value, key)}")
         return value
     if origin is dict:
         _, vt = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
+            raise ConfigError(f"{key}: expected a table, got {_shown(value, key)}")
         return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (et,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(value, key)}")
         return [_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)]
     raise ConfigError(f"{key}: unsupported annotation {tp}")
 
@@ -315,8 +329,8 @@ def _check(cfg: Config) -> None:
 
         try:
             ZoneInfo(cfg.access.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"access.timezone: unknown time zone {cfg.access.timezone!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a folder; a long name, ENAMETOOLONG
+            raise ConfigError(f"access.timezone: unknown time zone {_shown(cfg.access.timezone, '')}") from None
     if cfg.profile == "kiosk" and cfg.liveness.model not in ("auto", "none"):
         raise ConfigError("liveness.model: the kiosk profile runs without liveness; use profile = \"door\"")
     if cfg.profile == "door" and cfg.liveness.model == "none":

@@ -90,6 +90,9 @@ class LogSink:
     def start(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def stop(self, flush_timeout: float = 5.0) -> None:
         self._write({"kind": "state", "state": {"status": "offline"}})
 
@@ -448,6 +451,40 @@ def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
     return load(spec, registry, cfg.liveness.threads)
 
 
+def bind_health(cfg: Config, metrics: Metrics, health: Callable[[], dict[str, Any]]) -> HealthServer | None:
+    """The /healthz + /metrics server, bound (not yet serving); a port that cannot be bound names the key."""
+    if not cfg.health.enabled:
+        return None
+    host, _, port = cfg.health.listen.rpartition(":")
+    try:
+        return HealthServer(host.strip("[]"), int(port), metrics, health)
+    except (OSError, OverflowError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"health.listen: cannot listen on {cfg.health.listen!r} ({why})") from None
+
+
+def check_access_rules(cfg: Config, store: Store) -> list[str]:
+    """Time-window rules against the enrolled identities. A rule whose name misses an identity only by case or
+    surrounding spaces (`Tony = []` meant for `tony`) would silently not apply: that is an error. A rule naming
+    nobody enrolled is a warning (returned), repeated on every reload: the person may be enrolled later."""
+    names = {i.name for i in store.identities()}
+    folded: dict[str, list[str]] = {}
+    for n in names:
+        folded.setdefault(n.strip().casefold(), []).append(n)
+    warnings = []
+    for rule in cfg.access.windows:
+        if rule in names:
+            continue
+        near = folded.get(rule.strip().casefold())
+        if near:
+            raise ConfigError(f"access.windows.{rule}: no enrolled identity is named {rule!r}, but "
+                              f"{', '.join(repr(n) for n in sorted(near))} is: identity names are exact; rename the "
+                              f"rule, or it does not apply")
+        warnings.append(f"access.windows.{rule}: no enrolled identity has this name; the rule applies to nobody "
+                        f"until one is enrolled under exactly this name")
+    return warnings
+
+
 class Daemon:
     """Everything wired together. `run()` blocks until stopped (SIGTERM/SIGINT, `stop()`) or the source ends."""
 
@@ -463,6 +500,18 @@ class Daemon:
         self._store_error: str | None = None
         self._started_t = time.monotonic()
         self._frames: deque[float] = deque(maxlen=64)  # capture times of recently processed frames (fps)
+        self.health_server: HealthServer | None = None
+        self.store: Store | None = None  # type: ignore[assignment]
+        self.sink: Any = None
+        try:
+            self._build(cfg, sink, liveness, source)
+        except BaseException:
+            self.close()  # nothing half-built stays open: a bound port, the store, the outbox
+            raise
+
+    def _build(self, cfg: Config, sink: Any, liveness: LivenessCheck | None, source: Source | None) -> None:
+        # The health port first: a taken port is a configuration error, found before anything is published.
+        self.health_server = bind_health(cfg, self.metrics, self.health)
         registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
         self.liveness = liveness if liveness is not None else resolve_liveness(cfg, registry)
         if cfg.profile == "kiosk":
@@ -476,6 +525,8 @@ class Daemon:
                                      threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
                                      extra_embedders=self.head.embedders if self.head is not None else ())
         self.store = open_store(cfg)
+        for warning in check_access_rules(cfg, self.store):  # errors (a rule that misses by case) raise here
+            log.warning("%s", warning)
         self.access = AccessPolicy(cfg.access, metadata=self._metadata)
         self.policy = Policy(cfg.decision, self.access, liveness_required=self.liveness is not None)
         live_gate = gate_for(cfg, self.liveness) if self.liveness is not None else None
@@ -485,8 +536,17 @@ class Daemon:
         self.engine.on_forget = self.sink.forget_identity  # a deletion seen in the store also empties the outbox
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
-        self.health_server: HealthServer | None = None
         self._describe_metrics()
+
+    def close(self) -> None:
+        """Release what construction opened, for a daemon that will not run (`run --check`, a failed start)."""
+        if self.health_server is not None:
+            self.health_server.close()
+        sink_close = getattr(self.sink, "close", None)
+        if sink_close is not None:
+            sink_close()
+        if self.store is not None:
+            self.store.close()
 
     # -- construction helpers -------------------------------------------------------------------------------------
     def _make_sink(self) -> Any:
@@ -576,6 +636,11 @@ class Daemon:
     def reload(self) -> dict[str, Any]:
         n = self.engine.reload()
         log.info("gallery reloaded: %d identities", n)
+        try:
+            for warning in check_access_rules(self.cfg, self.store):
+                log.warning("%s", warning)
+        except ConfigError as exc:
+            log.error("%s", exc)
         return {"ok": True, "identities": n, "templates": self.engine.matcher.rows}
 
     def enroll(self, name: str, image_jpeg: bytes, live_capture: bool) -> dict[str, Any]:
@@ -596,22 +661,24 @@ class Daemon:
         else:
             if len(image_jpeg) > MAX_ENROL_JPEG:
                 return {"ok": False, "name": name, "reasons": ["image too large"]}
-            decoded = cv2.imdecode(np.frombuffer(image_jpeg, np.uint8), cv2.IMREAD_COLOR)
-            if decoded is None:
-                return {"ok": False, "name": name, "reasons": ["unreadable image"]}
-            image = decoded
+            from edge.imageio import decode_bgr
+
+            try:
+                image = decode_bgr(image_jpeg, "the enrolment image")  # the pixel limit before decoding
+            except FacegateError as exc:
+                return {"ok": False, "name": name, "reasons": [str(exc)]}
             command = "mqtt enroll (administrator, from a file: no liveness check)"
             log.info("enrolling from a file sent by an administrator: no liveness check")
         enroller = Enroller(self.store, self.pipeline, matcher=self.engine.matcher)
         with self.engine.lock:
             judged = enroller.judge(f"mqtt:{name}", image=image)
-            enroller.duplicates(name, [judged])
+            enroller.guard(name, [judged])
         try:
             ids = enroller.commit(name, [judged], command=command)
         except FacegateError as exc:
             return {"ok": False, "name": name, "reasons": [str(exc)]}
-        return {"ok": bool(ids), "name": name, "templates": len(ids), "reasons": judged.reasons,
-                "quality": judged.quality}
+        return {"ok": bool(ids) or judged.already, "name": name, "templates": len(ids),
+                "already_enrolled": judged.already, "reasons": judged.reasons, "quality": judged.quality}
 
     def delete(self, name: str) -> dict[str, Any]:
         ok = self.store.delete(name, command="mqtt delete")
@@ -647,9 +714,8 @@ class Daemon:
         self.sink.start()
         self._started_t = time.monotonic()
         self.capture.start()
-        if self.cfg.health.enabled:
-            host, _, port = self.cfg.health.listen.rpartition(":")
-            self.health_server = HealthServer(host.strip("[]"), int(port), self.metrics, self.health).start()
+        if self.health_server is not None:
+            self.health_server.start()
         ping_every = watchdog_interval()
         self.notifier.ready(f"profile {self.cfg.profile}, liveness {self.liveness_mode}, "
                             f"{len(self.engine.matcher)} identities")

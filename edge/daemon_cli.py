@@ -18,8 +18,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     setup_logging("json" if args.json_logs else cfg.log.format, args.log_level or cfg.log.level)
     if args.check:
-        print(f"{cfg.origin}: ok (profile {cfg.profile})")
-        return 0
+        from edge.preflight import check
+
+        report = check(cfg)
+        if args.json:
+            print(json.dumps({"config": cfg.origin, "profile": cfg.profile, "ok": not report.problems,
+                              "problems": report.problems, "warnings": report.warnings}, indent=2))
+        else:
+            for line in report.warnings:
+                print(f"warning: {line}")
+            for line in report.problems:
+                print(f"problem: {line}")
+            print(f"{cfg.origin}: {'ok' if not report.problems else f'{len(report.problems)} problem(s)'} "
+                  f"(profile {cfg.profile})")
+        return 2 if report.problems else 0
     return Daemon(cfg).run()
 
 
@@ -44,7 +56,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "defaults; see deploy/facegate.example.toml)")
     p.add_argument("--json-logs", action="store_true", help="log one JSON object per line (log.format = json)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    p.add_argument("--check", action="store_true",
+                   help="pre-deploy check: build everything short of the camera and the broker, report every "
+                        "problem (exit 2 if any)")
+    p.add_argument("--json", action="store_true", help="with --check: the report as JSON")
     p.set_defaults(func=cmd_run)
 
 

@@ -6,6 +6,7 @@ embedder, or nothing. Refusals say why. Face crops are kept only when the store 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -29,6 +30,8 @@ from edge.vision.detect import Face, select_face
 from edge.vision.quality import QualityGate, assess
 
 DUPLICATE = "matches another enrolled identity"
+MISMATCH = "does not match the identity"
+ALREADY = "already enrolled"
 
 
 @dataclass
@@ -41,9 +44,20 @@ class Judged:
     quality: dict[str, float] | None = None
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     crop: bytes | None = None
+    image_sha256: str | None = None  # of the decoded pixels: the same photo re-sent or re-run is recognised
+    already: bool = False  # this photo is already enrolled for the identity (not stored again, not a refusal)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "accepted": self.accepted, "reasons": self.reasons, "quality": self.quality}
+        return {"image": self.image, "accepted": self.accepted, "already_enrolled": self.already,
+                "reasons": self.reasons, "quality": self.quality}
+
+
+def pixels_sha256(image: np.ndarray) -> str:
+    """A photo's identity for idempotent enrolment: its decoded pixels (and shape), not its file bytes, so the
+    same photo from a file, an MQTT message or a re-encoded copy with other metadata hashes the same."""
+    h = hashlib.sha256(f"{image.shape}|{image.dtype}|".encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
 
 
 LANDMARKS_KEY = "facegate-landmarks"
@@ -115,13 +129,56 @@ class Enroller:
         if j.reasons:
             return j
         j.embeddings = self.pipeline.embed_all(img, face)
+        j.image_sha256 = pixels_sha256(img)
         if self.store.keep_crops:
             j.crop = face_crop_png(img, face)
         j.accepted = True
         return j
 
+    def already_enrolled(self, name: str, judged: list[Judged]) -> None:
+        """Photos already enrolled for `name` (same pixels) are set aside, not stored twice: re-running an
+        enrolment is a no-op, and the gallery (and with it the 1:N threshold) does not grow with re-runs."""
+        seen: set[str] = set()
+        for j in judged:
+            if not j.accepted or j.image_sha256 is None:
+                continue
+            if j.image_sha256 in seen or self.store.has_image(name, j.image_sha256):
+                j.accepted, j.already = False, True
+                j.reasons.append(f"{ALREADY}: this photo is already one of {name!r}'s templates")
+            seen.add(j.image_sha256)
+
+    def same_person(self, name: str, judged: list[Judged]) -> None:
+        """Every photo stored under one name must be that person: a photo added to an existing identity must
+        match its templates at the 1:1 threshold, and the photos of a new identity must match its first one.
+        Otherwise `facegate enroll colin someone-else.jpg` would quietly let someone else in as colin."""
+        m = self.pipeline.embedder.manifest
+        threshold = m.threshold("verify").value
+        rows = [v for _, _, v in self.store.templates(m.name, name)]
+        accepted = [j for j in judged if j.accepted]
+        if rows:
+            reference, what = np.stack(rows), f"{name!r}'s enrolled photos"
+        elif len(accepted) > 1:
+            reference, what = accepted[0].embeddings[m.name][None], f"the first photo ({accepted[0].image})"
+            accepted = accepted[1:]
+        else:
+            return
+        for j in accepted:
+            score = float(np.max(reference @ j.embeddings[m.name]))
+            if score < threshold:
+                j.accepted = False
+                j.reasons.append(f"{MISMATCH}: it does not look like {what} (score {score:.3f} < 1:1 threshold "
+                                 f"{threshold:.3f}); use --force if it is the same person")
+
+    def guard(self, name: str, judged: list[Judged], force: bool = False) -> None:
+        """The checks between judging photos and storing them: the same photo twice is a no-op (always), and
+        unless `force`, every photo must be the named person and nobody else enrolled."""
+        self.already_enrolled(name, judged)
+        if not force:
+            self.same_person(name, judged)
+            self.duplicates(name, judged)
+
     def duplicates(self, name: str, judged: list[Judged]) -> None:
-        """Refuse accepted images that match a *different* enrolled identity at the 1:1 threshold."""
+        """Refuse accepted images that match a *different* enrolled identity at the 1:N threshold."""
         primary = self.pipeline.embedder.manifest.name
         threshold = self.duplicate_threshold()
         for j in judged:
@@ -137,8 +194,7 @@ class Enroller:
     def enroll(self, name: str, paths: list[Path], force: bool = False, command: str = "enroll",
                display_name: str | None = None) -> list[Judged]:
         judged = [self.judge(p) for p in paths]
-        if not force:
-            self.duplicates(name, judged)
+        self.guard(name, judged, force)
         self.commit(name, judged, command, display_name)
         return judged
 
@@ -151,7 +207,8 @@ class Enroller:
                 m = emb.manifest
                 templates.append(TemplateIn(vector=j.embeddings[m.name], embedder=m.name, manifest_sha256=m.sha256,
                                             quality=j.quality or {},
-                                            crop=j.crop if emb is self.pipeline.embedder else None))
+                                            crop=j.crop if emb is self.pipeline.embedder else None,
+                                            image_sha256=j.image_sha256))
         if not templates:
             return []
         return self.store.enroll(name, templates, command=command, display_name=display_name)
@@ -185,7 +242,7 @@ def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int |
         people, total = kept, n
     refused: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
-    accepted = identities = 0
+    accepted = identities = already = 0
     start = time.perf_counter()  # models are already loaded and prepared: start-up is excluded
     with tqdm(total=total, desc="enrolling", unit="img", file=sys.stderr, disable=None) as bar:
         for name, files in people:
@@ -193,18 +250,21 @@ def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int |
             for f in files:
                 judged.append(enroller.judge(f))
                 bar.update(1)
-            if not force:
-                enroller.duplicates(name, judged)
+            enroller.guard(name, judged, force)
             if enroller.commit(name, judged, command=f"enroll-dir {root}"):
                 identities += 1
             for j in judged:
                 accepted += j.accepted
+                already += j.already
+                if j.already:
+                    continue  # not a refusal: a re-run finds its photos in the store
                 for r in j.reasons:  # every reason starts with its kind, then ": " and the particulars
                     key = r.split(":")[0]
                     refused[key] = refused.get(key, 0) + 1
                 if not j.accepted:
                     rows.append({"identity": name, **j.to_dict()})
     elapsed = time.perf_counter() - start
-    return {"images": total, "accepted": accepted, "refused": total - accepted, "identities": identities,
+    return {"images": total, "accepted": accepted, "already_enrolled": already,
+            "refused": total - accepted - already, "identities": identities,
             "refusal_reasons": dict(sorted(refused.items(), key=lambda kv: -kv[1])), "refusals": rows,
             "seconds": round(elapsed, 3), "images_per_s": round(total / elapsed, 2) if elapsed > 0 else None}

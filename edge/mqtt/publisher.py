@@ -222,6 +222,15 @@ class Publisher:
                      self._outbox.depth)
         self._outbox.close()
 
+    def close(self) -> None:
+        """Release the outbox of a publisher that will not run (a daemon that failed to start, `run --check`);
+        a started one is stopped with stop()."""
+        if self._started:
+            self.stop(flush_timeout=0.0)
+        elif not self._closed:
+            self._closed = True
+            self._outbox.close()
+
     def wait_connected(self, timeout: float) -> bool:
         """True once connected, subscribed (commands and claims sent from then on are received) and announced
         (discovery, state); False after `timeout` seconds. For start-up checks and tests."""

@@ -360,3 +360,24 @@ def test_a_deletion_by_another_process_revokes_at_once(tmp_path, clip):
     assert after[0][0] < 1.0
     assert all((d, i) == ("unknown", None) for _, d, i in after), after
     assert forgotten == ["colin"]
+
+
+def test_an_image_bomb_on_the_command_path_is_refused_before_decoding(tmp_path, clip):
+    """A 12000×12000 PNG of a few hundred KB sent as a signed enrolment: refused from its header."""
+    import io
+    import resource
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (12000, 12000)).save(buf, format="PNG", optimize=True)
+    assert len(buf.getvalue()) < 1_000_000
+    daemon = Daemon(parse(_config(tmp_path, clip)), sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = daemon.enroll("bomb", buf.getvalue(), live_capture=False)
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    finally:
+        daemon.close()
+    assert not result["ok"] and "exceeds the limit" in result["reasons"][0]
+    assert grown_mb < 100  # decoding it would take 144 MB as grey, 432 MB as BGR
