@@ -31,7 +31,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge.config import (
@@ -463,25 +462,34 @@ def bind_health(cfg: Config, metrics: Metrics, health: Callable[[], dict[str, An
         raise ConfigError(f"health.listen: cannot listen on {cfg.health.listen!r} ({why})") from None
 
 
-def check_access_rules(cfg: Config, store: Store) -> list[str]:
-    """Time-window rules against the enrolled identities. A rule whose name misses an identity only by case or
-    surrounding spaces (`Tony = []` meant for `tony`) would silently not apply: that is an error. A rule naming
-    nobody enrolled is a warning (returned), repeated on every reload: the person may be enrolled later."""
+def access_rule_findings(cfg: Config, store: Store) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the time-window rules against the enrolled identities. A rule whose name misses an
+    identity only by case or surrounding spaces (`Tony = []` meant for `tony`) would silently not apply: an
+    error. A rule naming nobody enrolled is a warning, repeated on every reload: the person may come later."""
     names = {i.name for i in store.identities()}
     folded: dict[str, list[str]] = {}
     for n in names:
         folded.setdefault(n.strip().casefold(), []).append(n)
-    warnings = []
+    errors, warnings = [], []
     for rule in cfg.access.windows:
         if rule in names:
             continue
         near = folded.get(rule.strip().casefold())
         if near:
-            raise ConfigError(f"access.windows.{rule}: no enrolled identity is named {rule!r}, but "
-                              f"{', '.join(repr(n) for n in sorted(near))} is: identity names are exact; rename the "
-                              f"rule, or it does not apply")
-        warnings.append(f"access.windows.{rule}: no enrolled identity has this name; the rule applies to nobody "
-                        f"until one is enrolled under exactly this name")
+            errors.append(f"access.windows.{rule}: no enrolled identity is named {rule!r}, but "
+                          f"{', '.join(repr(n) for n in sorted(near))} is: identity names are exact; rename the "
+                          f"rule, or it does not apply")
+        else:
+            warnings.append(f"access.windows.{rule}: no enrolled identity has this name; the rule applies to "
+                            f"nobody until one is enrolled under exactly this name")
+    return errors, warnings
+
+
+def check_access_rules(cfg: Config, store: Store) -> list[str]:
+    """The warnings of access_rule_findings; its errors raise ConfigError."""
+    errors, warnings = access_rule_findings(cfg, store)
+    if errors:
+        raise ConfigError("; ".join(errors))
     return warnings
 
 

@@ -54,7 +54,7 @@ def _camera(cfg: Config) -> None:
 
 def _store(cfg: Config, report: Report) -> None:
     from edge.config import ConfigError
-    from edge.daemon import check_access_rules, open_store
+    from edge.daemon import access_rule_findings, open_store
     from edge.paths import state_dir
 
     path = Path(cfg.store.path) if cfg.store.path else state_dir() / "facegate.db"
@@ -65,7 +65,9 @@ def _store(cfg: Config, report: Report) -> None:
         report.warnings += [f"store.path: {path} does not exist yet; it is created empty at start (store.create)"]
         return
     with open_store(cfg) as store:
-        report.warnings += check_access_rules(cfg, store)
+        errors, warnings = access_rule_findings(cfg, store)
+    report.problems += errors
+    report.warnings += warnings
 
 
 def _mqtt(cfg: Config) -> None:

@@ -52,10 +52,12 @@ from edge.mqtt.commands import ClaimVerifier, CommandHandlers, CommandProcessor
 from edge.mqtt.homeassistant import OFF, ON, discovery_messages, status_topic
 from edge.mqtt.outbox import Outbox, dumps
 from edge.mqtt.settings import MqttSettings
+from edge.ratelimit import LogLimiter
 
 __all__ = ["CommandHandlers", "Publisher"]
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 paho_log = logging.getLogger(__name__ + ".paho")
 
 # Events handed to paho at once. paho's own in-flight limit is twice that, leaving room for state, discovery and
@@ -543,8 +545,10 @@ class Publisher:
                         callback(self._connections)
                 else:
                     self._handle_message(topic, payload)
-            except Exception:
-                log.exception("mqtt: handling %s %s failed", kind, topic)
+            except Exception as exc:  # one line, rate-limited: a message an outsider sent must not flood the log
+                limited.warning(f"worker:{type(exc).__name__}", "mqtt: handling %s on %s failed: %s: %s", kind,
+                                topic[:80], type(exc).__name__, str(exc)[:200])
+                log.debug("mqtt: handling %s failed", kind, exc_info=True)
 
     def _handle_message(self, topic: str, payload: bytes) -> None:
         s = self.settings

@@ -381,3 +381,45 @@ def test_an_image_bomb_on_the_command_path_is_refused_before_decoding(tmp_path, 
         daemon.close()
     assert not result["ok"] and "exceeds the limit" in result["reasons"][0]
     assert grown_mb < 100  # decoding it would take 144 MB as grey, 432 MB as BGR
+
+
+def test_an_access_rule_that_misses_an_identity_by_case_stops_the_start(tmp_path, clip, capsys):
+    """`Colin = []` meant to deny `colin` would silently not apply: refused at start and by run --check."""
+    from edge.cli import main
+
+    assert main(["enroll", "--store", str(tmp_path / "s.db"), "colin", str(clip["enrol"])]) == 0
+    cfg = _config(tmp_path, clip, access={"windows": {"Colin": [], "nobody_yet": []}})
+    with pytest.raises(ConfigError, match=r"access\.windows\.Colin: .*'colin'"):
+        Daemon(parse(cfg), sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
+    toml = tmp_path / "f.toml"
+    toml.write_text(f"""profile = "kiosk"
+[camera]
+source = "{clip['folder']}"
+[store]
+path = "{tmp_path / 's.db'}"
+[mqtt]
+enabled = false
+[health]
+listen = "127.0.0.1:0"
+[access.windows]
+Colin = []
+nobody_yet = []
+""")
+    capsys.readouterr()
+    assert main(["run", "--config", str(toml), "--check"]) == 2
+    out = capsys.readouterr().out
+    assert "problem: access.windows.Colin" in out and "warning: access.windows.nobody_yet" in out
+
+
+def test_a_taken_health_port_is_a_config_error_before_anything_is_published(tmp_path, clip):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = parse(_config(tmp_path, clip, health={"listen": f"127.0.0.1:{port}"}))
+        out = tmp_path / "e.jsonl"
+        with pytest.raises(ConfigError, match=r"health\.listen"):
+            Daemon(cfg, sink=LogSink("door1", "front", out))
+    assert not out.exists()

@@ -1,8 +1,8 @@
 """Enrolment, verify and identify through the CLI, with real models, real LFW photos and a real SQLite store."""
 
 import json
-import shutil
 import os
+import shutil
 
 import cv2
 import numpy as np

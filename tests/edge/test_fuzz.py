@@ -313,7 +313,7 @@ def test_a_configuration_that_passes_the_check_starts(site, monkeypatch, changes
     def run() -> None:
         try:
             daemon.run()
-        except BaseException as exc:  # noqa: BLE001 - the property is that nothing escapes
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
