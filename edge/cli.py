@@ -113,23 +113,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from edge.imageio import load_bgr
-
+    scorer = _scorer(args)
     pipe = _pipeline(args)
-    embs = []
-    for path in (args.image1, args.image2):
-        try:
-            embs.append(pipe.embed_one(load_bgr(path), policy=args.policy)[1])
-        except FacegateError as exc:
-            msg = str(exc)
-            raise FacegateError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    score = float(embs[0] @ embs[1])
-    t = pipe.manifest.threshold("verify")
-    same = score >= t.value
-    data = {"score": round(score, 4), "threshold": t.value, "same_person": same, "model": pipe.manifest.name}
-    verdict = "same person" if same else "different people"
-    _emit(args, data, f"{verdict} (score {score:.4f}, threshold {t.value:.4f})")
-    return 0 if same else 1
+    a, b = (_probe(args, pipe, path)[1] for path in (args.image1, args.image2))
+    r = scorer.compare(a, b)
+    data = {"score": round(r.score, 4), "threshold": r.threshold, "same_person": r.match, "model": r.model}
+    verdict = "same person" if r.match else "different people"
+    _emit(args, data, f"{verdict} (score {r.score:.4f}, threshold {r.threshold:.4f})")
+    return 0 if r.match else 1
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -168,7 +159,7 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_pairs(args: argparse.Namespace) -> int:
-    from edge.bench import pairs
+    from edge.eval import pairs
 
     result = pairs.run(args.images, args.pairs, _pipeline(args), policy=args.policy, plot=args.plot)
     text = (f"{result['model']}: accuracy {result['accuracy']:.4f} ± {result['accuracy_sem']:.4f} (sem), "
@@ -180,7 +171,7 @@ def cmd_bench_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_identify(args: argparse.Namespace) -> int:
-    from edge.bench import identify
+    from edge.eval import identify
 
     r = identify.run(args.images, _pipeline(args), gallery_size=args.gallery_size, seeds=args.seeds,
                      exclude_pairs=args.exclude_pairs, fpir=args.fpir, policy=args.policy, verifier=args.verifier)
@@ -198,7 +189,7 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
 
     real = None
     if args.images:
-        from edge.bench.lfw import embed_paths
+        from edge.eval.lfw import embed_paths
 
         paths = sample_images(args.images, args.real)
         embs, _ = embed_paths(_pipeline(args), args.images, [str(p.relative_to(args.images)) for p in paths])
@@ -233,7 +224,7 @@ def _store(args: argparse.Namespace, create: bool = False):
 def _enroller(args: argparse.Namespace, store):
     from edge.enroll import Enroller
 
-    return Enroller(store, _pipeline(args), policy=args.policy)
+    return Enroller(store, _pipeline(args), policy=args.policy, scorer=_scorer(args, store))
 
 
 def _report_judged(args: argparse.Namespace, name: str, judged) -> int:
@@ -270,45 +261,57 @@ def cmd_enroll_dir(args: argparse.Namespace) -> int:
     return 0 if summary["accepted"] or summary["already_enrolled"] else 2
 
 
-def _probe(args: argparse.Namespace, pipe):
-    """The chosen face of the image and its probe: the embedding, or with --verifier {embedder: embedding} for
-    every embedder the head reads (the face is detected once, each embedder embeds it once)."""
-    from edge.imageio import load_bgr
-    from edge.vision.detect import select_face
+def _scorer(args: argparse.Namespace, store=None):
+    """The one scorer (edge/match) the options name: the embedder's cosine, or --verifier's head."""
+    from edge.match.factory import make_scorer
+    from edge.models.registry import Registry
 
-    image = load_bgr(args.image)
-    face = select_face(pipe.detect(image), image.shape, args.policy)
-    return face, (pipe.embed_all(image, face) if args.verifier else pipe.embed_faces(image, [face])[0])
+    return make_scorer(Registry(), args.model, getattr(args, "verifier", None) or "", store,
+                       getattr(args, "fpir", 0.01))
+
+
+def _probe(args: argparse.Namespace, pipe, image_path: Path | None = None):
+    """The chosen face of the image and its probe ({embedder: embedding} for every embedder the pipeline
+    runs: the face is detected once, each embedder embeds it once)."""
+    from edge.imageio import load_bgr
+
+    path = image_path or args.image
+    try:
+        return pipe.probe(load_bgr(path), args.policy)
+    except FacegateError as exc:
+        msg = str(exc)
+        raise FacegateError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from edge.query import verify, verify_with_head
-
-    pipe = _pipeline(args)
     with _store(args) as store:
-        face, probe = _probe(args, pipe)
-        if args.verifier:
-            v = verify_with_head(store, _head(args), args.id, probe)
-        else:
-            v = verify(store, pipe, args.id, probe)
-    data = {**v.to_dict(), "face": face.to_dict(), "model": (_head(args) if args.verifier else pipe).manifest.name}
-    verdict = "match" if v.match else "no match"
-    _emit(args, data, f"{verdict}: {args.id} (score {v.score:.4f}, threshold {v.threshold:.4f})")
-    return 0 if v.match else 1
+        scorer = _scorer(args, store)
+        if store.identity(args.id) is None:
+            raise FacegateError(f"unknown identity {args.id!r}")
+        face, probe = _probe(args, _pipeline(args))
+        r = scorer.verify(probe, args.id)
+    data = {"identity": args.id, "score": round(r.score, 4), "threshold": r.threshold, "match": r.match,
+            "face": face.to_dict(), "model": r.model}
+    verdict = "match" if r.match else "no match"
+    _emit(args, data, f"{verdict}: {args.id} (score {r.score:.4f}, threshold {r.threshold:.4f})")
+    return 0 if r.match else 1
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from edge.query import head_matcher, identify
-    from edge.store.matcher import Matcher
+    from edge.match.thresholds import identify_threshold
 
-    pipe = _pipeline(args)
     with _store(args) as store:
-        _, probe = _probe(args, pipe)
-        if args.verifier:
-            matcher, manifest = head_matcher(store, _head(args)), _head(args).manifest
-        else:
-            matcher, manifest = Matcher.follow(store, pipe.manifest.name), pipe.manifest
-        result = identify(matcher, manifest, probe, top=args.top, fpir=args.fpir)
+        scorer = _scorer(args, store)
+        _, probe = _probe(args, _pipeline(args))
+        r = scorer.identify(probe, top=args.top)
+        k = max(1, scorer.identities())
+        extrapolated = identify_threshold(scorer.manifest, k, args.fpir)[1]["extrapolated"]
+        rows = scorer.gallery.rows if scorer.gallery is not None else 0
+    result = {"identity": r.identity, "recognized": r.match, "model": r.model,
+              "score": None if r.score is None else round(r.score, 4), "threshold": round(r.threshold, 4),
+              "margin": None if r.margin is None else round(r.margin, 4), "gallery_identities": k,
+              "gallery_templates": rows, "fpir_target": args.fpir, "threshold_extrapolated": extrapolated,
+              "candidates": [{"identity": c.name, "score": round(c.score, 4)} for c in r.candidates]}
     if result["recognized"]:
         text = f"{result['identity']} (score {result['score']:.4f}, threshold {result['threshold']:.4f})"
     else:

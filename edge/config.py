@@ -168,6 +168,13 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    # Where decisions go (edge/sinks): "auto" (MQTT when mqtt.enabled, else the log), "mqtt", "log", or a
+    # "package.module:factory" returning an EventSink.
+    sink: str = "auto"
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:9108"  # /healthz and /metrics; loopback unless you mean otherwise
@@ -191,6 +198,7 @@ class Config:
     access: AccessConfig = field(default_factory=AccessConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     origin: str = field(default="(defaults)", compare=False)  # the file it came from, for messages

@@ -24,42 +24,27 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edge.config import (
-    CREDENTIAL_CLAIM_SECRET,
-    CREDENTIAL_COMMAND_SECRET,
-    CREDENTIAL_MQTT_PASSWORD,
-    CREDENTIAL_STORE_KEY,
-    Config,
-    ConfigError,
-    device_name,
-    secret,
-)
-from edge.decide import DECISIONS, AccessPolicy, Decision, Observation, Policy
+from edge.config import CREDENTIAL_STORE_KEY, Config, ConfigError
+from edge.decide import DECISIONS, AccessPolicy, Decision, Policy
+from edge.engine import Engine
 from edge.errors import FacegateError
 from edge.health import HealthServer, Metrics
-from edge.identify_threshold import threshold_for
 from edge.liveness import INSTALL_HINT, LivenessCheck, installed, load
-from edge.liveness.temporal import LivenessGate, gate_for
+from edge.liveness.temporal import gate_for
+from edge.match.factory import make_scorer
 from edge.models.registry import Registry
 from edge.paths import state_dir
 from edge.pipeline import FacePipeline
 from edge.sdnotify import Notifier, watchdog_interval
+from edge.sinks import EventSink, make_sink
 from edge.sources import Capture, Frame, Source, open_source
 from edge.store.db import Store
-from edge.store.matcher import Matcher
-from edge.vision.align import align
-from edge.vision.detect import Face
-from edge.vision.quality import assess
-from edge.vision.track import Tracker
 
 log = logging.getLogger("facegate.daemon")
 
@@ -69,72 +54,6 @@ STORE_CHECK_S = 10.0
 STATE_EVERY_S = 60.0
 MAX_ENROL_JPEG = 12 * 1024 * 1024
 ENROL_WAIT_S = 10.0  # live-capture enrolment: time to step up, beyond the challenge's own timeout
-
-
-# -- where events go when MQTT is off ---------------------------------------------------------------------------
-class LogSink:
-    """The Publisher's interface, writing events as JSON lines to a file or the log (mqtt.enabled = false)."""
-
-    connected = True
-    outbox_depth = 0
-    dropped = 0
-    reconnects = 0
-
-    def __init__(self, device: str, door: str, path: Path | None = None) -> None:
-        self.device, self.door, self.path = device, door, path
-        self._seq = 0
-        self._lock = threading.Lock()
-        self._claim: Callable[[str], None] | None = None
-
-    def start(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def stop(self, flush_timeout: float = 5.0) -> None:
-        self._write({"kind": "state", "state": {"status": "offline"}})
-
-    def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record)
-        with self._lock:
-            if self.path is None:
-                log.info("%s", line)
-            else:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line + "\n")
-
-    def publish_event(self, event: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-        full = {**event, "event_id": str(uuid.uuid4()), "seq": seq,
-                "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "device": self.device,
-                "door": self.door}
-        self._write({"kind": "event", "event": full})
-        return full
-
-    def publish_state(self, state: dict[str, Any]) -> None:
-        self._write({"kind": "state", "state": state})
-
-    def publish_prompt(self, text: str) -> None:
-        self._write({"kind": "prompt", "text": text})
-
-    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
-        self._write({"kind": "door", "command": command, "duration_s": duration_s})
-        return True
-
-    def on_connected(self, callback: Callable[[int], None]) -> None:
-        callback(1)  # a file or the log is "connected" from the start
-
-    def publish_face_present(self, present: bool) -> None:
-        self._write({"kind": "face_present", "present": present})
-
-    def on_claim(self, callback: Callable[[str], None]) -> None:
-        self._claim = callback
-
-    def forget_identity(self, name: str) -> None:
-        pass
 
 
 def clock_synced() -> bool:
@@ -149,281 +68,7 @@ def clock_synced() -> bool:
         return False
 
 
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def undo() -> None:
-        first()
-        second()
-    return undo
-
-
-# -- one frame → decisions --------------------------------------------------------------------------------------
-class Engine:
-    """Runs the recognition stages on a frame and feeds the decision policy; times every stage."""
-
-    STAGES = ("detect", "quality", "liveness", "embed", "match", "decide", "frame")
-
-    def __init__(self, pipeline: FacePipeline, policy: Policy, cfg: Config, liveness: LivenessCheck | None,
-                 metrics: Metrics, store: Store, live_gate: LivenessGate | None = None, head: Any = None) -> None:
-        self.pipeline, self.policy, self.cfg, self.liveness, self.metrics = pipeline, policy, cfg, liveness, metrics
-        # Liveness per track (edge/liveness/temporal.py): the check, the temporal rule and, when configured, the
-        # challenge; without one given, a gate around the bare check.
-        self.live_gate = live_gate if live_gate is not None else (
-            LivenessGate(liveness, cfg.decision.k, cfg.decision.n) if liveness is not None else None)
-        self.store = store
-        self.manifest = pipeline.embedder.manifest
-        self.template = self.manifest.alignment
-        self.gate = cfg.quality.gate()
-        self.tracker = Tracker(cfg.decision.iou, cfg.decision.track_ttl_s)
-        # The embedder's own 1:1 threshold also tells one person from the next within a track (cosine).
-        self.split_threshold = self.manifest.threshold("verify").value
-        # With a verification head (models.verifier) decisions are scored by the head: logits, its thresholds,
-        # probes and templates under every embedder it reads. The cosine matcher stays for enrolment's
-        # duplicate check and the gallery counts.
-        self.head = head
-        self.scored_by = head.manifest if head is not None else self.manifest
-        self.verify_threshold = self.scored_by.threshold("verify").value
-        self.matcher: Matcher = Matcher(self.manifest.name)
-        self._head_matcher: Any = None
-        self._head_stale = True
-        self._unsubscribe: Callable[[], None] | None = None
-        self._threshold: tuple[int, float] | None = None  # (gallery rows, 1:N threshold)
-        self._claim_vecs: tuple[str, Any] | None = None  # (claimed name, its templates)
-        # Following changes other processes commit (`facegate store delete` while the daemon runs): the store's
-        # data_version, polled each frame, and the template ids the matcher holds per identity.
-        self._data_version: int | None = None
-        self._known: dict[str, frozenset[int]] = {}
-        self._known_stale = False
-        self._pseudonyms: dict[str, str] = {}
-        self.on_forget: Callable[[str], None] | None = None  # the daemon erases the name from its outbox too
-        self.face_present = False
-        self.lock = threading.Lock()  # inference and tracking: the loop and enrolment commands share the models
-        self.hist = {s: metrics.histogram("stage_latency_ms", stage=s) for s in self.STAGES}
-        self.reload()
-
-    # -- gallery ----------------------------------------------------------------------------------------------
-    def reload(self) -> int:
-        """(Re)load the gallery from the store and follow its changes; picks up enrolments made by other
-        processes (the CLI) since the last load."""
-        matcher = Matcher(self.manifest.name)
-        with self.store.locked():
-            self._data_version = self.store.data_version()
-            self._known = self.store.template_ids(self.manifest.name)
-            matcher.load((name, vec) for name, _, vec in self.store.templates(self.manifest.name))
-            unsubscribe = _both(self.store.subscribe(matcher.on_change), self.store.subscribe(self._store_changed))
-            if self.head is not None:  # rebuilt on the next match after any committed change
-                head_unsub = self.store.subscribe(self._head_changed)
-                unsubscribe = _both(unsubscribe, head_unsub)
-        old, self.matcher, self._unsubscribe = self._unsubscribe, matcher, unsubscribe
-        self._head_stale = True
-        if old is not None:
-            old()
-        return len(matcher)
-
-    def _head_changed(self, *_: Any) -> None:
-        self._head_stale = True
-
-    def _store_changed(self, *_: Any) -> None:
-        self._known_stale = True  # a change made through this process: the matcher has it, _known catches up
-
-    def follow_store(self) -> None:
-        """Apply what other processes committed since the last frame: deleted identities are dropped (and
-        forgotten everywhere) before the next decision, new and re-embedded ones loaded. Costs one PRAGMA when
-        nothing changed; a template-id query (no vectors) when something did."""
-        version = self.store.data_version()
-        if version == self._data_version and not self._known_stale:
-            return
-        self._data_version, self._known_stale = version, False
-        current = self.store.template_ids(self.manifest.name)
-        for name in self._known.keys() - current.keys():
-            self.forget(name)
-        for name, ids in current.items():
-            if self._known.get(name) != ids:
-                rows = [v for _, _, v in self.store.templates(self.manifest.name, name)]
-                if rows:
-                    self.matcher.replace(name, np.stack(rows))
-        self._known = current
-        self._head_stale = True
-
-    def forget(self, name: str) -> None:
-        """`name` was deleted: out of the gallery, out of every track's pending observations, the claim, the
-        cooldowns and the log-name cache, and (through on_forget) out of the outbox."""
-        self.matcher.remove(name)
-        self._head_stale = True
-        for track in self.tracker.tracks.values():
-            window = track.state.get("window")
-            if window and any(name in (o.identity, o.candidate) for o in window):
-                for key in ("window", "decided", "eligible_at", "observations"):
-                    track.state.pop(key, None)
-        if self._claim_vecs is not None and self._claim_vecs[0] == name:
-            self._claim_vecs = None
-        self.policy.forget(name)
-        self._pseudonyms.pop(name, None)
-        if self.on_forget is not None:
-            self.on_forget(name)
-
-    def log_name(self, name: str | None) -> str | None:
-        """What a log line may say about an identity: its random pseudonym, never its name (a log line naming
-        the person would outlive their deletion). The name itself only at debug level, by the caller."""
-        if name is None:
-            return None
-        if name not in self._pseudonyms:
-            self._pseudonyms[name] = f"#{self.store.pseudonym(name) or 'deleted'}"
-        return self._pseudonyms[name]
-
-    def _gallery_identities(self) -> int:
-        return self._head_gallery().identities if self.head is not None else self.matcher.identities
-
-    def _head_gallery(self) -> Any:
-        if self._head_stale or self._head_matcher is None:
-            from edge.query import head_matcher
-
-            self._head_stale = False
-            self._head_matcher = head_matcher(self.store, self.head)
-        return self._head_matcher
-
-    def identify_threshold(self) -> float:
-        k = max(1, self._gallery_identities())
-        if self._threshold is None or self._threshold[0] != k:  # recomputed when the gallery size changes
-            self._threshold = (k, threshold_for(self.scored_by, k, self.cfg.decision.fpir)[0])
-        return self._threshold[1]
-
-    def claim_threshold(self) -> float:
-        """A claim only adds a condition: it is decided at the stricter of the 1:1 threshold and the 1:N
-        threshold for the current gallery (at K = 25 the 1:N one is already above the 1:1 one), so a badge
-        can never make a face grantable that would be "unknown" without it."""
-        return max(self.verify_threshold, self.identify_threshold())
-
-    def claim(self, name: str) -> bool:
-        """Narrow the next decision to 1:1 against `name`; False (ignored) when it has no templates."""
-        templates: Any
-        if self.head is not None:  # {embedder: (T, D)}, scored by the head
-            from edge.query import head_templates
-
-            templates = head_templates(self.store, self.head, name).get(name)
-        else:
-            rows = [v for _, _, v in self.store.templates(self.manifest.name, name)]
-            templates = np.stack(rows) if rows else None
-        if templates is None:
-            log.warning("claim ignored: no such enrolled identity")
-            log.debug("claim for %r ignored", name)
-            return False
-        with self.lock:
-            self._claim_vecs = (name, templates)
-            self.policy.claim(name, list(self.tracker.tracks.values()))
-        log.info("claim: the next decision is narrowed to identity %s", self.log_name(name))
-        return True
-
-    # -- the frame ----------------------------------------------------------------------------------------------
-    def _timed(self, stage: str, t0: float) -> float:
-        t = time.perf_counter()
-        self.hist[stage].observe((t - t0) * 1e3)
-        return t
-
-    def process(self, frame: Frame, problems: list[str]) -> list[Decision]:
-        with self.lock:
-            return self._process(frame, problems)
-
-    def _process(self, frame: Frame, problems: list[str]) -> list[Decision]:
-        start = t = time.perf_counter()
-        self.follow_store()  # before anything is decided on this frame
-        faces = self.pipeline.detector.detect(frame.image)
-        t = self._timed("detect", t)
-        assigned, _ = self.tracker.update(faces, frame.t_capture)
-        if self.live_gate is not None:
-            self.live_gate.frame(assigned, frame.image, frame.t_capture)  # a challenge follows turned faces too
-        # Quality on the aligned crop, then one batched embedding for every face that passed.
-        crops, passed = [], []
-        for track, face in assigned:
-            crop = align(frame.image, face.landmarks, self.template)
-            if not self.gate.reasons(assess(face, crop)):
-                crops.append(crop)
-                passed.append((track, face))
-        t = self._timed("quality", t)
-        embs = self.pipeline.embedder.embed(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
-        t = self._timed("embed", t)
-        claim = self.policy.claimed
-        if claim is None:
-            self._claim_vecs = None
-        threshold = self.claim_threshold() if claim else self.identify_threshold()
-        decisions = []
-        for (track, face), emb in zip(passed, embs, strict=True):
-            last = track.state.get("embedding")
-            if last is not None and float(last @ emb) < self.split_threshold:
-                track = self.tracker.split(track, face, frame.t_capture)  # someone else stepped in
-            track.state["embedding"] = emb
-            if track.state.get("decided"):
-                continue
-            t = time.perf_counter()
-            live = None
-            if self.live_gate is not None:
-                live = self.live_gate.observe(track, frame.image, face, frame.t_capture)
-                t = self._timed("liveness", t)
-                if live is None:
-                    continue  # its liveness challenge is under way: nothing to decide on yet
-            # A head's other embedders run only here, for faces still to be decided (not every face every frame).
-            probe = self._head_probe(frame.image, face, emb) if self.head is not None else emb
-            obs = self._match(probe, claim, threshold, live, frame.t_capture)
-            t = self._timed("match", t)
-            self.policy.observe(track, obs)
-            others = [o for o in self.tracker.visible(frame.t_capture) if o.id != track.id]
-            d = self.policy.evaluate(track, others, problems)
-            if d is not None:
-                decisions.append(d)
-            self._timed("decide", t)
-        self._timed("frame", start)
-        self.face_present = bool(faces)
-        return decisions
-
-    def _head_probe(self, image: np.ndarray, face: Face, primary: np.ndarray) -> dict[str, np.ndarray]:
-        """The face under every embedder the head reads (each aligned with its own template)."""
-        probe = {self.manifest.name: primary}
-        for emb in self.pipeline.embedders[1:]:
-            probe[emb.manifest.name] = emb.embed(align(image, face.landmarks, emb.manifest.alignment)[None])[0]
-        return probe
-
-    def _match(self, probe: Any, claim: str | None, threshold: float, live: Any, t_capture: float) -> Observation:
-        """Score a probe (the embedding, or with a head {embedder: embedding}) 1:1 against a claim or 1:N."""
-        best = (self._head_gallery() if self.head is not None else self.matcher).search(probe, k=1)[0]
-        if claim is not None and self._claim_vecs is not None and self._claim_vecs[0] == claim:
-            if self.head is not None:
-                from edge.verifier import HeadScorer
-
-                score = HeadScorer(self.head).verify(probe, self._claim_vecs[1])
-            else:
-                score = float(np.max(self._claim_vecs[1] @ probe))  # 1:1: the claimed identity's best template
-            # The claimed identity must also be the gallery's best match: a face closer to someone else is not
-            # the badge holder, however high its score against the badge.
-            top = best[0].name if best else None
-            return Observation(claim if score >= threshold and top == claim else None, claim, score, threshold,
-                               live, t_capture)
-        if not best:
-            return Observation(None, None, None, threshold, live, t_capture)
-        m = best[0]
-        return Observation(m.name if m.score >= threshold else None, m.name, m.score, threshold, live, t_capture)
-
-    def faces(self, image: np.ndarray) -> list[Face]:
-        with self.lock:
-            return self.pipeline.detector.detect(image)
-
-
 # -- the daemon -------------------------------------------------------------------------------------------------
-def mqtt_values(cfg: Config) -> dict[str, Any]:
-    """The [mqtt] section as MqttSettings.from_mapping takes it: secrets resolved, empty strings as None."""
-    m = cfg.mqtt
-    values: dict[str, Any] = {k: v for k, v in asdict(m).items()
-                              if k not in ("enabled", "password_file", "command_secret_file", "claim_secret_file")}
-    for k, v in list(values.items()):
-        if v == "":
-            values[k] = None
-    values["device"] = device_name(cfg)
-    values["door_max_delay_ms"] = cfg.door.max_delay_ms
-    values["password"] = secret(m.password, m.password_file, CREDENTIAL_MQTT_PASSWORD, "mqtt.password")
-    values["command_secret"] = secret(m.command_secret, m.command_secret_file, CREDENTIAL_COMMAND_SECRET,
-                                      "mqtt.command_secret")
-    values["claim_secret"] = secret(m.claim_secret, m.claim_secret_file, CREDENTIAL_CLAIM_SECRET, "mqtt.claim_secret")
-    return values
-
-
 def open_store(cfg: Config) -> Store:
     from edge.store.crypto import load_key
 
@@ -511,6 +156,7 @@ class Daemon:
         self.health_server: HealthServer | None = None
         self.store: Store | None = None  # type: ignore[assignment]
         self.sink: Any = None
+        self.scorer: Any = None
         try:
             self._build(cfg, sink, liveness, source)
         except BaseException:
@@ -524,23 +170,19 @@ class Daemon:
         self.liveness = liveness if liveness is not None else resolve_liveness(cfg, registry)
         if cfg.profile == "kiosk":
             self.liveness = None  # every kiosk event says not_checked
-        self.head = None
-        if cfg.models.verifier:
-            from edge.verifier import load_head
-
-            self.head = load_head(cfg.models.verifier, registry)
-        self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
-                                     threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
-                                     extra_embedders=self.head.embedders if self.head is not None else ())
         self.store = open_store(cfg)
         for warning in check_access_rules(cfg, self.store):  # errors (a rule that misses by case) raise here
             log.warning("%s", warning)
+        # The one scorer (edge/match): the embedder's cosine, or a verification head over its embedders.
+        self.scorer = make_scorer(registry, cfg.models.embedder, cfg.models.verifier, self.store, cfg.decision.fpir)
+        self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
+                                     threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
+                                     extra_embedders=self.scorer.embedders)
         self.access = AccessPolicy(cfg.access, metadata=self._metadata)
         self.policy = Policy(cfg.decision, self.access, liveness_required=self.liveness is not None)
         live_gate = gate_for(cfg, self.liveness) if self.liveness is not None else None
-        self.engine = Engine(self.pipeline, self.policy, cfg, self.liveness, self.metrics, self.store, live_gate,
-                             head=self.head)
-        self.sink = sink if sink is not None else self._make_sink()
+        self.engine = Engine(self.pipeline, self.scorer, self.policy, cfg, self.metrics, self.liveness, live_gate)
+        self.sink: EventSink = sink if sink is not None else make_sink(cfg, self, clock_synced)
         self.engine.on_forget = self.sink.forget_identity  # a deletion seen in the store also empties the outbox
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
@@ -550,22 +192,14 @@ class Daemon:
         """Release what construction opened, for a daemon that will not run (`run --check`, a failed start)."""
         if self.health_server is not None:
             self.health_server.close()
-        sink_close = getattr(self.sink, "close", None)
-        if sink_close is not None:
-            sink_close()
+        if self.sink is not None:
+            self.sink.close()
+        if self.scorer is not None and self.scorer.gallery is not None:
+            self.scorer.gallery.close()
         if self.store is not None:
             self.store.close()
 
     # -- construction helpers -------------------------------------------------------------------------------------
-    def _make_sink(self) -> Any:
-        if not self.cfg.mqtt.enabled:
-            return LogSink(device_name(self.cfg), self.cfg.mqtt.door)
-        from edge.mqtt.publisher import Publisher
-        from edge.mqtt.settings import MqttSettings
-
-        settings = MqttSettings.from_mapping(mqtt_values(self.cfg))
-        return Publisher(settings, self, clock_synced)
-
     def _metadata(self, name: str) -> dict[str, Any] | None:
         ident = self.store.identity(name)
         return ident.metadata if ident else None
@@ -598,7 +232,7 @@ class Daemon:
         m.set("frames_dropped_total", lambda: float(c.dropped))
         m.set("frames_corrupt_total", lambda: float(c.corrupt))
         m.set("healthy", lambda: float(not self.problems()))
-        m.set("gallery_identities", lambda: float(len(self.engine.matcher)))
+        m.set("gallery_identities", lambda: float(self.engine.identities))
         for kind in DECISIONS:
             m.inc("decisions_total", 0, decision=kind)
 
@@ -631,7 +265,7 @@ class Daemon:
         return {"healthy": not problems, "problems": problems, "profile": self.cfg.profile,
                 "liveness": self.liveness_mode, "fps": round(self.fps(), 2),
                 "mqtt_connected": bool(self.sink.connected), "outbox_depth": self.sink.outbox_depth,
-                "identities": len(self.engine.matcher), "frames": asdict(self.capture.stats)}
+                "identities": self.engine.identities, "frames": asdict(self.capture.stats)}
 
     def _check_store(self) -> None:
         try:
@@ -649,7 +283,7 @@ class Daemon:
                 log.warning("%s", warning)
         except ConfigError as exc:
             log.error("%s", exc)
-        return {"ok": True, "identities": n, "templates": self.engine.matcher.rows}
+        return {"ok": True, "identities": n, "templates": self.engine.gallery.rows}
 
     def enroll(self, name: str, image_jpeg: bytes, live_capture: bool) -> dict[str, Any]:
         from edge.enroll import Enroller
@@ -677,7 +311,7 @@ class Daemon:
                 return {"ok": False, "name": name, "reasons": [str(exc)]}
             command = "mqtt enroll (administrator, from a file: no liveness check)"
             log.info("enrolling from a file sent by an administrator: no liveness check")
-        enroller = Enroller(self.store, self.pipeline, matcher=self.engine.matcher)
+        enroller = Enroller(self.store, self.pipeline, scorer=self.scorer)
         with self.engine.lock:
             judged = enroller.judge(f"mqtt:{name}", image=image)
             enroller.guard(name, [judged])
@@ -709,7 +343,7 @@ class Daemon:
 
     def _state(self, problems: list[str]) -> dict[str, Any]:
         return {"status": "online" if not problems else "degraded", "healthy": not problems, "problems": problems,
-                "profile": self.cfg.profile, "liveness": self.liveness_mode, "identities": len(self.engine.matcher),
+                "profile": self.cfg.profile, "liveness": self.liveness_mode, "identities": self.engine.identities,
                 "door": "locked"}
 
     def run(self) -> int:
@@ -726,9 +360,9 @@ class Daemon:
             self.health_server.start()
         ping_every = watchdog_interval()
         self.notifier.ready(f"profile {self.cfg.profile}, liveness {self.liveness_mode}, "
-                            f"{len(self.engine.matcher)} identities")
+                            f"{self.engine.identities} identities")
         log.info("facegate running: profile %s, liveness %s, source %s, %d identities", self.cfg.profile,
-                 self.liveness_mode, self.capture.source.name, len(self.engine.matcher))
+                 self.liveness_mode, self.capture.source.name, self.engine.identities)
         last_ping = last_state_t = last_store = 0.0
         last_problems: list[str] | None = None
         try:
@@ -784,7 +418,7 @@ class Daemon:
             # responsive within door.max_delay_ms (the event still says granted; the door stays locked).
             self.sink.publish_door("UNLOCK", self.cfg.door.unlock_s, decided_at=time.monotonic())
         latency = (time.monotonic() - d.t_capture) * 1e3
-        event = self.sink.publish_event(d.event(self.engine.scored_by.name, latency))
+        event = self.sink.publish_event(d.event(self.scorer.name, latency))
         self.sink.publish_prompt(PROMPTS[d.decision])
         self.metrics.inc("decisions_total", decision=d.decision)
         self.metrics.histogram("decision_latency_ms").observe(latency)

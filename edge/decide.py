@@ -43,6 +43,7 @@ class Observation:
     threshold: float
     liveness: LivenessResult | None  # None: not checked (kiosk)
     t_capture: float
+    margin: float | None = None  # the best candidate's lead over the runner-up (edge/match Result.margin)
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from edge.errors import FacegateError, ManyFacesError, NoFaceError
-from edge.identify_threshold import threshold_for
 from edge.imageio import image_files, load_bgr
+from edge.match import Scorer, accept
+from edge.match.cosine import CosineScorer
+from edge.match.gallery import StoreGallery
+from edge.match.thresholds import DEFAULT_FPIR
 from edge.pipeline import FacePipeline
 from edge.store.db import Store, TemplateIn
-from edge.store.matcher import Matcher
 from edge.vision.detect import Face, select_face
 from edge.vision.quality import QualityGate, assess
 
@@ -95,19 +97,15 @@ def read_face_crop(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 
 class Enroller:
     def __init__(self, store: Store, pipeline: FacePipeline, gate: QualityGate | None = None,
-                 policy: str = "single", matcher: Matcher | None = None, duplicate_fpir: float = 0.01) -> None:
+                 policy: str = "single", scorer: Scorer | None = None, duplicate_fpir: float = DEFAULT_FPIR) -> None:
         self.store = store
         self.pipeline = pipeline
         self.gate = gate or QualityGate()
         self.policy = policy
-        self.matcher = matcher or Matcher.follow(store, pipeline.embedder.manifest.name)
+        # The guards decide through the one scorer (edge/match): by default the primary embedder's cosine over
+        # this store's gallery.
+        self.scorer = scorer or CosineScorer(pipeline.manifest, StoreGallery(store, (pipeline.manifest.name,)))
         self.duplicate_fpir = duplicate_fpir
-
-    def duplicate_threshold(self) -> float:
-        """A 1:N search, so the 1:N threshold at the current gallery size: the 1:1 threshold would flag about
-        K times more innocent newcomers as duplicates of someone in a K-template gallery."""
-        return threshold_for(self.pipeline.embedder.manifest, max(1, self.matcher.identities),
-                            self.duplicate_fpir)[0]
 
     def judge(self, path: Path | str, image: np.ndarray | None = None) -> Judged:
         """Decode, detect, gate and embed one image; never raises for a bad image, it is refused instead."""
@@ -149,25 +147,22 @@ class Enroller:
 
     def same_person(self, name: str, judged: list[Judged]) -> None:
         """Every photo stored under one name must be that person: a photo added to an existing identity must
-        match its templates at the 1:1 threshold, and the photos of a new identity must match its first one.
-        Otherwise `facegate enroll colin someone-else.jpg` would quietly let someone else in as colin."""
-        m = self.pipeline.embedder.manifest
-        threshold = m.threshold("verify").value
-        rows = [v for _, _, v in self.store.templates(m.name, name)]
+        match it at the 1:1 threshold (Scorer.verify), and the photos of a new identity must match its first
+        one (Scorer.compare). Otherwise `facegate enroll colin someone-else.jpg` would quietly let someone else
+        in as colin."""
         accepted = [j for j in judged if j.accepted]
-        if rows:
-            reference, what = np.stack(rows), f"{name!r}'s enrolled photos"
-        elif len(accepted) > 1:
-            reference, what = accepted[0].embeddings[m.name][None], f"the first photo ({accepted[0].image})"
-            accepted = accepted[1:]
-        else:
+        enrolled = self.store.identity(name) is not None
+        first = None if enrolled or len(accepted) < 2 else accepted.pop(0)
+        if not enrolled and first is None:
             return
         for j in accepted:
-            score = float(np.max(reference @ j.embeddings[m.name]))
-            if score < threshold:
+            r = self.scorer.verify(j.embeddings, name) if enrolled else self.scorer.compare(first.embeddings,
+                                                                                           j.embeddings)
+            if not r.match:
+                what = f"{name!r}'s enrolled photos" if enrolled else f"the first photo ({first.image})"
                 j.accepted = False
-                j.reasons.append(f"{MISMATCH}: it does not look like {what} (score {score:.3f} < 1:1 threshold "
-                                 f"{threshold:.3f}); use --force if it is the same person")
+                j.reasons.append(f"{MISMATCH}: it does not look like {what} (score {r.score:.3f} < 1:1 threshold "
+                                 f"{r.threshold:.3f}); use --force if it is the same person")
 
     def guard(self, name: str, judged: list[Judged], force: bool = False) -> None:
         """The checks between judging photos and storing them: the same photo twice is a no-op (always), and
@@ -178,18 +173,17 @@ class Enroller:
             self.duplicates(name, judged)
 
     def duplicates(self, name: str, judged: list[Judged]) -> None:
-        """Refuse accepted images that match a *different* enrolled identity at the 1:N threshold."""
-        primary = self.pipeline.embedder.manifest.name
-        threshold = self.duplicate_threshold()
+        """Refuse accepted images that a 1:N search (at the 1:N threshold for the current gallery: the 1:1 one
+        would flag about K times more innocent newcomers) recognises as a *different* enrolled identity."""
         for j in judged:
             if not j.accepted:
                 continue
-            for match in self.matcher.search(j.embeddings[primary], k=2)[0]:
-                if match.name != name and match.score >= threshold:
-                    j.accepted = False
-                    j.reasons.append(f"{DUPLICATE}: {match.name!r} (score {match.score:.3f} ≥ {threshold:.3f}); "
-                                     "use --force if this is intended")
-                    break
+            r = self.scorer.identify(j.embeddings, top=2, fpir=self.duplicate_fpir)
+            other = next((c for c in r.candidates if c.name != name and accept(c.score, r.threshold)), None)
+            if other is not None:
+                j.accepted = False
+                j.reasons.append(f"{DUPLICATE}: {other.name!r} (score {other.score:.3f} ≥ {r.threshold:.3f}); "
+                                 "use --force if this is intended")
 
     def enroll(self, name: str, paths: list[Path], force: bool = False, command: str = "enroll",
                display_name: str | None = None) -> list[Judged]:

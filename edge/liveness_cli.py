@@ -22,11 +22,11 @@ def _check(args: argparse.Namespace):
 def cmd_liveness(args: argparse.Namespace) -> int:
     from edge.imageio import load_bgr
     from edge.models.registry import Registry
-    from edge.vision.detect import Detector, select_face
+    from edge.vision.detect import make_detector, select_face
 
     image = load_bgr(args.image)
     check = _check(args)
-    detector = Detector(*Registry().open("yunet", threads=args.threads), min_face_px=args.min_face)
+    detector = make_detector(Registry(), "yunet", threads=args.threads, min_face_px=args.min_face)
     face = select_face(detector.detect(image), image.shape, "largest")  # NoFaceError → exit 2
     a = check.assess(image, face)
     data = {"image": str(args.image), "model": check.name, **a.to_dict(), "face": face.to_dict()}

@@ -71,15 +71,14 @@ def _store(cfg: Config, report: Report) -> None:
 
 
 def _mqtt(cfg: Config) -> None:
-    from edge.daemon import mqtt_values
     from edge.mqtt.publisher import Publisher
-    from edge.mqtt.settings import MqttSettings
+    from edge.mqtt.settings import from_config
 
     if not cfg.mqtt.enabled:
         return
     # Secrets read and measured, TLS files loaded into a context, the outbox folder writable: everything but
     # the connection itself.
-    Publisher(MqttSettings.from_mapping(mqtt_values(cfg))).close()
+    Publisher(from_config(cfg)).close()
 
 
 def _models(cfg: Config, registry: Any) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import embed_paths, pair_scores, read_pairs, threshold_at_far
 from edge.errors import FacegateError
+from edge.eval.lfw import embed_paths, pair_scores, read_pairs, threshold_at_far
 from edge.models.registry import Registry
 from edge.pipeline import FacePipeline
 

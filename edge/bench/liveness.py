@@ -35,7 +35,7 @@ from edge.liveness.motion import PointTracker
 from edge.liveness.temporal import NOTE_KEY, SPOOF_KEY, STATE_KEY, LivenessGate
 from edge.models.registry import Registry
 from edge.vision.align import align
-from edge.vision.detect import Detector, Face, select_face
+from edge.vision.detect import Detector, Face, make_detector, select_face
 from edge.vision.quality import QualityGate, assess
 from edge.vision.track import Tracker
 
@@ -44,7 +44,7 @@ DEFAULT_CHALLENGE = ChallengeConfig()
 
 
 def _detector(registry: Registry, min_face_px: float = 40.0) -> Detector:
-    return Detector(*registry.open("yunet", threads=1), min_face_px=min_face_px)
+    return make_detector(registry, "yunet", threads=1, min_face_px=min_face_px)
 
 
 def score_images(check: PassiveCheck, detector: Detector, paths: Iterable[Path], root: Path) -> list[dict[str, Any]]:
@@ -84,7 +84,7 @@ def run(live_dir: Path, spoof_dir: Path, model: str = "auto", threads: int = 1, 
     registry = registry or Registry()
     check = open_passive(registry, model, threads)
     detector = _detector(registry)
-    from edge.bench.lfw import images_named_by
+    from edge.eval.lfw import images_named_by
 
     names = images_named_by([pairs]) if pairs else None
     live_paths = sample_images(live_dir, limit, names)

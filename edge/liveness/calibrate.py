@@ -49,8 +49,8 @@ def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, 
               limit: int | None = None, command: str = "", write: bool = True,
               progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it) -> dict[str, Any]:
     """Score the live images with the installed fused check and (with `write`) store the new threshold."""
-    from edge.bench.lfw import images_named_by
     from edge.bench.liveness import _detector, score_images
+    from edge.eval.lfw import images_named_by
     from edge.liveness.minifasnet import FUSED_NAME, LIVE_THRESHOLD, open_passive, write_fused
 
     live_dir = Path(live_dir)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelError
+from edge.runtime import RUNTIMES
 
 TASKS = ("detect", "embed", "liveness", "verify_head", "stylize")
-RUNTIMES = ("onnxruntime", "litert")
 LAYOUTS = ("NCHW", "NHWC")
 COLOURS = ("RGB", "BGR")
 
@@ -119,7 +119,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
     if missing:
         raise ModelError(f"missing key(s) {sorted(missing)}")
     _choice(d["task"], TASKS, "task")
-    _choice(d["runtime"], RUNTIMES, "runtime")
+    _choice(d["runtime"], tuple(RUNTIMES), "runtime")
     sha = str(d["sha256"]).lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise ModelError("sha256 must be 64 hex digits")

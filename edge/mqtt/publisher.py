@@ -568,3 +568,10 @@ class Publisher:
             if self._connected:
                 self._client.publish(s.topic("cmd_result"), dumps(result), qos=1)
 
+
+def create(cfg: Any, handlers: CommandHandlers | None = None, clock_synced: Callable[[], bool] | None = None
+           ) -> Publisher:
+    """The MQTT sink (edge/sinks) for a configuration."""
+    from edge.mqtt.settings import from_config
+
+    return Publisher(from_config(cfg), handlers, clock_synced)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.mqtt import MqttError
 from edge.paths import state_dir
+
+if TYPE_CHECKING:
+    from edge.config import Config
 
 # The device name is a topic level, an ACL user name (pattern facegate/%u/#) and part of Home Assistant unique
 # ids: keep it to characters that are safe in all three.
@@ -128,3 +131,29 @@ class MqttSettings:
     def topic(self, *parts: str) -> str:
         """facegate/<device>/<parts...>"""
         return "/".join((self.topic_prefix, self.device, *parts))
+
+
+def from_config(cfg: Config) -> MqttSettings:
+    """The settings of a configuration's [mqtt] section (and door.max_delay_ms), secrets read from their files
+    or systemd credentials."""
+    from edge.config import (
+        CREDENTIAL_CLAIM_SECRET,
+        CREDENTIAL_COMMAND_SECRET,
+        CREDENTIAL_MQTT_PASSWORD,
+        device_name,
+        secret,
+    )
+
+    m = cfg.mqtt
+    values: dict[str, Any] = {k: v for k, v in asdict(m).items()
+                              if k not in ("enabled", "password_file", "command_secret_file", "claim_secret_file")}
+    for k, v in list(values.items()):
+        if v == "":
+            values[k] = None
+    values["device"] = device_name(cfg)
+    values["door_max_delay_ms"] = cfg.door.max_delay_ms
+    values["password"] = secret(m.password, m.password_file, CREDENTIAL_MQTT_PASSWORD, "mqtt.password")
+    values["command_secret"] = secret(m.command_secret, m.command_secret_file, CREDENTIAL_COMMAND_SECRET,
+                                      "mqtt.command_secret")
+    values["claim_secret"] = secret(m.claim_secret, m.claim_secret_file, CREDENTIAL_CLAIM_SECRET, "mqtt.claim_secret")
+    return MqttSettings.from_mapping(values)

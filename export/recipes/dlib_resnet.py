@@ -27,15 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import images_named_by
 from edge.embed import Embedder, l2_normalise, to_input
 from edge.errors import ImageError, NoFaceError
+from edge.eval.lfw import images_named_by
 from edge.imageio import load_bgr
 from edge.models.manifest import AlignmentTemplate
 from edge.models.registry import Registry, sha256_file
 from edge.paths import data_dir
 from edge.vision.align import align, similarity_transform
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import make_detector, select_face
 from export.bundle import ExportError, embedding_parity, list_images
 from export.recipes import EMBED_TARGETS, Built, finish, stage_all, torch_to_onnx, variant_name
 
@@ -138,7 +138,7 @@ class DlibFaces:
         self.dlib = dlib
         self.hog = dlib.get_frontal_face_detector()
         self.shape = dlib.shape_predictor(str(package_model(SHAPE_FILE)))
-        self.detector = Detector(*registry.open("yunet", threads=1))
+        self.detector = make_detector(registry, "yunet", threads=1)
         self.policy = policy
 
     def find(self, image: np.ndarray, rel: str = "") -> FacePair | None:

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge.bench.lfw import images_named_by
 from edge.embed import Embedder, to_input
 from edge.errors import ModelError
+from edge.eval.lfw import images_named_by
 from edge.models.manifest import Manifest
 from edge.models.registry import Registry
 from edge.paths import data_dir

@@ -9,7 +9,7 @@ import pytest
 
 from edge.liveness import motion, simulate
 from edge.models.registry import Registry
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import make_detector, select_face
 
 # Faces and seeds not used while the check's settings were chosen (docs/liveness.md).
 FACES = ["George_W_Bush/George_W_Bush_0007.jpg", "Serena_Williams/Serena_Williams_0001.jpg",
@@ -18,7 +18,7 @@ FACES = ["George_W_Bush/George_W_Bush_0007.jpg", "Serena_Williams/Serena_William
 
 @pytest.fixture(scope="module")
 def faces(data):
-    detector = Detector(*Registry().open("yunet"))
+    detector = make_detector(Registry(), "yunet")
     out = []
     for rel in [*(f"lfw/images/{f}" for f in FACES), "liveness/image_T1.jpg"]:
         image = cv2.imread(str(data / rel))

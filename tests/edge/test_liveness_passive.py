@@ -14,7 +14,7 @@ from edge.errors import ModelError
 from edge.liveness import installed, load
 from edge.liveness.minifasnet import FUSED_NAME, LIVE_THRESHOLD, crop_face, open_passive, write_fused
 from edge.models.registry import Registry
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import Detector, make_detector, select_face
 
 SAMPLES = {"image_T1.jpg": True, "image_F1.jpg": False, "image_F2.jpg": False}  # live, print, screen replay
 
@@ -48,7 +48,7 @@ def registry(models) -> Registry:
 
 @pytest.fixture(scope="module")
 def detector(registry) -> Detector:
-    return Detector(*registry.open("yunet"))
+    return make_detector(registry, "yunet")
 
 
 def _face(detector: Detector, path: Path):

@@ -1,4 +1,4 @@
-"""`facegate bench identify`: open-set 1:N identification on a folder-per-person set.
+"""Open-set 1:N identification on a folder-per-person set (`facegate bench identify`).
 
 Per seed: K identities with at least two images are enrolled from their lowest-numbered image; their other
 images are known probes; every image of every other identity is an unknown probe. Results are pooled over
@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import embed_paths, pair_identities, read_pairs
 from edge.enroll import person_folders
 from edge.errors import FacegateError
-from edge.identify_threshold import threshold_for
+from edge.eval.lfw import embed_paths, pair_identities, read_pairs
+from edge.match import Scorer, accept_all
+from edge.match.factory import make_scorer
+from edge.match.gallery import Gallery
+from edge.match.thresholds import identify_threshold
 from edge.pipeline import FacePipeline
-from edge.store.matcher import Matcher
 
 FPIRS = {"0.01": 0.01, "0.001": 0.001}
 
@@ -43,24 +45,30 @@ def dir_at_fpir(known_scores: np.ndarray, known_correct: np.ndarray, unknown_sco
     s = np.sort(unknown_scores)[::-1]
     allowed = int(np.floor(fpir * len(s)))
     t = float(np.nextafter(s[allowed], np.inf)) if allowed < len(s) else -np.inf
-    return float((known_correct & (known_scores >= t)).mean()), t
+    return float((known_correct & accept_all(known_scores, t)).mean()), t
 
 
 def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: int = 10,
         exclude_pairs: Path | None = None, fpir: float = 0.01, policy: str = "central",
-        verifier: str | Path | None = None) -> dict[str, Any]:
+        verifier: str | Path | None = None, scorer: Scorer | None = None) -> dict[str, Any]:
+    """K identities per seed from their lowest-numbered image; every probe scored by the one Scorer (the
+    embedder's cosine, a head with `verifier`, or the `scorer` given) over an in-memory gallery of the draw."""
     images = Path(images)
     manifest = pipeline.embedder.manifest
     excluded, excluded_from = calibration_identities(manifest, images, exclude_pairs)
-    head = None
-    if verifier is not None:  # a verification head scores pairs instead of the cosine (edge/verifier.py)
-        from edge.verifier import HeadMatcher, head_identities, pipeline_for, resolve_head
+    if scorer is None:
+        scorer = make_scorer(pipeline.registry, manifest.name, str(verifier or ""), fpir=fpir)
+    if verifier is not None:  # a head is never benchmarked on the identities it was trained or calibrated on
+        from edge.verifier import head_identities
 
-        head = resolve_head(verifier, pipeline.registry)
-        head_ids, head_from = head_identities(head, images)  # never benchmark on its training identities
+        head_ids, head_from = head_identities(scorer.head, images)  # type: ignore[attr-defined]
         excluded |= head_ids
         excluded_from = ", ".join(dict.fromkeys([*([excluded_from] if excluded_from else []), *head_from]))
-        pipeline = pipeline_for(head, pipeline)
+    missing = [e for e in scorer.embedders if e not in pipeline.names]
+    if missing:
+        pipeline = FacePipeline(pipeline.registry, detector=pipeline.detector.manifest.name,
+                                embedder=manifest.name, extra_embedders=(*pipeline.names, *missing),
+                                min_face_px=pipeline.detector.min_face_px)
     people = [(n, f) for n, f in person_folders(images) if n not in excluded]
     eligible = [n for n, f in people if len(f) >= 2]
     if len(eligible) < gallery_size:
@@ -68,25 +76,24 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
                             "is too large")
     files = {n: f for n, f in people}
     rels = [f"{n}/{p.name}" for n, fs in people for p in fs]
-    embeddings, no_face = embed_paths(pipeline, images, rels, policy=policy, every=head is not None)
-    dim = manifest.output_dim
-    threshold, details = threshold_for(manifest if head is None else head.manifest, gallery_size, fpir)
+    probes_by_rel, no_face = embed_paths(pipeline, images, rels, policy=policy, every=True)
+    threshold, details = identify_threshold(scorer.manifest, gallery_size, fpir)
 
     known_scores, known_correct, unknown_scores = [], [], []
     known_no_face = unknown_no_face = 0
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         chosen = set(rng.choice(eligible, size=gallery_size, replace=False).tolist())
-        matcher = Matcher(embedder=manifest.name, dim=dim) if head is None else HeadMatcher(head)
-        for n in chosen:
+        gallery = Gallery(scorer.embedders)
+        for n in sorted(chosen):
             enrol = f"{n}/{files[n][0].name}"  # lowest-numbered image (files are sorted)
-            if enrol in embeddings:
-                matcher.add(n, embeddings[enrol])
-        probes, truth = [], []
+            if enrol in probes_by_rel:
+                gallery.add(n, probes_by_rel[enrol])
+        drawn = scorer.over(gallery)
         for n, fs in people:
             for p in (fs[1:] if n in chosen else fs):
                 rel = f"{n}/{p.name}"
-                if rel not in embeddings:
+                if rel not in probes_by_rel:
                     if n in chosen:
                         known_no_face += 1
                         known_scores.append(-np.inf)
@@ -95,20 +102,18 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
                         unknown_no_face += 1
                         unknown_scores.append(-np.inf)
                     continue
-                probes.append(embeddings[rel])
-                truth.append(n if n in chosen else None)
-        results = matcher.search(np.stack(probes) if head is None else probes, k=1)
-        for t, res in zip(truth, results, strict=True):
-            score = res[0].score if res else -np.inf
-            if t is None:
-                unknown_scores.append(score)
-            else:
-                known_scores.append(score)
-                known_correct.append(bool(res) and res[0].name == t)
+                found = drawn.search(probes_by_rel[rel], 1)
+                score = found[0].score if found else -np.inf
+                if n in chosen:
+                    known_scores.append(score)
+                    known_correct.append(bool(found) and found[0].name == n)
+                else:
+                    unknown_scores.append(score)
     ks, kc, us = np.array(known_scores), np.array(known_correct), np.array(unknown_scores)
     dirs = {key: dir_at_fpir(ks, kc, us, f) for key, f in FPIRS.items()}
+    head = getattr(scorer, "head", None)
     return {
-        "model": manifest.name if head is None else f"{head.name} ({'+'.join(head.embedders)} head)",
+        "model": scorer.name if head is None else f"{head.name} ({'+'.join(head.embedders)} head)",
         "gallery_size": gallery_size,
         "seeds": seeds,
         "probes": len(ks),
@@ -119,8 +124,8 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
         "threshold_at_fpir": {k: round(v[1], 4) for k, v in dirs.items()},
         "operating_threshold": round(threshold, 4),
         "operating_fpir_target": fpir,
-        "fnir": round(float(1.0 - (kc & (ks >= threshold)).mean()), 4),
-        "fpir": round(float((us >= threshold).mean()), 4),
+        "fnir": round(float(1.0 - (kc & accept_all(ks, threshold)).mean()), 4),
+        "fpir": round(float(accept_all(us, threshold).mean()), 4),
         "threshold_extrapolated": details["extrapolated"],
         "identities": len(people),
         "eligible_identities": len(eligible),

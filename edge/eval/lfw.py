@@ -75,11 +75,13 @@ def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", 
                 every: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Embed each image once; returns (embeddings by relative path, paths with no usable face).
 
-    With `every`, each value is {embedder: vector} for every embedder the pipeline carries (the face is
-    detected once, each embedder aligns it with its own template); otherwise the primary embedder's vector.
+    With `every`, each value is a probe, {embedder: vector} for every embedder the pipeline carries (the face
+    is detected once, each embedder aligns it with its own template; what a Scorer takes); otherwise the
+    primary embedder's vector.
     """
     embeddings: dict[str, Any] = {}
     no_face: list[str] = []
+    primary = pipeline.embedder.manifest.name
     for rel in tqdm(rels, desc=desc, unit="img", file=sys.stderr, disable=None):
         try:
             image = load_bgr(Path(root) / rel)
@@ -87,7 +89,8 @@ def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", 
         except (NoFaceError, ImageError):
             no_face.append(rel)
             continue
-        embeddings[rel] = pipeline.embed_all(image, face) if every else pipeline.embed_faces(image, [face])[0]
+        probe = pipeline.embed(image, [face], None if every else [primary])[0]
+        embeddings[rel] = probe if every else probe[primary]
     return embeddings, no_face
 
 

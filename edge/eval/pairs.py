@@ -1,4 +1,5 @@
-"""`facegate bench pairs`: verification accuracy under the LFW View-2 protocol, on the device code path."""
+"""Verification accuracy under the LFW protocol (`facegate bench pairs`), on the device code path: every pair
+scored by the one Scorer (edge/match)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,27 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import cross_validate, embed_paths, pair_scores, read_pairs, tar_at_far
 from edge.errors import FacegateError
+from edge.eval.lfw import cross_validate, embed_paths, read_pairs, tar_at_far
+from edge.match import Scorer
+from edge.match.factory import make_scorer
 from edge.pipeline import FacePipeline
 
 FARS = {"1e-2": 1e-2, "1e-3": 1e-3}
 
 
+def scorer_pair_scores(scorer: Scorer, pairs: list, probes: dict[str, Any]) -> np.ndarray:
+    """The scorer's score per pair; NaN where either image had no face (such a pair is scored as wrong)."""
+    out = np.full(len(pairs), np.nan)
+    for k, p in enumerate(pairs):
+        a, b = probes.get(p.a), probes.get(p.b)
+        if a is not None and b is not None:
+            out[k] = scorer.pair(a, b)
+    return out
+
+
 def run(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: str = "central",
-        plot: Path | None = None) -> dict[str, Any]:
+        plot: Path | None = None, scorer: Scorer | None = None) -> dict[str, Any]:
     if not Path(images).is_dir():
         raise FacegateError(f"{images}: not a directory")
     pairs = read_pairs(pairs_file)
@@ -24,15 +37,16 @@ def run(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: str = "c
     if missing:
         raise FacegateError(f"{len(missing)} image(s) named by {pairs_file} are missing under {images}, "
                             f"e.g. {missing[0]}")
-    embeddings, no_face = embed_paths(pipeline, Path(images), rels, policy=policy)
-    scores = pair_scores(pairs, embeddings)
+    scorer = scorer or make_scorer(pipeline.registry, pipeline.manifest.name)
+    probes, no_face = embed_paths(pipeline, Path(images), rels, policy=policy, every=True)
+    scores = scorer_pair_scores(scorer, pairs, probes)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     accs, thresholds = cross_validate(scores, same, folds)
     tar = {key: tar_at_far(scores, same, far) for key, far in FARS.items()}
     t = pipeline.timings
     result: dict[str, Any] = {
-        "model": pipeline.manifest.name,
+        "model": scorer.name,
         "pairs": len(pairs),
         "folds": len(accs),
         "accuracy": round(float(np.mean(accs)), 10),  # float summation noise off, not information
@@ -52,7 +66,7 @@ def run(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: str = "c
         "ms": {"detect": _median(t.detect), "align": _median(t.align), "embed": _median(t.embed)},
     }
     if plot:
-        roc_plot(scores, same, plot, title=f"{pipeline.manifest.name} on {Path(pairs_file).name}")
+        roc_plot(scores, same, plot, title=f"{scorer.name} on {Path(pairs_file).name}")
         result["plot"] = str(plot)
     return result
 

@@ -1,0 +1,80 @@
+"""Where the daemon's decisions go: the EventSink protocol and the table of sinks.
+
+A sink takes events (with their id and sequence number), the retained state, prompts for a display, door
+commands and face presence, and brings claims back. `[events] sink` picks one: "auto" (MQTT when
+`mqtt.enabled`, else the log), a name from SINKS, or "package.module:factory". Adding a sink is one module with
+`create(cfg, handlers, clock_synced) -> EventSink` plus that configuration entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from edge.config import ConfigError
+
+if TYPE_CHECKING:
+    from edge.config import Config
+
+SINKS: dict[str, str] = {
+    "mqtt": "edge.mqtt.publisher:create",
+    "log": "edge.sinks.log:create",
+}
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    connected: bool
+    outbox_depth: int
+    dropped: int
+    reconnects: int
+
+    def start(self) -> None: ...
+
+    def stop(self, flush_timeout: float = 5.0) -> None: ...
+
+    def close(self) -> None:
+        """Release what construction opened, for a sink that never started."""
+        ...
+
+    def publish_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Commit the event (adding event_id, seq, ts, device, door) and return it as sent."""
+        ...
+
+    def publish_state(self, state: dict[str, Any]) -> None: ...
+
+    def publish_prompt(self, text: str) -> None: ...
+
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
+        """Send a door command now or drop it (never late); True when sent."""
+        ...
+
+    def publish_face_present(self, present: bool) -> None: ...
+
+    def on_claim(self, callback: Callable[[str], None]) -> None: ...
+
+    def on_connected(self, callback: Callable[[int], None]) -> None: ...
+
+    def forget_identity(self, name: str) -> None:
+        """Erase a deleted identity from everything still waiting to be sent."""
+        ...
+
+
+def make_sink(cfg: Config, handlers: Any = None, clock_synced: Callable[[], bool] | None = None) -> EventSink:
+    spec = cfg.events.sink
+    if spec == "auto":
+        spec = "mqtt" if cfg.mqtt.enabled else "log"
+    target = SINKS.get(spec, spec)
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        known = ", ".join(["auto", *SINKS])
+        raise ConfigError(f"events.sink: {spec!r} is not one of {known} or 'package.module:factory'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"events.sink: cannot import {target!r} ({exc})") from None
+    sink = factory(cfg, handlers, clock_synced)
+    if not isinstance(sink, EventSink):
+        raise ConfigError(f"events.sink: {target!r} did not return an EventSink (edge/sinks/__init__.py)")
+    return sink
