@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
+from edge.mqtt.settings import MqttSettings
 from edge.vision.quality import QualityGate
 
 PROFILES = ("door", "kiosk")
@@ -132,42 +133,6 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    enabled: bool = True  # false: events go to the log only
-    host: str = "127.0.0.1"
-    port: int = 1883
-    device: str = ""  # the topic level facegate/<device>/…; default: the host name
-    door: str = "front"  # the door's name in events and door commands
-    username: str = ""
-    password: str = ""  # better: password_file, or the credential facegate.mqtt-password
-    password_file: str = ""
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_insecure: bool = False  # skip the broker host name check (the chain is still verified)
-    client_id: str = ""  # default: facegate-<device>
-    keepalive: int = 30
-    topic_prefix: str = "facegate"
-    discovery_prefix: str = "homeassistant"
-    discovery: bool = True
-    outbox_path: str = ""  # default: <state dir>/outbox.db
-    outbox_limit: int = 10000
-    command_secret: str = ""  # better: command_secret_file, or the credential facegate.command-secret
-    command_secret_file: str = ""
-    command_state_path: str = ""  # replay counters of signed commands; default: <state dir>/mqtt-command-counters.json
-    # Badge claims on <prefix>/<device>/claim narrow a decision to one identity (never lowering its threshold):
-    # "signed" (the command envelope, MAC'd with the claim secret), "unsigned" (a bare name; kiosk profile
-    # only) or "off".
-    claims: str = "signed"
-    claim_secret: str = ""  # better: claim_secret_file, or the credential facegate.claim-secret
-    claim_secret_file: str = ""
-    claim_state_path: str = ""  # replay counters of signed claims; default: <state dir>/mqtt-claim-counters.json
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    protocol: str = "5"  # "5": door commands also carry an MQTT 5 message expiry; "3.1.1" for older brokers
-
-
-@dataclass(frozen=True)
 class EventsConfig:
     # Where decisions go (edge/sinks): "auto" (MQTT when mqtt.enabled, else the log), "mqtt", "log", or a
     # "package.module:factory" returning an EventSink.
@@ -197,7 +162,7 @@ class Config:
     door: DoorConfig = field(default_factory=DoorConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)  # the one [mqtt] section (edge/mqtt/settings.py)
     events: EventsConfig = field(default_factory=EventsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -214,8 +179,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "decision.tailgating": ("deny", "allow"),
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),
-    "mqtt.claims": ("signed", "unsigned", "off"),
-    "mqtt.protocol": ("5", "3.1.1"),
     "log.level": ("debug", "info", "warning", "error"),
 }
 # (minimum, maximum) per numeric key; None = unbounded on that side.
@@ -227,9 +190,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
     "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
-    "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.port": (1, 65535),
-    "mqtt.keepalive": (5, 3600),
-    "mqtt.outbox_limit": (1, None), "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
+    "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.keepalive": (5, 3600),
+    "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
@@ -304,7 +266,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             if (lo is not None and values[key] < lo) or (hi is not None and values[key] > hi):
                 span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
                 raise ConfigError(f"{dotted}: {values[key]!r} out of range (must be {span})")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except FacegateError as exc:  # a section that validates itself (MqttSettings) names its keys
+        raise ConfigError(str(exc)) from None
 
 
 def _check(cfg: Config) -> None:
@@ -314,18 +279,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"decision.k: {d.k} is larger than decision.n ({d.n}); k of the last n must be possible")
     if d.max_frames < d.n:
         raise ConfigError(f"decision.max_frames: {d.max_frames} is smaller than decision.n ({d.n})")
-    for section in ("camera", "mqtt"):
-        s = getattr(cfg, section)
-        if s.reconnect_max_s < s.reconnect_min_s:
-            raise ConfigError(f"{section}.reconnect_max_s: smaller than {section}.reconnect_min_s")
-    for key in ("password", "command_secret", "claim_secret"):
-        if getattr(cfg.mqtt, key) and getattr(cfg.mqtt, key + "_file"):
-            raise ConfigError(f"mqtt.{key}: give either {key} or {key}_file, not both")
+    if cfg.camera.reconnect_max_s < cfg.camera.reconnect_min_s:
+        raise ConfigError("camera.reconnect_max_s: smaller than camera.reconnect_min_s")
     if cfg.profile == "door" and cfg.mqtt.claims == "unsigned":
         raise ConfigError("mqtt.claims: the door profile accepts only signed claims (\"signed\" or \"off\"); "
                           "anyone who can publish on the claim topic could otherwise steer decisions")
-    if cfg.mqtt.tls_cert and not cfg.mqtt.tls_key:
-        raise ConfigError("mqtt.tls_key: needed with mqtt.tls_cert")
     for name, windows in cfg.access.windows.items():
         for i, w in enumerate(windows):
             try:

@@ -71,14 +71,13 @@ def _store(cfg: Config, report: Report) -> None:
 
 
 def _mqtt(cfg: Config) -> None:
-    from edge.mqtt.publisher import Publisher
-    from edge.mqtt.settings import from_config
+    from edge.mqtt.publisher import create
 
     if not cfg.mqtt.enabled:
         return
     # Secrets read and measured, TLS files loaded into a context, the outbox folder writable: everything but
     # the connection itself.
-    Publisher(from_config(cfg)).close()
+    create(cfg).close()
 
 
 def _models(cfg: Config, registry: Any) -> None:

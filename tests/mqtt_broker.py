@@ -351,7 +351,7 @@ def settings_for(broker: Broker, tmp: Path, **overrides: Any) -> Any:
     """MqttSettings for `broker`'s plain port with files under `tmp` and quick reconnects."""
     from edge.mqtt.settings import MqttSettings
 
-    values: dict[str, Any] = {"host": HOST, "port": broker.port, "outbox_path": tmp / "outbox.db",
+    values: dict[str, Any] = {"host": HOST, "port": broker.port, "device": "door1", "outbox_path": tmp / "outbox.db",
                               "command_state_path": tmp / "counters.json",
                               "claim_state_path": tmp / "claim-counters.json", "reconnect_min_s": 0.1,
                               "reconnect_max_s": 0.5}

@@ -108,15 +108,19 @@ def _connect_hint(exc: BaseException | None, tls: bool) -> str:
 
 class Publisher:
     def __init__(self, settings: MqttSettings, handlers: CommandHandlers | None = None,
-                 clock_synced: Callable[[], bool] | None = None) -> None:
+                 clock_synced: Callable[[], bool] | None = None, door_max_delay_ms: float = 1000.0) -> None:
+        settings = settings if settings.device else settings.resolved()
         self.settings = settings
+        if not (math.isfinite(door_max_delay_ms) and door_max_delay_ms > 0):
+            raise MqttError(f"door.max_delay_ms: {door_max_delay_ms!r} must be a positive number")
+        self.door_max_delay_ms = door_max_delay_ms
         self._clock_synced = clock_synced
         self._where = f"{settings.host}:{settings.port}{' (TLS)' if settings.tls else ''}"
         self._client = self._make_client()  # first: unreadable TLS files fail before anything is opened
         self._outbox = Outbox(settings.effective_outbox_path, settings.device, settings.outbox_limit)
-        self._commands = CommandProcessor(settings.device, settings.command_secret,
+        self._commands = CommandProcessor(settings.device, settings.secret_bytes("command_secret"),
                                           settings.effective_command_state_path, handlers, self.forget_identity)
-        self._claims = ClaimVerifier(settings.claims, settings.device, settings.claim_secret,
+        self._claims = ClaimVerifier(settings.claims, settings.device, settings.secret_bytes("claim_secret"),
                                      settings.effective_claim_state_path)
         self._claim_callbacks: list[Callable[[str], None]] = []
         self._connected_callbacks: list[Callable[[int], None]] = []
@@ -156,13 +160,13 @@ class Publisher:
         else:
             client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
                                  clean_session=True, protocol=mqtt.MQTTv311)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls_ca is not None:
+        if s.username:
+            client.username_pw_set(s.username, s.password or None)
+        if s.tls_ca:
             try:
                 context = ssl.create_default_context(cafile=str(s.tls_ca))  # verifies chain and host name
                 context.minimum_version = ssl.TLSVersion.TLSv1_2
-                if s.tls_cert is not None and s.tls_key is not None:
+                if s.tls_cert and s.tls_key:
                     context.load_cert_chain(str(s.tls_cert), str(s.tls_key))
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise MqttError(f"mqtt TLS files (tls_ca {s.tls_ca}, tls_cert {s.tls_cert}, tls_key {s.tls_key}) "
@@ -316,14 +320,14 @@ class Publisher:
             raise ValueError(f"door command {command!r} is not one of {', '.join(DOOR_COMMANDS)}")
         if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"door duration_s must be a positive number of seconds, got {duration_s!r}")
-        budget = self.settings.door_max_delay_ms / 1e3
+        budget = self.door_max_delay_ms / 1e3
         deadline = (time.monotonic() if decided_at is None else decided_at) + budget
         if not self._connected:
             return self._drop_door(command, "not connected")
         with self._door_lock:  # one probe round trip at a time; commands leave in the order they were decided
             if not self._broker_responsive(deadline):
                 return self._drop_door(command, f"the broker did not acknowledge a probe within "
-                                                f"{self.settings.door_max_delay_ms:g} ms")
+                                                f"{self.door_max_delay_ms:g} ms")
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._connected:
                 return self._drop_door(command, "too late")
@@ -571,7 +575,6 @@ class Publisher:
 
 def create(cfg: Any, handlers: CommandHandlers | None = None, clock_synced: Callable[[], bool] | None = None
            ) -> Publisher:
-    """The MQTT sink (edge/sinks) for a configuration."""
-    from edge.mqtt.settings import from_config
-
-    return Publisher(from_config(cfg), handlers, clock_synced)
+    """The MQTT sink (edge/sinks) for a configuration: its [mqtt] section with secrets read, and the door's
+    command budget."""
+    return Publisher(cfg.mqtt.resolved(), handlers, clock_synced, door_max_delay_ms=cfg.door.max_delay_ms)

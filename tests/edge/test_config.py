@@ -121,15 +121,14 @@ def test_access_windows_and_metadata():
 
 
 def test_secrets_from_systemd_credentials(monkeypatch, tmp_path):
-    from edge.mqtt.settings import from_config
 
     (tmp_path / config.CREDENTIAL_MQTT_PASSWORD).write_text("s3cret\n")
     (tmp_path / config.CREDENTIAL_COMMAND_SECRET).write_text("0123456789abcdef0123\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    values = from_config(parse({"mqtt": {"username": "door", "device": "door1"}}))
-    assert values.password == "s3cret" and values.command_secret == b"0123456789abcdef0123"
-    assert values.tls_ca is None and values.device == "door1"
+    values = parse({"mqtt": {"username": "door", "device": "door1"}}).mqtt.resolved()
+    assert values.password == "s3cret" and values.command_secret == "0123456789abcdef0123"
+    assert values.tls_ca == "" and values.device == "door1"
     # A file named in the config wins over the credential.
     (tmp_path / "pw").write_text("from-file")
     cfg = parse({"mqtt": {"username": "u", "password_file": str(tmp_path / "pw")}})
-    assert from_config(cfg).password == "from-file"
+    assert cfg.mqtt.resolved().password == "from-file"

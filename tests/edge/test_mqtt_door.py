@@ -29,8 +29,8 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
 
 
-def _publisher(broker: Broker, tmp_path: Path, **kw: Any) -> Publisher:
-    pub = Publisher(settings_for(broker, tmp_path, discovery=False, **kw))
+def _publisher(broker: Broker, tmp_path: Path, door_max_delay_ms: float = 1000.0, **kw: Any) -> Publisher:
+    pub = Publisher(settings_for(broker, tmp_path, discovery=False, **kw), door_max_delay_ms=door_max_delay_ms)
     pub.start()
     assert pub.wait_connected(5)
     return pub

@@ -170,7 +170,7 @@ import sys, time
 from pathlib import Path
 from edge.mqtt.publisher import Publisher
 from edge.mqtt.settings import MqttSettings
-pub = Publisher(MqttSettings(port=int(sys.argv[1]), outbox_path=Path(sys.argv[2]), keepalive=5))
+pub = Publisher(MqttSettings(port=int(sys.argv[1]), device="door1", outbox_path=Path(sys.argv[2]), keepalive=5))
 pub.start()
 print("connected" if pub.wait_connected(10) else "not connected", flush=True)
 time.sleep(120)
