@@ -47,7 +47,7 @@ from edge.decide import DECISIONS, AccessPolicy, Decision, Observation, Policy
 from edge.errors import FacegateError
 from edge.health import HealthServer, Metrics
 from edge.identify_threshold import threshold_for
-from edge.liveness import INSTALL_HINT, LivenessCheck, installed, load
+from edge.liveness import INSTALL_HINT, LivenessCheck, installed, resolve
 from edge.liveness.temporal import LivenessGate, gate_for
 from edge.models.registry import Registry
 from edge.paths import state_dir
@@ -363,13 +363,10 @@ def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
     if cfg.liveness_mode == "none":
         return None
     spec = cfg.liveness.model
-    if spec == "auto":
-        found = installed(registry)
-        if not found:
-            raise ConfigError("profile \"door\" requires liveness, but no liveness model is installed: "
-                              + INSTALL_HINT.format(model_dir=registry.model_dir))
-        spec = found[0]
-    return load(spec, registry, cfg.liveness.threads)
+    if spec == "auto" and not installed(registry):
+        raise ConfigError("profile \"door\" requires liveness, but no liveness model is installed: "
+                          + INSTALL_HINT.format(model_dir=registry.model_dir))
+    return resolve(registry, spec, cfg.liveness.threads)  # the same check `facegate liveness` runs
 
 
 class Daemon:
