@@ -56,8 +56,8 @@ def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, 
     live_dir = Path(live_dir)
     exclude = [Path(p) for p in exclude]
     if FUSED_NAME not in registry.names() and write_fused(registry.model_dir) is None:
-        raise FacegateError("calibrate-liveness needs both MiniFASNet members installed (`facegate models install "
-                            "minifasnet-v2` and `minifasnet-v1se`)")
+        raise FacegateError("calibrate-liveness needs both MiniFASNet nets installed: `facegate models install "
+                            "minifasnet`")
     registry = Registry(registry.model_dir)  # re-read: the fused bundle may have just been written
     check = open_passive(registry, FUSED_NAME)
     skip = images_named_by(exclude)

@@ -58,7 +58,7 @@ _SILENT_FACE = ("https://raw.githubusercontent.com/minivision-ai/Silent-Face-Ant
                 "b6d5f04ad78778917853b25c778acef6d5626d15/resources/anti_spoof_models/")
 # TensorFlow Lite's style-transfer example models (Apache-2.0), as the TensorFlow Lite style-transfer overview
 # page linked them. The pins are the sha256 of the copies in ../shared/models/magenta (fetched from these URLs
-# by terryky/tflite_gles_app); see docs/stylize.md.
+# by terryky/tflite_gles_app; not re-downloaded here, so unverified against the URLs); see docs/models.md.
 _TFLITE_STYLE = "https://storage.googleapis.com/download.tensorflow.org/models/tflite/arbitrary_style_transfer/"
 _MINIFASNET = "edge.liveness.minifasnet_graph:install_from_weights"
 _MAGENTA = "edge.magenta:install_from_file"
