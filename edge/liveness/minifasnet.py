@@ -29,6 +29,7 @@ naming it, never a reason to run the other net alone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -326,6 +327,9 @@ def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # only when empty: another install may be assembling beside us
     return folder
 
 

@@ -178,6 +178,8 @@ def _tensor(t: _TensorRef, storages: dict[str, np.ndarray], origin: str) -> np.n
         _, start, n = t.storage.view
         data = data[start:start + n]
     count = int(np.prod(t.size, dtype=np.int64))
+    if count > len(data):  # a state dict's tensors are dense: more elements than storage means stride 0 tricks
+        raise ModelError(f"{origin}: a tensor of size {t.size} has more elements than its storage ({len(data)})")
     if count:
         last = t.offset + sum((s - 1) * st for s, st in zip(t.size, t.stride, strict=True))
         if last >= len(data):
@@ -220,6 +222,14 @@ def _load_zip(path: Path, origin: str) -> Any:
 
 
 def _load_legacy(path: Path, origin: str) -> Any:
+    try:
+        return _read_legacy(path, origin)
+    except OSError as exc:
+        raise ModelError(f"{origin}: cannot read the file ({exc})") from None
+
+
+def _read_legacy(path: Path, origin: str) -> Any:
+    size = path.stat().st_size
     with open(path, "rb") as f:
         magic, _ = _load_pickle(f, origin)
         if magic != LEGACY_MAGIC:
@@ -243,6 +253,8 @@ def _load_legacy(path: Path, origin: str) -> Any:
             (numel,) = struct.unpack("<q", head)
             if numel != ref.numel:
                 raise ModelError(f"{origin}: storage {key} has {numel} elements, the pickle says {ref.numel}")
+            if numel * ref.kind.dtype.itemsize > size - f.tell():
+                raise ModelError(f"{origin}: file ends inside storage {key}")
             storages[key] = _from_bytes(f.read(numel * ref.kind.dtype.itemsize), ref, False, origin)
     return _materialise(obj, storages, origin)
 

@@ -69,7 +69,8 @@ def test_other_globals_are_refused_too(tmp_path):
 
 def test_tensors_must_lie_inside_their_storage(tmp_path):
     """A crafted size/stride reaching past the storage would read foreign memory: refused."""
-    # By hand, protocol 2: _rebuild_tensor_v2(<storage "0": 4 floats>, offset 0, size (10,), stride (1,), False).
+    # By hand, protocol 2: _rebuild_tensor_v2(<storage "0": 4 floats>, offset 0, size (10,), stride (1,), False);
+    # variants below by byte replacement.
     main = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n("
             b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04NtQ"
             b"K\x00K\n\x85K\x01\x85\x89tR.")
@@ -78,7 +79,20 @@ def test_tensors_must_lie_inside_their_storage(tmp_path):
             + np.int64(4).tobytes() + np.arange(4, dtype="<f4").tobytes())
     path = tmp_path / "oob.pth"
     path.write_bytes(data)
+    with pytest.raises(ModelError, match="more elements than its storage"):
+        load(path)
+    path.write_bytes(data.replace(b"K\x00K\n\x85", b"K\x02K\x04\x85"))  # 4 elements from offset 2
     with pytest.raises(ModelError, match="reaches past its storage"):
+        load(path)
+    # A billion elements at stride 0 (a memory bomb on copy) is refused too.
+    path.write_bytes(data.replace(b"K\x00K\n\x85K\x01\x85", b"K\x00J\x00\xca\x9a;\x85K\x00\x85"))
+    with pytest.raises(ModelError, match="more elements than its storage"):
+        load(path)
+    # A storage claiming more bytes than the file holds is refused before it is read.
+    claim = np.int64(10**9).tobytes()
+    path.write_bytes(data.replace(b"K\x04NtQ", b"J\x00\xca\x9a;NtQ").replace(np.int64(4).tobytes() + b"\x00" * 4,
+                                                                            claim + b"\x00" * 4))
+    with pytest.raises(ModelError, match="file ends inside storage"):
         load(path)
     # The same tensor with size (4,) is read.
     path.write_bytes(data.replace(b"K\x00K\n\x85", b"K\x00K\x04\x85"))
