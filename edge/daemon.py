@@ -35,7 +35,7 @@ from edge.decide import DECISIONS, AccessPolicy, Decision, Policy
 from edge.engine import Engine
 from edge.errors import FacegateError
 from edge.health import HealthServer, Metrics
-from edge.liveness import INSTALL_HINT, LivenessCheck, installed, load
+from edge.liveness import INSTALL_HINT, LivenessCheck, installed, resolve
 from edge.liveness.temporal import gate_for
 from edge.match.factory import make_scorer
 from edge.models.registry import Registry
@@ -86,13 +86,10 @@ def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
     if cfg.liveness_mode == "none":
         return None
     spec = cfg.liveness.model
-    if spec == "auto":
-        found = installed(registry)
-        if not found:
-            raise ConfigError("profile \"door\" requires liveness, but no liveness model is installed: "
-                              + INSTALL_HINT.format(model_dir=registry.model_dir))
-        spec = found[0]
-    return load(spec, registry, cfg.liveness.threads)
+    if spec == "auto" and not installed(registry):
+        raise ConfigError("profile \"door\" requires liveness, but no liveness model is installed: "
+                          + INSTALL_HINT.format(model_dir=registry.model_dir))
+    return resolve(registry, spec, cfg.liveness.threads)  # the same check `facegate liveness` runs
 
 
 def bind_health(cfg: Config, metrics: Metrics, health: Callable[[], dict[str, Any]]) -> HealthServer | None:

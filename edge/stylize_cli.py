@@ -37,8 +37,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="which of the style's bundles to run (default: onnxruntime)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the bundle's, or 64)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--magenta-dir", type=Path, help="folder of the Magenta .tflite files "
-                   "(default: $FACEGATE_MAGENTA_DIR or <state dir>/models/magenta)")
+    p.add_argument("--magenta-dir", type=Path, help="folder of the Magenta .tflite files under their upstream "
+                   "names (default: $FACEGATE_MAGENTA_DIR, else the bundles `facegate models install magenta` "
+                   "installs)")
     p.add_argument("--magenta-variant", choices=("f16", "quantized"), default="f16")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stylize)

@@ -49,15 +49,15 @@ def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, 
               limit: int | None = None, command: str = "", write: bool = True,
               progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it) -> dict[str, Any]:
     """Score the live images with the installed fused check and (with `write`) store the new threshold."""
-    from edge.bench.liveness import _detector, score_images
     from edge.eval.lfw import images_named_by
+    from edge.eval.liveness import _detector, score_images
     from edge.liveness.minifasnet import FUSED_NAME, LIVE_THRESHOLD, open_passive, write_fused
 
     live_dir = Path(live_dir)
     exclude = [Path(p) for p in exclude]
     if FUSED_NAME not in registry.names() and write_fused(registry.model_dir) is None:
-        raise FacegateError("calibrate-liveness needs both MiniFASNet members installed (`facegate models install "
-                            "minifasnet-v2` and `minifasnet-v1se`)")
+        raise FacegateError("calibrate-liveness needs both MiniFASNet nets installed: `facegate models install "
+                            "minifasnet`")
     registry = Registry(registry.model_dir)  # re-read: the fused bundle may have just been written
     check = open_passive(registry, FUSED_NAME)
     skip = images_named_by(exclude)

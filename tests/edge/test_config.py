@@ -87,7 +87,7 @@ def test_door_profile_without_a_liveness_model_refuses_to_start(tmp_path, capsys
     path.write_text(f'profile = "door"\n[store]\npath = "{tmp_path / "s.db"}"\n[mqtt]\nenabled = false\n')
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "requires liveness" in err and "facegate models install minifasnet-v2" in err and "kiosk" in err
+    assert "requires liveness" in err and "facegate models install minifasnet`" in err and "kiosk" in err
 
 
 def test_time_windows():
