@@ -74,7 +74,13 @@ def make_sink(cfg: Config, handlers: Any = None, clock_synced: Callable[[], bool
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"events.sink: cannot import {target!r} ({exc})") from None
-    sink = factory(cfg, handlers, clock_synced)
+    if not callable(factory):
+        raise ConfigError(f"events.sink: {target!r} is not callable")
+    try:
+        sink = factory(cfg, handlers, clock_synced)
+    except TypeError as exc:  # not a factory of this signature (a json.dumps, say)
+        raise ConfigError(f"events.sink: {target!r} is not a sink factory f(cfg, handlers, clock_synced) ({exc})") \
+            from None
     if not isinstance(sink, EventSink):
         raise ConfigError(f"events.sink: {target!r} did not return an EventSink (edge/sinks/__init__.py)")
     return sink
