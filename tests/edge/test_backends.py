@@ -58,7 +58,7 @@ def test_a_detector_is_a_module_plus_a_manifest(tmp_path: Path, lfw: Path) -> No
     _install_detector(tmp_path / "models")
     pipe = FacePipeline(Registry(tmp_path / "models"), detector="centre")
     assert isinstance(pipe.detector, CentreDetector)
-    face, probe = pipe.probe(load_bgr(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg"))
+    _, probe = pipe.probe(load_bgr(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg"))
     assert pipe.detector.calls == 1 and probe["sface"].shape == (128,)
 
 
@@ -133,5 +133,5 @@ def test_a_sink_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
     from edge.sinks import make_sink
 
     for spec in ("nope", "json:dumps", "tests.edge.test_backends:missing"):
-        with pytest.raises(ConfigError, match="events.sink"):
+        with pytest.raises(ConfigError, match=r"events\.sink"):
             make_sink(parse({"events": {"sink": spec}}))
