@@ -21,7 +21,7 @@ def cmd_dlib_resnet(args: argparse.Namespace) -> int:
                                  calibrate=not args.no_calibrate, calibrate_pairs=args.calibrate_pairs,
                                  far=args.far, fpir=args.fpir)
     if args.no_calibrate:
-        print("thresholds not calibrated (--no-calibrate): run `facegate export calibrate` before using the bundle")
+        print("thresholds not calibrated (--no-calibrate): run `facegate calibrate embedder` before using the bundle")
     return report(args, results)
 
 

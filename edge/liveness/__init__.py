@@ -3,7 +3,7 @@
 A liveness model is a registry manifest with task "liveness" (a bundle in `<model dir>/<name>/`, e.g. from
 `facegate models install minifasnet`). `resolve` is the one place a configuration ("auto" or a name) becomes
 a check: the daemon (edge/daemon.py resolve_liveness), `facegate liveness`, the benchmarks and
-calibrate-liveness all call it, so they all run the same nets at the same thresholds.
+`calibrate liveness` all call it, so they all run the same nets at the same thresholds.
 
 The code that runs a model is the module named by the manifest's `extra.module`, else
 `edge.liveness.<name>` ("-" as "_"), else `edge.liveness.<name up to its first "-">` (so minifasnet-v2 and

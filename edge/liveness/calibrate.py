@@ -1,4 +1,4 @@
-"""Setting the passive check's live threshold from bona fide faces alone: `facegate calibrate-liveness`.
+"""Setting the passive check's live threshold from bona fide faces alone: `facegate calibrate liveness`.
 
 A site has plenty of live faces and, usually, no attacks. So the threshold is set the way the 1:1 face
 threshold is set from impostors: as a quantile. Given live images that take no part in any evaluation, it is
@@ -56,7 +56,7 @@ def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, 
     live_dir = Path(live_dir)
     exclude = [Path(p) for p in exclude]
     if FUSED_NAME not in registry.names() and write_fused(registry.model_dir) is None:
-        raise FacegateError("calibrate-liveness needs both MiniFASNet nets installed: `facegate models install "
+        raise FacegateError("calibrate liveness needs both MiniFASNet nets installed: `facegate models install "
                             "minifasnet`")
     registry = Registry(registry.model_dir)  # re-read: the fused bundle may have just been written
     check = open_passive(registry, FUSED_NAME)

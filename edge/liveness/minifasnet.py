@@ -13,7 +13,7 @@ shrunk or shifted, so benchmarks can report how often that happened.
 
 Decision (see docs/liveness.md): live when the fused live probability exceeds the manifest's threshold. As
 written here it is 0.5, fixed a priori: live is more likely than either attack class together.
-`facegate calibrate-liveness` (edge/liveness/calibrate.py) replaces it with a quantile of a site's live faces.
+`facegate calibrate liveness` (edge/liveness/calibrate.py) replaces it with a quantile of a site's live faces.
 Upstream takes the arg-max of the summed softmax; it and the 0.5 rule agree whenever one class holds a
 majority, and 0.5 is the stricter where none does.
 A frame whose fused live probability is at most 0.05 (≥ 95 % attack) is a *high-confidence spoof*: the
@@ -336,7 +336,7 @@ def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite
 def _kept_live_threshold(manifests: list[Path], members: list[Manifest]) -> dict[str, Any] | None:
     """The first calibrated live threshold in `manifests` that was set with these same member files.
 
-    (`facegate calibrate-liveness` records the members' sha256; a changed member voids the calibration.)
+    (`facegate calibrate liveness` records the members' sha256; a changed member voids the calibration.)
     """
     wanted = {m.name: m.sha256 for m in members}
     dropped = None
@@ -351,7 +351,7 @@ def _kept_live_threshold(manifests: list[Path], members: list[Manifest]) -> dict
         dropped = dropped or live
     if dropped is not None:
         log.warning("minifasnet: the calibrated live threshold %s was set for other member files; back to the "
-                    "a-priori %s until `facegate calibrate-liveness` is run again", dropped.get("value"),
+                    "a-priori %s until `facegate calibrate liveness` is run again", dropped.get("value"),
                     LIVE_THRESHOLD)
     return None
 

@@ -49,7 +49,7 @@ class Threshold:
     metric: str  # "cosine" (higher is more similar) or "probability"
     provenance: dict[str, Any] = field(default_factory=dict)
     # For open-set identification: the impostor score tail as (FAR, score) points, FAR descending, so the
-    # threshold can be recomputed for any gallery size (see edge/identify_threshold.py).
+    # threshold can be recomputed for any gallery size (see edge/match/thresholds.py).
     tail: tuple[tuple[float, float], ...] = ()
 
 

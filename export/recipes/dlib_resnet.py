@@ -14,7 +14,7 @@ Every bundle's parity report holds:
   conversion is exact when this is ≥ 0.9999);
 - `alignment`: dlib's descriptor of its own chip against ours of the chip cut by the device (YuNet + template)
   from the same photo: how well the device reproduces dlib's face chips (informational, no target).
-Thresholds are calibrated through the device pipeline (export.calibrate) on a View-1 pairs file.
+Thresholds are calibrated through the device pipeline (edge.eval.calibrate) on a View-1 pairs file.
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def export(out: Path, variants: tuple[str, ...] = OFFERED, images: Path | None =
     Thresholds are calibrated on `calibrate_pairs` (default: pairsDevTrain.txt beside the images) unless
     `calibrate` is false.
     """
-    from export.calibrate import calibrate as calibrate_thresholds
+    from edge.eval.calibrate import calibrate as calibrate_thresholds
 
     registry = registry or Registry()
     images = Path(images) if images else data_dir() / "lfw" / "images"

@@ -377,8 +377,8 @@ def logit_thresholds(head: VerifierHead, vectors: Mapping[str, Mapping[str, np.n
                      pairs_file: Path, far: float, fpir: float) -> dict[str, Any]:
     """verify (1:1 at `far`) and identify (impostor tail) thresholds on the head's logit, from every
     cross-identity pair of the images `pairs` names (calibration identities must be disjoint from training)."""
+    from edge.eval.calibrate import impostor_tail
     from edge.eval.lfw import threshold_at_far
-    from export.calibrate import impostor_tail
 
     rels = [r for r in pairs_rels(pairs) if all(r in vectors[e] for e in head.embedders)]
     x = np.stack([np.concatenate([vectors[e][r] for e in head.embedders]) for r in rels])

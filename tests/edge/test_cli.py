@@ -104,11 +104,11 @@ def test_bench_pairs_json_and_plot(capsys, lfw, tmp_path):
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_export_calibrate_writes_override(capsys, lfw, tmp_path, monkeypatch):
+def test_calibrate_embedder_writes_override(capsys, lfw, tmp_path, monkeypatch):
     monkeypatch.setenv("FACEGATE_STATE_DIR", str(tmp_path / "state"))
     lines = (lfw / "pairsDevTrain.txt").read_text().splitlines()
     (tmp_path / "dev.txt").write_text("30\n" + "\n".join(lines[1:31] + lines[1101:1131]) + "\n")
-    code, out, _ = _run(capsys, "export", "calibrate", "--model", "sface", "--images", lfw / "images",
+    code, out, _ = _run(capsys, "calibrate", "embedder", "--model", "sface", "--images", lfw / "images",
                         "--pairs", tmp_path / "dev.txt", "--far", "0.01", "--json")
     entries = json.loads(out)
     entry = entries["verify"]

@@ -1,6 +1,5 @@
 """`facegate models install`: bundles from folders, archives and URLs (a local server on loopback), hash-checked."""
 
-import argparse
 import functools
 import http.server
 import json
@@ -13,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.cli import main
 from edge.errors import ModelError
 from edge.models.install import KNOWN, install
 from edge.models.registry import Registry, sha256_file
-from edge.models_cli import add_install_parser
 from export.bundle import write_bundle
 
 
@@ -128,10 +127,7 @@ def test_refuses_a_tampered_model_and_unsafe_archives(tmp_path, bundle):
 
 
 def test_cli_install_prints_what_it_installed(tmp_path, bundle, capsys):
-    parser = argparse.ArgumentParser(prog="facegate models")
-    add_install_parser(parser.add_subparsers(dest="models_command"))
-    args = parser.parse_args(["install", str(bundle), "--model-dir", str(tmp_path / "m"), "--json"])
-    assert args.func(args) == 0
+    assert main(["models", "install", str(bundle), "--model-dir", str(tmp_path / "m"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["installed"] == ["sface-mirror"] and Path(out["model_dir"]) == tmp_path / "m"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.cli.stylize import register
 from edge.stylize import MagentaStylizer, fit_longer, load_rgb, tile_starts, tiled
-from edge.stylize_cli import add_commands
 
 
 def test_tile_starts_cover_the_image_with_the_overlap() -> None:
@@ -73,7 +73,7 @@ def test_stylize_command_with_a_style_image(data: Path, tmp_path: Path) -> None:
     if not folder.is_dir():
         pytest.skip(f"{folder} missing")
     parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     out = tmp_path / "styled.png"
     content = data / "lfw" / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
     args = parser.parse_args(["stylize", str(content), str(out), "--style-image", str(data / "style" / "udnie.jpg"),

@@ -91,7 +91,7 @@ def calibrate(model: str, images: Path, pairs_file: Path, far: float, registry: 
         "detector": pipeline.detector.manifest.name,
         "model_sha256": m.sha256,
         "date": dt.date.today().isoformat(),
-        "command": f"facegate export calibrate --model {model} --images {images} --pairs {pairs_file} "
+        "command": f"facegate calibrate embedder --model {model} --images {images} --pairs {pairs_file} "
                    f"--far {far}",
     }
     verify = {"value": round(threshold, 6), "metric": "cosine", "provenance": provenance}

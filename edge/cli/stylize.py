@@ -1,14 +1,11 @@
-"""`facegate stylize CONTENT OUT --style NAME | --style-image IMG`: stylisation on the device (no torch).
-
-Registered through edge/cli.py's COMMAND_MODULES; `python -m edge.stylize_cli CONTENT OUT …` runs the same
-command without that hook.
-"""
+"""`facegate stylize CONTENT OUT --style NAME | --style-image IMG`: stylisation on the device (no torch)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from edge.cli.common import YES, bounded, emit, json_option
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
@@ -17,14 +14,12 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     info = stylize_file(args.content, args.out, style=args.style, style_image=args.style_image, size=args.size,
                         runtime=args.runtime, threads=args.threads, overlap=args.overlap,
                         magenta=args.magenta_dir, variant=args.magenta_variant)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(f"wrote {info['out']} ({info['width']}×{info['height']}, {info['model']}, {info['tile']}² tiles)")
-    return 0
+    emit(args, info, f"wrote {info['out']} ({info['width']}×{info['height']}, {info['model']}, "
+                     f"{info['tile']}² tiles)")
+    return YES
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stylize", help="paint a photo in a trained style or in the style of any painting")
     p.add_argument("content", type=Path, help="the photo")
     p.add_argument("out", type=Path, help="where to write the result (PNG, JPEG, …)")
@@ -32,14 +27,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--style", help="an installed style bundle (style-<NAME>), e.g. starry_night")
     which.add_argument("--style-image", type=Path, metavar="IMG",
                        help="any painting, through Magenta's arbitrary-style TFLite models")
-    p.add_argument("--size", type=int, metavar="N", help="resize so the longer side is N pixels first")
+    p.add_argument("--size", type=bounded(int, 16, 16384), metavar="N",
+                   help="resize so the longer side is N pixels first")
     p.add_argument("--runtime", choices=("onnxruntime", "litert"), default="onnxruntime",
                    help="which of the style's bundles to run (default: onnxruntime)")
-    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the bundle's, or 64)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--overlap", type=bounded(int, 0, 1024),
+                   help="tile overlap in pixels (default: the bundle's, or 64)")
+    p.add_argument("--threads", type=bounded(int, 1, 64), default=1)
     p.add_argument("--magenta-dir", type=Path, help="folder of the Magenta .tflite files under their upstream "
                    "names (default: $FACEGATE_MAGENTA_DIR, else the bundles `facegate models install magenta` "
                    "installs)")
     p.add_argument("--magenta-variant", choices=("f16", "quantized"), default="f16")
-    p.add_argument("--json", action="store_true")
+    json_option(p)
     p.set_defaults(func=cmd_stylize)
