@@ -14,7 +14,6 @@ import contextlib
 import json
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from edge.errors import FacegateError
+from edge.mqtt.broker import free_port
 
 DEMO_DEVICE = "facegate-demo"
 CLIP_FPS = 15.0
@@ -49,42 +49,25 @@ def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(port: int, alive: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and alive():
-        if reachable("127.0.0.1", port, 0.2):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def start_mosquitto(port: int) -> Broker | None:
-    """A private mosquitto on a loopback port (None when the binary is not installed)."""
-    exe = shutil.which("mosquitto")
-    if exe is None:
+    """A private mosquitto on a loopback port (None when the binary is not installed): the same harness the
+    tests use (edge/mqtt/broker.py)."""
+    from edge.mqtt.broker import Mosquitto, mosquitto_binary
+
+    if mosquitto_binary() is None:
         return None
     workdir = Path(tempfile.mkdtemp(prefix="facegate-mosquitto-"))
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = Mosquitto(workdir, port=port, persistence=False)
+    try:
+        broker.start()
+    except FacegateError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return None
 
     def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    if not _wait_listening(port, lambda: proc.poll() is None):
-        stop()
-        return None
     return Broker("127.0.0.1", port, "mosquitto", stop)
 
 
