@@ -58,6 +58,8 @@ class ModelsConfig:
     detector: str = "yunet"
     embedder: str = "sface"
     verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
+    # A score fusion (task "fusion", edge/match/fusion.py): its members' normalised cosines, combined; "" = none.
+    fusion: str = ""
     threads: int = 1
     min_face_px: float = 40.0
     model_dir: str = ""  # default: <state dir>/models
@@ -88,6 +90,9 @@ class DecisionConfig:
     n: int = 5
     fpir: float = 0.01  # … above the 1:N threshold for this false-positive identification rate
     max_frames: int = 30  # a track undecided after this many observations is decided "unknown"
+    # Each observation scores the fusion of the track's best frames so far (by detector confidence, sharpness and
+    # pose; edge/match/track.py): this many. 1 scores every frame on its own.
+    track_frames: int = 3
     cooldown_s: float = 10.0  # one event per identity within this time (one walk-up, one event)
     claim_window_s: float = 10.0  # a badge claim narrows decisions to 1:1 for this long
     tailgating: str = "deny"  # deny | allow: a grant while another unrecognised live face is in view
@@ -188,7 +193,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "camera.stale_s": (0.1, None), "models.threads": (1, 64), "models.min_face_px": (8, None),
     "liveness.threads": (1, 64), "liveness.challenge_yaw_deg": (10, 35), "liveness.challenge_timeout_s": (1, 60),
     "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
-    "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
+    "decision.max_frames": (1, 10000), "decision.track_frames": (1, 20),
+    "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
     "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.keepalive": (5, 3600),
     "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),

@@ -28,6 +28,7 @@ from edge.health import Metrics
 from edge.liveness import LivenessCheck
 from edge.liveness.temporal import LivenessGate
 from edge.match import Scorer, accept
+from edge.match.track import TrackProbe, frame_quality
 from edge.pipeline import FacePipeline
 from edge.sources import Frame
 from edge.vision.detect import Face
@@ -81,7 +82,7 @@ class Engine:
         for track in self.tracker.tracks.values():
             window = track.state.get("window")
             if window and any(name in (o.identity, o.candidate) for o in window):
-                for key in ("window", "decided", "eligible_at", "observations"):
+                for key in ("window", "decided", "eligible_at", "observations", "probe"):
                     track.state.pop(key, None)
         self.policy.forget(name)
         self._pseudonyms.pop(name, None)
@@ -132,7 +133,7 @@ class Engine:
         assigned, _ = self.tracker.update(faces, frame.t_capture)  # in face order: assigned[i] is records[i]
         if self.live_gate is not None:
             self.live_gate.frame(assigned, frame.image, frame.t_capture)  # a challenge follows turned faces too
-        pending: list[tuple[Any, Face, dict[str, np.ndarray], Any]] = []
+        pending: list[tuple[Any, Face, dict[str, np.ndarray], Any, float]] = []
         for (track, face), record in zip(assigned, records, strict=True):
             if not record.passed:
                 continue
@@ -150,20 +151,23 @@ class Engine:
                 t = self._timed("liveness", t)
                 if live is None:
                     continue  # its liveness challenge is under way: nothing to decide on yet
-            pending.append((track, face, dict(record.embeddings), live))
+            pending.append((track, face, dict(record.embeddings), live, frame_quality(record.quality)))
         # The scorer's other embedders run only here, for faces still to decide, in one batch per embedder.
         missing = [e for e in self.scorer.embedders if e != self.primary]
         if pending and missing:
             t = time.perf_counter()
-            extra = self.pipeline.embed(frame.image, [face for _, face, _, _ in pending], missing)
-            for (_, _, probe, _), more in zip(pending, extra, strict=True):
+            extra = self.pipeline.embed(frame.image, [face for _, face, _, _, _ in pending], missing)
+            for (_, _, probe, _, _), more in zip(pending, extra, strict=True):
                 probe.update(more)
             self._timed("embed", t)
         claim = self.policy.claimed
         decisions = []
-        for track, _, probe, live in pending:
+        for track, _, probe, live, quality in pending:
             t = time.perf_counter()
-            result = self.scorer.claim(probe, claim) if claim is not None else self.scorer.identify(probe)
+            # The track's best frames, fused (edge/match/track.py): each observation scores the best view so far.
+            best = track.state.setdefault("probe", TrackProbe(self.cfg.decision.track_frames))
+            fused = best.add(quality, probe)
+            result = self.scorer.claim(fused, claim) if claim is not None else self.scorer.identify(fused)
             obs = Observation(result.identity, result.candidate, result.score, result.threshold, live,
                               frame.t_capture, result.margin)
             t = self._timed("match", t)

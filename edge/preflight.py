@@ -81,13 +81,10 @@ def _mqtt(cfg: Config) -> None:
 
 
 def _models(cfg: Config, registry: Any) -> None:
+    from edge.match.factory import make_scorer
     from edge.pipeline import FacePipeline
 
-    extra: tuple[str, ...] = ()
-    if cfg.models.verifier:
-        from edge.verifier import load_head
-
-        extra = tuple(load_head(cfg.models.verifier, registry).embedders)
+    extra = make_scorer(registry, cfg.models.embedder, cfg.models.verifier, fusion=cfg.models.fusion).embedders
     FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder, threads=cfg.models.threads,
                  min_face_px=cfg.models.min_face_px, extra_embedders=extra)
 

@@ -91,7 +91,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
                 "liveness": {"model": base.liveness.model, "threads": base.liveness.threads},
                 # Every walk-up decides, so every image can give a latency sample.
                 "decision": {"cooldown_s": 0.0},
-                "store": {"path": str(work / "bench.db")},
+                "store": {"path": str(work / "bench.db"), "create": True},
                 "mqtt": {"host": host, "port": int(port), "device": "facegate-bench", "discovery": False,
                          "outbox_path": str(work / "outbox.db"), "command_state_path": str(work / "counters.json")},
                 "health": {"enabled": False},

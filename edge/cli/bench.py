@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge.cli.common import YES, bounded, emit, json_option, pct, pipeline, recognition_options, scorer
+from edge.cli.common import YES, bounded, emit, json_option, pct, pipeline, recognition_options, registry, scorer
 from edge.errors import FacegateError
 
 
@@ -35,6 +35,40 @@ def cmd_identify(args: argparse.Namespace) -> int:
             + f"; at the operating threshold {r['operating_threshold']:.4f}: FNIR {r['fnir']:.4f}, "
             f"FPIR {r['fpir']:.4f} ({r['probes']} known, {r['unknown_probes']} unknown probes)")
     emit(args, r, text)
+    return YES
+
+
+def cmd_door(args: argparse.Namespace) -> int:
+    from edge.eval import door
+    from edge.match.factory import make_scorer
+
+    reg = registry(args)
+    specs = [s.strip() for s in args.scorers.split(",") if s.strip()]
+    scorers = {}
+    for spec in specs:  # "sface", "dlib-resnet", or "fusion:NAME" / "head:NAME"
+        kind, _, name = spec.partition(":")
+        if kind == "fusion":
+            scorers[spec] = make_scorer(reg, args.model, fusion=name, fpir=args.fpir)
+        elif kind == "head":
+            scorers[spec] = make_scorer(reg, args.model, verifier=name, fpir=args.fpir)
+        else:
+            scorers[spec] = make_scorer(reg, spec, fpir=args.fpir)
+    members = list(dict.fromkeys(e for s in scorers.values() for e in s.embedders))
+    from edge.pipeline import FacePipeline
+
+    pipe = FacePipeline(reg, detector=args.detector, embedder=members[0], extra_embedders=members[1:],
+                        threads=args.threads, min_face_px=args.min_face)
+    r = door.run(args.images, pipe, scorers, gallery_sizes=args.gallery_size, enrol=args.enrol,
+                 probes_per_track=args.frames, seeds=args.seeds, exclude_pairs=args.exclude_pairs or (),
+                 only_pairs=args.only_pairs, policy=args.policy)
+    lines = [f"{c['scorer']:<22} K={c['gallery_size']:<5} e={c['enrol_photos']} m={c['track_frames']}: "
+             + (c["skipped"] if "skipped" in c else
+                f"rank-1 {c['rank1']:.4f}, DIR@FPIR 1% {c['dir_at_fpir']['0.01']:.4f}, 0.1% "
+                f"{c['dir_at_fpir']['0.001']:.4f}; at {c['operating_threshold']:.3f}: FNIR {c['fnir']:.4f} FPIR "
+                f"{c['fpir']:.4f} ({c['known_tracks']} known, {c['unknown_tracks']} unknown tracks)")
+             for c in r["cells"]]
+    lines.append("ms per face: " + ", ".join(f"{k} {v}" for k, v in r["ms_per_face"].items()))
+    emit(args, r, "\n".join(lines))
     return YES
 
 
@@ -132,6 +166,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "when found beside the images folder)")
     recognition_options(p, policy="central", verifier="score with a trained verification head")
     p.set_defaults(func=cmd_identify)
+
+    p = bench.add_parser("door", help="walk-up benchmark: galleries of K with e photos each, tracks of m frames, "
+                                      "known and unknown (DIR at FPIR, FNIR/FPIR per cell and scorer)")
+    p.add_argument("--images", type=Path, required=True, help="folder-per-person tree (LFW)")
+    p.add_argument("--scorers", default="sface,fusion:fused",
+                   help="comma-separated: an embedder name, fusion:NAME or head:NAME (default: sface,fusion:fused)")
+    p.add_argument("--gallery-size", type=bounded(int, 1), nargs="+", default=[100], metavar="K")
+    p.add_argument("--enrol", type=bounded(int, 1, 10), nargs="+", default=[1, 3], metavar="E",
+                   help="enrolment photos per identity (default: 1 3)")
+    p.add_argument("--frames", type=bounded(int, 1, 20), nargs="+", default=[1, 3, 5], metavar="M",
+                   help="distinct photos per probe track (default: 1 3 5)")
+    p.add_argument("--seeds", type=bounded(int, 1), default=10)
+    p.add_argument("--fpir", type=bounded(float, 1e-6, 0.5), default=0.01,
+                   help="target FPIR of each scorer's operating threshold")
+    p.add_argument("--exclude-pairs", type=Path, action="append", metavar="FILE",
+                   help="also leave out the identities of this pairs file (those a scorer was calibrated on "
+                        "always are)")
+    p.add_argument("--only-pairs", type=Path, metavar="FILE",
+                   help="draw only from the identities of this pairs file (a development run, e.g. View 1)")
+    recognition_options(p, policy="central")
+    p.set_defaults(func=cmd_door)
 
     p = bench.add_parser("search", help="gallery search: the matcher against faiss, one thread")
     p.add_argument("--n", type=bounded(int, 1), nargs="+", default=[10_000, 100_000, 1_000_000],

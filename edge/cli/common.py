@@ -72,6 +72,9 @@ def recognition_options(p: argparse.ArgumentParser, policy: str = "largest", ver
         p.add_argument("--verifier", metavar="HEAD",
                        help=f"{verifier} (installed name or bundle folder; default: models.verifier, else the "
                             "embedder's cosine)")
+        p.add_argument("--fusion", metavar="NAME",
+                       help="score with a fusion of several embedders (e.g. fused: sface + dlib-resnet; "
+                            "default: models.fusion)")
     json_option(p)
 
 
@@ -95,6 +98,7 @@ def settings(args: argparse.Namespace) -> Any:
         m = cfg.models
         for attr, value in (("model", m.embedder), ("detector", m.detector), ("threads", m.threads),
                             ("min_face", m.min_face_px), ("verifier", m.verifier or None),
+                            ("fusion", m.fusion or None),
                             ("fpir", cfg.decision.fpir), ("store", Path(cfg.store.path) if cfg.store.path else None),
                             ("key_file", cfg.store.key_file or None)):
             if getattr(args, attr, None) is None:
@@ -123,9 +127,13 @@ def pipeline(args: argparse.Namespace):
     from edge.pipeline import FacePipeline
 
     settings(args)
-    extra = head(args).embedders if getattr(args, "verifier", None) else ()
+    extra: tuple[str, ...] = ()
+    if getattr(args, "verifier", None):
+        extra = tuple(head(args).embedders)
+    elif getattr(args, "fusion", None):
+        extra = tuple(registry(args).manifest(args.fusion).extra.get("members", ()))
     return FacePipeline(registry(args), detector=args.detector, embedder=args.model, threads=args.threads,
-                        min_face_px=args.min_face, extra_embedders=tuple(extra))
+                        min_face_px=args.min_face, extra_embedders=extra)
 
 
 def scorer(args: argparse.Namespace, store: Any = None):
@@ -134,7 +142,7 @@ def scorer(args: argparse.Namespace, store: Any = None):
 
     settings(args)
     return make_scorer(registry(args), args.model, getattr(args, "verifier", None) or "", store,
-                       getattr(args, "fpir", None) or 0.01)
+                       getattr(args, "fpir", None) or 0.01, getattr(args, "fusion", None) or "")
 
 
 def open_store(args: argparse.Namespace, create: bool = False):

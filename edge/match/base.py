@@ -100,6 +100,11 @@ class Scorer(ABC):
     def search(self, probe: Probe, k: int) -> list[Match]:
         """The k best identities of the gallery, best first."""
 
+    def pair_matrix(self, a: list[Probe], b: list[Probe]) -> np.ndarray:
+        """(len(a), len(b)) scores of every pair: evaluations and calibrations score millions of pairs, so a
+        scorer that can do this as a matrix product overrides it."""
+        return np.array([[self.pair(x, y) for y in b] for x in a], np.float64).reshape(len(a), len(b))
+
     # -- thresholds ------------------------------------------------------------------------------------------
     def verify_threshold(self) -> float:
         return thresholds.verify_threshold(self.manifest)

@@ -19,6 +19,12 @@ class CosineScorer(Scorer):
     def pair(self, a: Probe, b: Probe) -> float:
         return float(np.dot(a[self.embedder], b[self.embedder]))
 
+    def pair_matrix(self, a: list[Probe], b: list[Probe]) -> np.ndarray:
+        e = self.embedder
+        if not a or not b:
+            return np.zeros((len(a), len(b)))
+        return np.stack([p[e] for p in a]).astype(np.float32) @ np.stack([p[e] for p in b]).astype(np.float32).T
+
     def identity_score(self, probe: Probe, name: str) -> float | None:
         rows = self._gallery().templates(name, self.embedder)
         return None if rows is None else float(np.max(rows @ probe[self.embedder]))

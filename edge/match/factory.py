@@ -1,5 +1,5 @@
-"""The scorer a configuration names: a verification head (`models.verifier`) over its embedders, else the
-cosine of the embedder (`models.embedder`); with a store, over its gallery."""
+"""The scorer a configuration names: a score fusion (`models.fusion`) or a verification head (`models.verifier`)
+over their embedders, else the cosine of the embedder (`models.embedder`); with a store, over its gallery."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ from edge.store.db import Store
 
 
 def make_scorer(registry: Registry, embedder: str = "sface", verifier: str = "", store: Store | None = None,
-                fpir: float = DEFAULT_FPIR) -> Scorer:
+                fpir: float = DEFAULT_FPIR, fusion: str = "") -> Scorer:
+    if verifier and fusion:
+        raise ModelError("models.verifier and models.fusion are two ways of scoring several embedders: "
+                         "configure one of them")
+    if fusion:
+        from edge.match.fusion import FusionScorer
+
+        m = registry.manifest(fusion)
+        registry.verify(m)  # its members are the files its statistics were measured on
+        members = tuple(m.extra.get("members", ()))
+        return FusionScorer(m, StoreGallery(store, members) if store is not None else None, fpir)
     if verifier:
         from edge.match.head import HeadScorer
         from edge.verifier import resolve_head

@@ -14,7 +14,9 @@ from typing import Any
 from edge.errors import ModelError
 from edge.runtime import RUNTIMES
 
-TASKS = ("detect", "embed", "liveness", "verify_head", "stylize")
+TASKS = ("detect", "embed", "liveness", "verify_head", "stylize", "fusion")
+# A score fusion (edge/match/fusion.py) is statistics over other models, not a file of its own.
+FILELESS = {"fusion": {"file": "", "sha256": "0" * 64, "runtime": "onnxruntime", "input": {"size": None}}}
 LAYOUTS = ("NCHW", "NHWC")
 COLOURS = ("RGB", "BGR")
 
@@ -115,6 +117,8 @@ def _parse(d: dict[str, Any]) -> Manifest:
     unknown = set(d) - _KEYS
     if unknown:
         raise ModelError(f"unknown key(s) {sorted(unknown)}")
+    if d.get("task") in FILELESS:
+        d = {**FILELESS[d["task"]], **d}
     missing = _REQUIRED - set(d)
     if missing:
         raise ModelError(f"missing key(s) {sorted(missing)}")

@@ -103,7 +103,15 @@ class Registry:
         raise ModelError(f"model {m.name!r}: source must name a package or a file, got {sorted(src)}")
 
     def verify(self, m: Manifest) -> Path:
-        """The source file, after checking it exists and matches the manifest's sha256."""
+        """The source file, after checking it exists and matches the manifest's sha256 (a fusion: its members)."""
+        if m.task == "fusion":
+            from edge.match.fusion import Fusion
+
+            fusion = Fusion(m)
+            fusion.check_members(self)
+            for member in fusion.members:
+                self.verify(self.manifest(member))
+            return BUILTIN_DIR
         path = self.source_path(m)
         if not path.is_file():
             raise ModelError(f"model {m.name!r}: file {path} is missing (expected sha256 {m.sha256})")
@@ -115,7 +123,7 @@ class Registry:
     def runtime_file(self, m: Manifest) -> Path:
         """The file the runtime loads: the verified source, or its prepared copy (built once, cached)."""
         source = self.verify(m)
-        if not m.prepare:
+        if not m.prepare or m.task == "fusion":
             return source
         steps_key = hashlib.sha256(",".join(m.prepare).encode()).hexdigest()[:8]
         out = self.model_dir / "prepared" / f"{m.name}-{m.sha256[:16]}-{steps_key}.onnx"
