@@ -127,6 +127,7 @@ def calibrate(model: str, images: Path, pairs_file: Path, far: float, registry: 
     at `fpir`}, its cosine scored through the device pipeline."""
     from edge.match.cosine import CosineScorer
 
+    refuse_test_set(pairs_file)  # before anything is loaded
     registry = registry or Registry()
     pipeline = FacePipeline(registry, embedder=model)
     pairs, probes, no_face, rels = embed_pairs_images(pipeline, images, pairs_file, policy)
@@ -151,6 +152,7 @@ def calibrate_fusion(name: str, members: tuple[str, ...], images: Path, pairs_fi
     from edge.match.fusion import FusionScorer
     from edge.models.manifest import Manifest
 
+    refuse_test_set(pairs_file)  # before anything is loaded
     registry = registry or Registry()
     if len(members) < 2:
         raise FacegateError("a fusion needs two or more embedders")
