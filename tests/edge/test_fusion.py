@@ -22,8 +22,9 @@ from edge.models.registry import Registry
 def _fusion(members=("a", "b"), mu=(0.1, 0.8), sigma=(0.1, 0.05), weights=(1.0, 1.0), **extra) -> Manifest:
     return Manifest.from_dict({
         "name": "f", "task": "fusion", "licence": "test", "source": {"recipe": "test"},
-        "extra": {"members": list(members), "stats": {m: {"mu": u, "sigma": s} for m, u, s in zip(members, mu, sigma)},
-                  "weights": dict(zip(members, weights)), **extra},
+        "extra": {"members": list(members),
+                  "stats": {m: {"mu": u, "sigma": s} for m, u, s in zip(members, mu, sigma, strict=True)},
+                  "weights": dict(zip(members, weights, strict=True)), **extra},
         "thresholds": {"verify": {"value": 3.0, "metric": "z"},
                        "identify": {"value": 3.5, "metric": "z", "tail": [[0.1, 1.0], [0.01, 2.0], [0.001, 3.0]]}}})
 
