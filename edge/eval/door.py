@@ -55,7 +55,7 @@ def fitted_identities(scorers: dict[str, Scorer], images: Path) -> tuple[set[str
 
 
 def _cell(scorer: Scorer, people: dict[str, list[str]], probes: dict[str, Any], k: int, e: int, m: int,
-          seeds: int) -> dict[str, Any]:
+          seeds: int, templates: str = "each") -> dict[str, Any]:
     usable = {n: [r for r in rels if r in probes] for n, rels in people.items()}
     eligible = sorted(n for n, r in usable.items() if len(r) >= e)
     if len(eligible) < k:
@@ -66,8 +66,10 @@ def _cell(scorer: Scorer, people: dict[str, list[str]], probes: dict[str, Any], 
         chosen = set(rng.choice(eligible, size=k, replace=False).tolist())
         gallery = Gallery(scorer.embedders)
         for n in sorted(chosen):
-            rows = usable[n][:e]
-            gallery.add(n, {emb: np.stack([probes[r][emb] for r in rows]) for emb in scorer.embedders})
+            rows = [probes[r] for r in usable[n][:e]]
+            if templates == "centroid":  # the identity's photos as one template
+                rows = [fuse_probes(rows, scorer.embedders)]
+            gallery.add(n, {emb: np.stack([p[emb] for p in rows]) for emb in scorer.embedders})
         drawn = scorer.over(gallery)
         for n, rels in usable.items():
             if n in chosen:
@@ -122,8 +124,10 @@ def face_cost_ms(pipeline: FacePipeline, images: Path, rels: list[str], embedder
 
 def run(images: Path, pipeline: FacePipeline, scorers: dict[str, Scorer], gallery_sizes: Sequence[int] = (100,),
         enrol: Sequence[int] = (1, 3), probes_per_track: Sequence[int] = (1, 3, 5), seeds: int = 10,
-        exclude_pairs: Sequence[Path] = (), only_pairs: Path | None = None, policy: str = "central"
-        ) -> dict[str, Any]:
+        exclude_pairs: Sequence[Path] = (), only_pairs: Path | None = None, policy: str = "central",
+        templates: str = "each") -> dict[str, Any]:
+    """`templates`: "each" (every enrolment photo a template; an identity scores its best) or "centroid" (one
+    template per identity: the fusion of its photos)."""
     images = Path(images)
     excluded, excluded_from = fitted_identities(scorers, images)
     for f in exclude_pairs:
@@ -144,9 +148,10 @@ def run(images: Path, pipeline: FacePipeline, scorers: dict[str, Scorer], galler
             for e in enrol:
                 for m in probes_per_track:
                     cells.append({"scorer": name, "model": scorer.name, "gallery_size": k, "enrol_photos": e,
-                                  "track_frames": m, **_cell(scorer, people, probes, k, e, m, seeds)})
+                                  "track_frames": m, **_cell(scorer, people, probes, k, e, m, seeds, templates)})
     cost = {name: face_cost_ms(pipeline, images, rels, s.embedders) for name, s in scorers.items()}
     return {"identities": len(people), "images": len(rels), "no_face": len(no_face), "seeds": seeds,
             "excluded_identities": len(excluded), "excluded_from": excluded_from,
             "only_identities_of": str(only_pairs) if only_pairs else None, "face_policy": policy,
+            "templates": templates,
             "ms_per_face": cost, "cells": cells}

@@ -221,3 +221,18 @@ def test_a_photo_of_someone_else_is_not_added_to_an_identity(tmp_path, lfw, caps
         assert store.identity("colin").templates == {"sface": 1}
         assert store.identity("newbie").templates == {"sface": 1}
     assert main(["enroll", "--store", str(db), "--force", "colin", str(aaron)]) == 0  # the operator insists
+
+
+def test_adding_a_photo_to_an_identity(tmp_path, lfw, capsys):
+    from edge.cli import main
+
+    db = tmp_path / "s.db"
+    root = lfw / "images/Colin_Powell"
+    assert main(["enroll", "--add", "--store", str(db), "colin", str(root / "Colin_Powell_0038.jpg")]) == 2
+    assert "no store" in capsys.readouterr().err  # --add never creates a store or a person
+    assert main(["enroll", "--store", str(db), "colin", str(root / "Colin_Powell_0038.jpg")]) == 0
+    assert main(["enroll", "--add", "--store", str(db), "colinn", str(root / "Colin_Powell_0040.jpg")]) == 2
+    assert "no enrolled identity 'colinn'" in capsys.readouterr().err
+    assert main(["enroll", "--add", "--store", str(db), "colin", str(root / "Colin_Powell_0040.jpg")]) == 0
+    with Store(db) as store:
+        assert store.identity("colin").templates == {"sface": 2}
