@@ -164,10 +164,10 @@ class Engine:
         decisions = []
         for track, _, probe, live, quality in pending:
             t = time.perf_counter()
-            # The track's best frames, fused (edge/match/track.py): each observation scores the best view so far.
-            best = track.state.setdefault("probe", TrackProbe(self.cfg.decision.track_frames))
-            fused = best.add(quality, probe)
-            result = self.scorer.claim(fused, claim) if claim is not None else self.scorer.identify(fused)
+            # The track's best frames so far (edge/match/track.py): each observation scores their mean scores.
+            best = track.state.setdefault("probe", TrackProbe(self.cfg.decision.track_frames)).add(quality, probe)
+            result = (self.scorer.claim_track(best, claim) if claim is not None
+                      else self.scorer.identify_track(best))
             obs = Observation(result.identity, result.candidate, result.score, result.threshold, live,
                               frame.t_capture, result.margin)
             t = self._timed("match", t)

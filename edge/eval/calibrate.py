@@ -169,4 +169,57 @@ def calibrate_fusion(name: str, members: tuple[str, ...], images: Path, pairs_fi
                        f"facegate calibrate fusion --name {name} --members {','.join(members)} --images {images} "
                        f"--pairs {pairs_file} --far {far}")
     thresholds = scorer_thresholds(FusionScorer(manifest), pairs, probes, far, fpir, prov, "fused z-score")
+    calibrated = Manifest.from_dict({**manifest.to_dict(), "thresholds": thresholds})
+    try:
+        thresholds["margin"] = margin_threshold(FusionScorer(calibrated, fpir=fpir), probes, prov)
+    except FacegateError:
+        pass  # too few identities with two photos in this file: no margin rule (the 1:N threshold still holds)
     return {"extra": extra, "thresholds": thresholds}
+
+
+MARGIN_COST = 0.001  # share of correct identifications the margin rule may refuse
+
+
+def margin_threshold(scorer: Scorer, probes: dict[str, Any], provenance: dict[str, Any], gallery_size: int = 100,
+                     seeds: int = 5, cost: float = MARGIN_COST) -> dict[str, Any]:
+    """The least lead over the runner-up a 1:N answer needs: the `cost` quantile of the leads of correct rank-1
+    identifications (above the 1:N threshold) on draws from the calibration images. A decision whose best two
+    candidates are closer than this is not taken on that frame: the next frames (or a better photo) decide."""
+    from edge.match.gallery import Gallery
+
+    by_person: dict[str, list[str]] = {}
+    for rel in sorted(probes):
+        by_person.setdefault(rel.split("/")[0], []).append(rel)
+    eligible = sorted(n for n, r in by_person.items() if len(r) >= 2)
+    k = min(gallery_size, len(eligible))
+    if k < 10:
+        raise FacegateError(f"too few identities with two photos ({len(eligible)}) to calibrate the margin")
+    correct, wrong = [], []
+    t = thresholds_for_k(scorer, k)
+    for seed in range(seeds):
+        chosen = np.random.default_rng(seed).choice(eligible, size=k, replace=False)
+        gallery = Gallery(scorer.embedders)
+        for n in chosen:
+            gallery.add(n, {e: probes[by_person[n][0]][e][None] for e in scorer.embedders})
+        drawn = scorer.over(gallery)
+        for n in chosen:
+            for rel in by_person[n][1:]:
+                found = drawn.search(probes[rel], 2)
+                if len(found) < 2 or found[0].score < t:
+                    continue
+                lead = found[0].score - found[1].score
+                (correct if found[0].name == n else wrong).append(lead)
+    value = float(np.quantile(correct, cost)) if correct else 0.0
+    return {"value": round(max(value, 0.0), 6), "metric": "lead over the runner-up",
+            "provenance": {**{k_: v for k_, v in provenance.items() if k_ in ("dataset", "pairs_file", "pairs_sha256",
+                                                                           "date", "command")},
+                           "gallery_size": k, "seeds": seeds, "correct_identifications": len(correct),
+                           "misidentifications_above_threshold": len(wrong),
+                           "misidentifications_refused": int(sum(w < value for w in wrong)),
+                           "target_cost": cost}}
+
+
+def thresholds_for_k(scorer: Scorer, k: int) -> float:
+    from edge.match.thresholds import identify_threshold
+
+    return identify_threshold(scorer.manifest, k, scorer.fpir)[0]

@@ -3,8 +3,8 @@
 Per seed and per cell (gallery size K, enrolment photos e, probe frames m, scorer):
 - the gallery: K identities with at least e usable photos, each enrolled from its e lowest-numbered photos;
 - known tracks: every gallery identity with at least e + m usable photos walks up as a track of its next m
-  distinct photos (a track's frames are fused into one probe: the mean of each member's unit vectors,
-  re-normalised — edge/match/track.py, what the daemon does with a track's best frames);
+  distinct photos, scored as the daemon scores a track's best frames (Scorer.identify_track: each candidate's
+  mean score over the frames);
 - unknown tracks: every identity outside the gallery with at least m usable photos, its first m photos.
 Pooled over seeds: rank-1 of the known tracks, DIR at FPIR 1 % and 0.1 % (the threshold that lets that share
 of unknown tracks through, as on a DET curve), and FNIR / FPIR at the scorer's own operating threshold for K
@@ -60,10 +60,18 @@ def _cell(scorer: Scorer, people: dict[str, list[str]], probes: dict[str, Any], 
     eligible = sorted(n for n, r in usable.items() if len(r) >= e)
     if len(eligible) < k:
         return {"skipped": f"only {len(eligible)} identities with {e} usable photos for K = {k}"}
+    # Identities that can also walk up (e + m photos) are drawn first, the rest of the gallery from those with
+    # e photos (enrolled people who do not come by): as many known tracks per draw as the data allows.
+    walkers = sorted(n for n in eligible if len(usable[n]) >= e + m)
+    others = sorted(n for n in eligible if len(usable[n]) < e + m)
     known_scores, known_correct, margins, unknown_scores = [], [], [], []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
-        chosen = set(rng.choice(eligible, size=k, replace=False).tolist())
+        # Half the gallery at most from the walkers, so unknown walkers remain (at least half of them).
+        take = max(min(len(walkers) // 2, k), k - len(others))
+        chosen = set(rng.choice(walkers, size=take, replace=False).tolist()) if take else set()
+        if k > take:
+            chosen |= set(rng.choice(others, size=k - take, replace=False).tolist())
         gallery = Gallery(scorer.embedders)
         for n in sorted(chosen):
             rows = [probes[r] for r in usable[n][:e]]
@@ -80,12 +88,12 @@ def _cell(scorer: Scorer, people: dict[str, list[str]], probes: dict[str, Any], 
                 if len(rels) < m:
                     continue
                 track = rels[:m]
-            found = drawn.search(fuse_probes([probes[r] for r in track], scorer.embedders), 2)
-            score = found[0].score if found else -np.inf
+            r = drawn.identify_track([probes[x] for x in track], top=2, threshold=np.inf)
+            score = r.score if r.score is not None else -np.inf
             if n in chosen:
                 known_scores.append(score)
-                known_correct.append(bool(found) and found[0].name == n)
-                margins.append(found[0].score - found[1].score if len(found) > 1 else np.inf)
+                known_correct.append(r.candidate == n)
+                margins.append(r.margin if r.margin is not None else np.inf)
             else:
                 unknown_scores.append(score)
     ks, kc, us = np.array(known_scores), np.array(known_correct), np.array(unknown_scores)

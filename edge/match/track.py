@@ -1,10 +1,12 @@
-"""A track's frames as one probe: the mean of each embedder's unit vectors over the best frames, re-normalised.
+"""A track's best frames, and how several photos of one person are combined.
 
-At a door a person is seen in many frames; averaging the embeddings of the few best ones (by quality: detector
-confidence, sharpness, frontal pose) cancels much of each frame's noise — motion blur, a half-closed eye,
-lighting — before the probe is scored, so the scorer and its thresholds see one better probe rather than k
-noisy ones. `facegate bench door` measures what it gains; the daemon keeps each track's best frames
-(TrackProbe) and scores their fusion.
+At a door a person is seen in many frames. The daemon keeps each track's few best frames (by quality: detector
+confidence, sharpness, frontal pose — TrackProbe) and the scorer takes the mean of each candidate's scores over
+them (Scorer.identify_track): score-level fusion, which averages away one frame's blur or glance while keeping
+the single-photo thresholds valid. (Averaging the embeddings instead — `fuse_probes` — raises every impostor's
+score too, because all faces share a common direction that averaging strengthens: `facegate bench door`
+measured FPIR 2–12 % at a 1 % target that way on View 1, so it is used only to make one template of several
+photos, and only where its own thresholds would be calibrated.)
 """
 
 from __future__ import annotations
@@ -34,18 +36,17 @@ def frame_quality(q: Quality | None) -> float:
 
 
 class TrackProbe:
-    """The best `keep` frames of a track by quality, and their fused probe."""
+    """The best `keep` frames of a track by quality (their probes, best first)."""
 
     def __init__(self, keep: int = 3) -> None:
         self.keep = keep
         self.frames: list[tuple[float, dict[str, np.ndarray]]] = []
 
-    def add(self, quality: float, probe: Probe) -> dict[str, np.ndarray]:
+    def add(self, quality: float, probe: Probe) -> list[dict[str, np.ndarray]]:
         self.frames.append((quality, {k: np.asarray(v) for k, v in probe.items()}))
         self.frames.sort(key=lambda f: -f[0])
         del self.frames[self.keep:]
-        embedders = [e for e in self.frames[0][1] if all(e in p for _, p in self.frames)]
-        return fuse_probes([p for _, p in self.frames], embedders)
+        return [p for _, p in self.frames]
 
     def __len__(self) -> int:
         return len(self.frames)

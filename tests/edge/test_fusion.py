@@ -116,20 +116,35 @@ def _mirror_sface(model_dir: Path) -> None:
     (bundle / "manifest.json").write_text(json.dumps(m))
 
 
-def test_a_track_keeps_its_best_frames_and_their_fusion_is_closer_to_the_person() -> None:
+def test_a_track_keeps_its_best_frames_and_is_scored_on_their_mean_scores() -> None:
+    """Noisy frames of one enrolled person: single frames are sometimes won by someone else, the track's mean
+    scores pick the person; and an unknown track's mean score stays within its frames' range (no inflation)."""
+    from edge.match.cosine import CosineScorer
+
     rng = np.random.default_rng(2)
-    person = _unit(rng, 1, 64)[0]
-    frames = [person + 0.9 * _unit(rng, 1, 64)[0] for _ in range(8)]
-    frames = [f / np.linalg.norm(f) for f in frames]
     track = TrackProbe(keep=3)
     qualities = [0.2, 0.9, 0.1, 0.8, 0.3, 0.95, 0.05, 0.4]
+    frames = [{"sface": v} for v in _unit(rng, 8, 32)]
     for q, f in zip(qualities, frames, strict=True):
-        fused = track.add(q, {"e": f})
+        best = track.add(q, f)
     assert len(track) == 3 and [q for q, _ in track.frames] == [0.95, 0.9, 0.8]
-    kept = [frames[5], frames[1], frames[3]]
-    assert np.allclose(fused["e"], fuse_probes([{"e": f} for f in kept], ["e"])["e"])
-    assert float(fused["e"] @ person) > max(float(f @ person) for f in kept)
-    assert np.isclose(np.linalg.norm(fused["e"]), 1.0)
+    assert all(np.array_equal(b["sface"], frames[i]["sface"]) for b, i in zip(best, (5, 1, 3), strict=True))
+
+    people = _unit(rng, 40, 64)
+    gallery = Gallery(("sface",))
+    for k, v in enumerate(people):
+        gallery.add(f"p{k}", {"sface": v})
+    scorer = CosineScorer(Registry().manifest("sface"), gallery)
+    noisy = [people[3] + 5.0 * _unit(rng, 1, 64)[0] for _ in range(30)]
+    noisy = [{"sface": v / np.linalg.norm(v)} for v in noisy]
+    single = sum(scorer.identify(p, threshold=-1).candidate == "p3" for p in noisy)
+    tracks = sum(scorer.identify_track(noisy[i:i + 3], threshold=-1).candidate == "p3" for i in range(0, 30, 3))
+    assert tracks / 10 > single / 30
+    stranger = [{"sface": v} for v in _unit(rng, 3, 64)]
+    r = scorer.identify_track(stranger, threshold=-1)
+    per_frame = [scorer.identity_score(p, r.candidate) for p in stranger]
+    assert min(per_frame) <= r.score <= max(per_frame) and r.score == pytest.approx(np.mean(per_frame))
+    assert fuse_probes(stranger, ["sface"])["sface"].shape == (64,)
 
 
 def test_bench_door_on_a_small_folder(lfw: Path, tmp_path: Path) -> None:
