@@ -93,6 +93,9 @@ class DecisionConfig:
     # Each observation scores the fusion of the track's best frames so far (by detector confidence, sharpness and
     # pose; edge/match/track.py): this many. 1 scores every frame on its own.
     track_frames: int = 3
+    # An identity's score over its enrolment photos: "mean" of the photos' scores, or the best one ("max").
+    # With several photos per person "max" gives each impostor several chances at the 1:N threshold.
+    templates: str = "mean"
     cooldown_s: float = 10.0  # one event per identity within this time (one walk-up, one event)
     claim_window_s: float = 10.0  # a badge claim narrows decisions to 1:1 for this long
     tailgating: str = "deny"  # deny | allow: a grant while another unrecognised live face is in view
@@ -182,6 +185,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": PROFILES,
     "decision.tailgating": ("deny", "allow"),
+    "decision.templates": ("mean", "max"),
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),
     "log.level": ("debug", "info", "warning", "error"),

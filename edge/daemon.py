@@ -172,7 +172,7 @@ class Daemon:
             log.warning("%s", warning)
         # The one scorer (edge/match): the embedder's cosine, or a verification head over its embedders.
         self.scorer = make_scorer(registry, cfg.models.embedder, cfg.models.verifier, self.store, cfg.decision.fpir,
-                                  cfg.models.fusion)
+                                  cfg.models.fusion, cfg.decision.templates)
         self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
                                      threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
                                      extra_embedders=self.scorer.embedders)

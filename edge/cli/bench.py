@@ -7,7 +7,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge.cli.common import YES, bounded, emit, json_option, pct, pipeline, recognition_options, registry, scorer
+from edge.cli.common import (
+    YES,
+    bounded,
+    emit,
+    json_option,
+    pct,
+    pipeline,
+    recognition_options,
+    registry,
+    scorer,
+    settings,
+)
 from edge.errors import FacegateError
 
 
@@ -60,7 +71,8 @@ def cmd_door(args: argparse.Namespace) -> int:
                         threads=args.threads, min_face_px=args.min_face)
     r = door.run(args.images, pipe, scorers, gallery_sizes=args.gallery_size, enrol=args.enrol,
                  probes_per_track=args.frames, seeds=args.seeds, exclude_pairs=args.exclude_pairs or (),
-                 only_pairs=args.only_pairs, policy=args.policy, templates=args.templates)
+                 only_pairs=args.only_pairs, policy=args.policy,
+                 templates=args.templates or settings(args).decision.templates)
     lines = [f"{c['scorer']:<22} K={c['gallery_size']:<5} e={c['enrol_photos']} m={c['track_frames']}: "
              + (c["skipped"] if "skipped" in c else
                 f"rank-1 {c['rank1']:.4f}, DIR@FPIR 1% {c['dir_at_fpir']['0.01']:.4f}, 0.1% "
@@ -183,9 +195,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-pairs", type=Path, action="append", metavar="FILE",
                    help="also leave out the identities of this pairs file (those a scorer was calibrated on "
                         "always are)")
-    p.add_argument("--templates", choices=("each", "centroid"), default="each",
-                   help="each enrolment photo a template (an identity scores its best), or one centroid per "
-                        "identity (default: each)")
+    p.add_argument("--templates", choices=("max", "mean"),
+                   help="an identity's score over its enrolment photos: the best, or the mean (default: "
+                        "decision.templates)")
     p.add_argument("--only-pairs", type=Path, metavar="FILE",
                    help="draw only from the identities of this pairs file (a development run, e.g. View 1)")
     recognition_options(p, policy="central")

@@ -141,8 +141,10 @@ def scorer(args: argparse.Namespace, store: Any = None):
     from edge.match.factory import make_scorer
 
     settings(args)
+    cfg = settings(args)
+    templates = "max" if getattr(args, "verifier", None) else cfg.decision.templates
     return make_scorer(registry(args), args.model, getattr(args, "verifier", None) or "", store,
-                       getattr(args, "fpir", None) or 0.01, getattr(args, "fusion", None) or "")
+                       getattr(args, "fpir", None) or 0.01, getattr(args, "fusion", None) or "", templates)
 
 
 def open_store(args: argparse.Namespace, create: bool = False):

@@ -28,7 +28,6 @@ from edge.eval.lfw import embed_paths, pair_identities, read_pairs
 from edge.match import Scorer, accept_all
 from edge.match.gallery import Gallery
 from edge.match.thresholds import identify_threshold
-from edge.match.track import fuse_probes
 from edge.pipeline import FacePipeline
 
 FPIRS = {"0.01": 0.01, "0.001": 0.001}
@@ -55,7 +54,7 @@ def fitted_identities(scorers: dict[str, Scorer], images: Path) -> tuple[set[str
 
 
 def _cell(scorer: Scorer, people: dict[str, list[str]], probes: dict[str, Any], k: int, e: int, m: int,
-          seeds: int, templates: str = "each") -> dict[str, Any]:
+          seeds: int, templates: str = "max") -> dict[str, Any]:
     usable = {n: [r for r in rels if r in probes] for n, rels in people.items()}
     eligible = sorted(n for n, r in usable.items() if len(r) >= e)
     if len(eligible) < k:
@@ -75,10 +74,8 @@ def _cell(scorer: Scorer, people: dict[str, list[str]], probes: dict[str, Any], 
         gallery = Gallery(scorer.embedders)
         for n in sorted(chosen):
             rows = [probes[r] for r in usable[n][:e]]
-            if templates == "centroid":  # the identity's photos as one template
-                rows = [fuse_probes(rows, scorer.embedders)]
             gallery.add(n, {emb: np.stack([p[emb] for p in rows]) for emb in scorer.embedders})
-        drawn = scorer.over(gallery)
+        drawn = scorer.over(gallery, templates)
         for n, rels in usable.items():
             if n in chosen:
                 if len(rels) < e + m:
@@ -133,9 +130,9 @@ def face_cost_ms(pipeline: FacePipeline, images: Path, rels: list[str], embedder
 def run(images: Path, pipeline: FacePipeline, scorers: dict[str, Scorer], gallery_sizes: Sequence[int] = (100,),
         enrol: Sequence[int] = (1, 3), probes_per_track: Sequence[int] = (1, 3, 5), seeds: int = 10,
         exclude_pairs: Sequence[Path] = (), only_pairs: Path | None = None, policy: str = "central",
-        templates: str = "each") -> dict[str, Any]:
-    """`templates`: "each" (every enrolment photo a template; an identity scores its best) or "centroid" (one
-    template per identity: the fusion of its photos)."""
+        templates: str | None = None) -> dict[str, Any]:
+    """`templates`: how an identity's enrolment photos make its score, "max" or "mean" (default: each scorer's
+    own setting)."""
     images = Path(images)
     excluded, excluded_from = fitted_identities(scorers, images)
     for f in exclude_pairs:

@@ -13,7 +13,16 @@ from edge.store.db import Store
 
 
 def make_scorer(registry: Registry, embedder: str = "sface", verifier: str = "", store: Store | None = None,
-                fpir: float = DEFAULT_FPIR, fusion: str = "") -> Scorer:
+                fpir: float = DEFAULT_FPIR, fusion: str = "", templates: str = "max") -> Scorer:
+    scorer = _make(registry, embedder, verifier, store, fpir, fusion)
+    if templates != "max" and verifier:
+        raise ModelError("decision.templates: a verification head scores an identity by its best photo only "
+                         "(\"max\")")
+    scorer.templates = templates
+    return scorer
+
+
+def _make(registry: Registry, embedder: str, verifier: str, store: Store | None, fpir: float, fusion: str) -> Scorer:
     if verifier and fusion:
         raise ModelError("models.verifier and models.fusion are two ways of scoring several embedders: "
                          "configure one of them")

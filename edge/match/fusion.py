@@ -71,45 +71,63 @@ class Fusion:
                                  f"{not m.flip_average}; recalibrate it")
 
 
-class FusionIndex:
-    """Every template of the gallery, stacked per member, rows paired by enrolment photo."""
+class TemplateIndex:
+    """Every template of a gallery, stacked per member, rows paired by enrolment photo, and how an identity's
+    templates make its score: its best photo ("max") or the mean over its photos ("mean"; linear in the
+    cosines, so the fused mean is the mean fused score)."""
 
-    def __init__(self, fusion: Fusion, paired: dict[str, dict[str, np.ndarray]]) -> None:
-        self.fusion = fusion
+    def __init__(self, members: tuple[str, ...], combine, paired: dict[str, dict[str, np.ndarray]],
+                 aggregate: str = "max") -> None:
+        if aggregate not in AGGREGATES:
+            raise ModelError(f"templates {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+        self.members, self.combine, self.aggregate = members, combine, aggregate
         names: list[str] = []
-        blocks: dict[str, list[np.ndarray]] = {m: [] for m in fusion.members}
+        blocks: dict[str, list[np.ndarray]] = {m: [] for m in members}
         for who, rows in paired.items():
-            n = len(rows[fusion.members[0]])
+            n = len(rows[members[0]])
             names += [who] * n
-            for m in fusion.members:
+            for m in members:
                 blocks[m].append(np.asarray(rows[m], np.float32))
         self.names = np.array(names)
+        self.order = sorted(set(names))
+        self.slot = np.array([self.order.index(n) for n in names], np.int64) if names else np.zeros(0, np.int64)
+        self.counts = np.bincount(self.slot, minlength=len(self.order)) if names else np.zeros(0)
         self.rows = {m: (np.concatenate(b) if b else np.zeros((0, 1), np.float32)) for m, b in blocks.items()}
-        self.identities = len(set(names))
+        self.identities = len(self.order)
 
-    def scores(self, probe: Probe) -> np.ndarray:
-        cos = np.stack([self.rows[m] @ np.asarray(probe[m], np.float32) for m in self.fusion.members], axis=-1)
-        return self.fusion.combine(cos)
+    def identity_scores(self, probe: Probe) -> np.ndarray:
+        """(identities,) scores in `self.order`."""
+        cos = np.stack([self.rows[m] @ np.asarray(probe[m], np.float32) for m in self.members], axis=-1)
+        per_row = self.combine(cos)
+        if self.aggregate == "mean":
+            return np.bincount(self.slot, weights=per_row, minlength=len(self.order)) / self.counts
+        out = np.full(len(self.order), -np.inf)
+        np.maximum.at(out, self.slot, per_row)
+        return out
 
     def search(self, probe: Probe, k: int) -> list[Match]:
-        if not len(self.names):
+        if not self.order:
             return []
-        s = self.scores(probe)
-        seen: dict[str, float] = {}
-        for j in np.argsort(-s, kind="stable"):
-            name = str(self.names[j])
-            if name not in seen:
-                seen[name] = float(s[j])
-                if len(seen) == k:
-                    break
-        return [Match(n, v) for n, v in seen.items()]
+        s = self.identity_scores(probe)
+        top = np.argsort(-s, kind="stable")[:k]
+        return [Match(self.order[i], float(s[i])) for i in top]
+
+    def score(self, probe: Probe, name: str) -> float | None:
+        if name not in self.order:
+            return None
+        return float(self.identity_scores(probe)[self.order.index(name)])
+
+
+AGGREGATES = ("max", "mean")
 
 
 class FusionScorer(Scorer):
-    def __init__(self, manifest: Manifest, gallery: Gallery | None = None, fpir: float = DEFAULT_FPIR) -> None:
+    def __init__(self, manifest: Manifest, gallery: Gallery | None = None, fpir: float = DEFAULT_FPIR,
+                 templates: str = "max") -> None:
         self.fusion = Fusion(manifest)
         super().__init__(manifest, self.fusion.members, gallery, fpir)
-        self._index: tuple[int, FusionIndex] | None = None
+        self.templates = templates
+        self._index: tuple[int, str, TemplateIndex] | None = None
 
     def _reset(self) -> None:
         self._index = None
@@ -125,19 +143,15 @@ class FusionScorer(Scorer):
             np.float32).T for m in self.embedders], axis=-1)
         return self.fusion.combine(cos)
 
-    def index(self) -> FusionIndex:
+    def index(self) -> TemplateIndex:
         gallery = self._gallery()
-        if self._index is None or self._index[0] != gallery.revision:
-            self._index = (gallery.revision, FusionIndex(self.fusion, gallery.paired(self.embedders)))
-        return self._index[1]
+        if self._index is None or self._index[:2] != (gallery.revision, self.templates):
+            self._index = (gallery.revision, self.templates, TemplateIndex(
+                self.embedders, self.fusion.combine, gallery.paired(self.embedders), self.templates))
+        return self._index[2]
 
     def identity_score(self, probe: Probe, name: str) -> float | None:
-        rows = self._gallery().paired(self.embedders, name).get(name)
-        if not rows:
-            return None
-        cos = np.stack([np.asarray(rows[m], np.float32) @ np.asarray(probe[m], np.float32) for m in self.embedders],
-                       axis=-1)
-        return float(np.max(self.fusion.combine(cos)))
+        return self.index().score(probe, name)
 
     def identities(self) -> int:
         return self._gallery().identities

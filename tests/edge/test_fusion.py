@@ -177,3 +177,25 @@ def test_bench_door_on_a_small_folder(lfw: Path, tmp_path: Path) -> None:
     assert cells[3]["known_tracks"] == 12 and cells[3]["unknown_tracks"] == 12  # 6 known + 6 unknown per seed
     assert 0 <= cells[1]["rank1"] <= 1 and r["ms_per_face"]["sface"] > 0
     assert images_named_by([tmp_path / "pairsDevTrain.txt"])  # sanity: the file was read for the exclusion
+
+
+def test_mean_over_photos_gives_an_impostor_one_chance_not_several() -> None:
+    """Three photos per person: under "max" a random probe's best score over an identity is the max of three
+    draws, under "mean" their mean — whose spread is narrower than one photo's, so the 1:N threshold calibrated
+    on single photos holds."""
+    from edge.match.cosine import CosineScorer
+
+    rng = np.random.default_rng(4)
+    gallery = Gallery(("sface",))
+    for k in range(200):
+        gallery.add(f"p{k}", {"sface": _unit(rng, 3, 32)})
+    scorer = CosineScorer(Registry().manifest("sface"), gallery)
+    probes = [{"sface": v} for v in _unit(rng, 300, 32)]
+    worst = {}
+    for templates in ("max", "mean"):
+        drawn = scorer.over(gallery, templates)
+        worst[templates] = np.mean([drawn.identify(p, threshold=np.inf).score for p in probes])
+        p = probes[0]
+        assert drawn.identity_score(p, "p5") == pytest.approx(
+            getattr(np, templates)(gallery.templates("p5", "sface") @ p["sface"]))
+    assert worst["mean"] < worst["max"]
