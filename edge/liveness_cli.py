@@ -1,4 +1,4 @@
-"""`facegate liveness IMG` and `facegate bench liveness`, for edge/cli.py to register.
+"""`facegate liveness IMG`, `facegate bench liveness` and `facegate bench planar`, for edge/cli.py to register.
 
 `facegate liveness IMG [--json]`: the passive check on the largest face of one image, at the fixed
 threshold. Exit 0 live, 1 spoof, 2 error (unreadable image, no face, no liveness model installed).
@@ -67,6 +67,27 @@ def cmd_bench_liveness(args: argparse.Namespace) -> int:
                  f"{_pct(r['certain_spoof_on_live'])}",
                  f"upstream arg-max rule for comparison: APCER {_pct(up['apcer'])}, BPCER {_pct(up['bpcer'])}"]
     print(json.dumps(r, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
+def cmd_bench_planar(args: argparse.Namespace) -> int:
+    import sys
+
+    from edge.bench import planar
+    from edge.imageio import sample_images
+
+    paths = [*sample_images(args.images, limit=args.limit), *args.image]
+    r = planar.run(paths, seed=args.seed, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"OpenCV {r['opencv']}, {r['faces']} faces, seed {r['seed']}; planar iff ≥ {r['planar_share']:.0%} of "
+          f"the points on one homography (points kept at conditioning ≥ {r['min_condition']:g})")
+    for kind, k in r["kinds"].items():
+        print(f"{kind}: {k['correct']} of {k['clips']} judged {k['expected']} ({k['no_verdict']} no verdict); "
+              f"some frame said the opposite in {k['some_frame_opposite']}; inliers of the deciding fit min "
+              f"{k['inliers_min']:.3f}, median {k['inliers_median']:.3f}"
+              + (f"; wrong: {', '.join(Path(w).name for w in k['wrong'])}" if k["wrong"] else ""))
     return 0
 
 
@@ -151,3 +172,14 @@ def add_bench_liveness(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=5, help="clips: n (default 5)")
     _model_args(p)
     p.set_defaults(func=cmd_bench_liveness)
+    p = bench.add_parser("planar", help="the planar-motion check on synthetic replays, torn prints and turning "
+                                        "reliefs of the faces in a folder (a regression aid)")
+    p.add_argument("--images", type=Path, required=True, help="folder of face images (searched recursively)")
+    p.add_argument("--image", type=Path, action="append", default=[], metavar="FILE",
+                   help="one more face image (repeatable), e.g. $FACEGATE_DATA/liveness/image_T1.jpg")
+    p.add_argument("--limit", type=int, default=20, help="at most this many images from --images, evenly spread "
+                                                         "(default: 20)")
+    p.add_argument("--seed", type=int, default=20, help="first seed; kind i of face k uses seed + 25 i + k "
+                                                        "(default: 20)")
+    p.add_argument("--json", action="store_true", help="print JSON (every clip's verdict and fit)")
+    p.set_defaults(func=cmd_bench_planar)
