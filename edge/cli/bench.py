@@ -157,6 +157,25 @@ def cmd_liveness(args: argparse.Namespace) -> int:
     return YES
 
 
+def cmd_planar(args: argparse.Namespace) -> int:
+    import sys
+
+    from edge.bench import planar
+    from edge.imageio import sample_images
+
+    paths = [*sample_images(args.images, limit=args.limit), *args.image]
+    r = planar.run(paths, seed=args.seed, progress=sys.stderr.isatty())
+    lines = [f"OpenCV {r['opencv']}, {r['faces']} faces, seed {r['seed']}; planar iff ≥ {r['planar_share']:.0%} of "
+             f"the points on one homography (points kept at conditioning ≥ {r['min_condition']:g})"]
+    for kind, k in r["kinds"].items():
+        lines.append(f"{kind}: {k['correct']} of {k['clips']} judged {k['expected']} ({k['no_verdict']} no verdict); "
+                     f"some frame said the opposite in {k['some_frame_opposite']}; inliers of the deciding fit min "
+                     f"{k['inliers_min']:.3f}, median {k['inliers_median']:.3f}"
+                     + (f"; wrong: {', '.join(Path(w).name for w in k['wrong'])}" if k["wrong"] else ""))
+    emit(args, r, "\n".join(lines))
+    return YES
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="accuracy and speed benchmarks (JSON with --json)").add_subparsers(
         dest="bench_command", required=True, metavar="BENCH")
@@ -252,6 +271,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=bounded(int, 1), default=5, help="clips: n (default 5)")
     liveness_model_options(p)
     p.set_defaults(func=cmd_liveness)
+    _planar_parser(bench)
+
+
+def _planar_parser(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("planar", help="the planar-motion check on synthetic replays, torn prints and turning "
+                                        "reliefs of the faces in a folder (a regression aid)")
+    p.add_argument("--images", type=Path, required=True, help="folder of face images (searched recursively)")
+    p.add_argument("--image", type=Path, action="append", default=[], metavar="FILE",
+                   help="one more face image (repeatable), e.g. $FACEGATE_DATA/liveness/image_T1.jpg")
+    p.add_argument("--limit", type=bounded(int, 1), default=20,
+                   help="at most this many images from --images, evenly spread (default: 20)")
+    p.add_argument("--seed", type=int, default=20,
+                   help="first seed; kind i of face k uses seed + 25 i + k (default: 20)")
+    json_option(p)
+    p.set_defaults(func=cmd_planar)
 
 
 def liveness_model_options(p: argparse.ArgumentParser) -> None:
