@@ -21,7 +21,8 @@ from edge.vision.detect import POLICIES
 TORCH_GROUPS = ("export", "train", "style")
 # Command groups defined next to the code they drive: each module has add_commands(subparsers), and its
 # handlers take the parsed arguments and return the exit code. Imported lazily so start-up stays cheap.
-COMMAND_MODULES: tuple[str, ...] = ("edge.daemon_cli", "edge.stylize_cli", "edge.liveness_cli")
+COMMAND_MODULES: tuple[str, ...] = ("edge.daemon_cli", "edge.stylize_cli", "edge.liveness_cli",
+                                     "edge.explain_cli")
 
 
 def _iso(ts: float) -> str:
