@@ -2,11 +2,13 @@
 
 Per spatial axis, a feature map's unit i sees input pixels [offset + i·jump, offset + i·jump + size): `size`
 grows by (k_eff − 1)·jump at every window op (k_eff = dilation·(k − 1) + 1), `jump` multiplies by the
-stride, and `offset` moves back by the leading padding times the incoming jump. offset is negative when
-padding lets a unit see past the image border. Where branches meet (Add, Concat, …) the fields must share a
-jump and the union is taken. Element-wise ops (normalisation, activations, the prepared PReLU's Mul/Add)
-leave the field alone; a map gated by a global statistic (squeeze-excitation) keeps its local field — the
-gate's whole-image input is not counted. Flatten, Gemm and global pooling end the spatial path.
+stride, and `offset` moves back by the leading padding times the incoming jump (negative where padding lets
+a unit see past the image border; a Pad node moves it the same way). Where branches meet (Add, Concat, …)
+the fields must share a jump and the union is taken. Element-wise ops (normalisation, activations, the
+prepared PReLU's Mul/Add) leave the field alone; a map gated by a global statistic (squeeze-excitation) keeps
+its local field — the gate's whole-image input is not counted. Flatten, Gemm and global pooling end the
+spatial path. The field is the usual bound: dilation leaves holes in it, and where a strided layer stops
+short of the last pixels the last units' fields cover pixels they never see.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from edge.errors import ModelError
 
@@ -92,6 +95,27 @@ def _window(node: onnx.NodeProto, inp: Field, initializers: dict[str, onnx.Tenso
     return Field(tuple(size), tuple(jump), tuple(offset), tuple(shape))  # type: ignore[arg-type]
 
 
+def _pad(node: onnx.NodeProto, inp: Field, constants: dict[str, np.ndarray]) -> Field:
+    """Pad (opset ≥ 11: the pads are an input): a border that shifts the map's origin and grows its size."""
+    if len(node.input) < 2 or node.input[1] not in constants:
+        raise ModelError(f"Pad node {node.name!r}: its pads are not a constant")
+    pads = [int(v) for v in constants[node.input[1]].ravel()]
+    rank = len(pads) // 2
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:  # opset 18: pads name only these axes
+        if node.input[3] not in constants:
+            raise ModelError(f"Pad node {node.name!r}: its axes are not a constant")
+        axes = [int(a) for a in constants[node.input[3]].ravel()]
+    begin, end = [0, 0], [0, 0]
+    for k, axis in enumerate(axes):
+        axis = axis + 4 if axis < 0 else axis
+        if axis in (2, 3):  # NCHW: padding channels or the batch leaves the field alone
+            begin[axis - 2], end[axis - 2] = pads[k], pads[k + rank]
+    offset = tuple(inp.offset[ax] - begin[ax] * inp.jump[ax] for ax in range(2))
+    shape = tuple(inp.shape[ax] + begin[ax] + end[ax] for ax in range(2))
+    return Field(inp.size, inp.jump, offset, shape)  # type: ignore[arg-type]
+
+
 def _union(node: onnx.NodeProto, fields: list[Field]) -> Field:
     first = fields[0]
     for f in fields[1:]:
@@ -114,6 +138,10 @@ def receptive_fields(model: onnx.ModelProto, input_hw: tuple[int, int], input_na
     """
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
+    constants = {name: numpy_helper.to_array(t) for name, t in initializers.items()}
+    constants.update({n.output[0]: numpy_helper.to_array(helper.get_attribute_value(n.attribute[0]))
+                      for n in graph.node if n.op_type == "Constant" and n.attribute
+                      and n.attribute[0].name == "value"})
     inputs = [i.name for i in graph.input if i.name not in initializers]
     name = input_name or (inputs[0] if inputs else None)
     if name is None:
@@ -129,6 +157,8 @@ def receptive_fields(model: onnx.ModelProto, input_hw: tuple[int, int], input_na
             continue
         if op in WINDOW_OPS:
             out = _window(node, spatial[0], initializers)
+        elif op == "Pad":
+            out = _pad(node, spatial[0], constants)
         elif op in POINTWISE_OPS:
             out = _union(node, spatial)
         else:

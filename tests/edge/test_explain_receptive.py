@@ -21,9 +21,9 @@ def _conv(name: str, inp: str, cin: int, cout: int, k: int, rng: np.random.Gener
     return helper.make_node("Conv", [inp, f"{name}_w"], [name], name=name, kernel_shape=[k, k], **attrs), w
 
 
-def _model(nodes: list, inits: list, outputs: list[str]) -> onnx.ModelProto:
+def _model(nodes: list, inits: list, outputs: list[str], side: int = SIDE) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, SIDE, SIDE])],
+        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, side, side])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", "c", "h", "w"]) for o in outputs], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -55,7 +55,19 @@ def dilated() -> onnx.ModelProto:
     return _model([c1, pool, c2], [w1, w2], ["c2"])
 
 
-def test_fields_by_hand(residual: onnx.ModelProto, dilated: onnx.ModelProto) -> None:
+@pytest.fixture
+def padded() -> onnx.ModelProto:
+    """conv 3×3 stride 2 → Pad (one channel, one row on top, one column on the right) → conv 3×3, on 17×17
+    (so the strided conv reaches the last pixel and every field is exact)."""
+    rng = np.random.default_rng(4)
+    c1, w1 = _conv("c1", "x", 1, 2, 3, rng, strides=[2, 2])
+    pads = numpy_helper.from_array(np.array([0, 1, 1, 0, 0, 0, 0, 1], np.int64), "pads")
+    pad = helper.make_node("Pad", ["c1", "pads"], ["p1"], name="pad")
+    c2, w2 = _conv("c2", "p1", 3, 2, 3, rng)
+    return _model([c1, pad, c2], [w1, pads, w2], ["c2"], side=17)
+
+
+def test_fields_by_hand(residual: onnx.ModelProto, dilated: onnx.ModelProto, padded: onnx.ModelProto) -> None:
     f = receptive_fields(residual, (SIDE, SIDE))
     assert f["c1"] == Field((3, 3), (1, 1), (-1, -1), (16, 16))
     assert f["r1"] == f["c1"]  # point-wise
@@ -69,24 +81,29 @@ def test_fields_by_hand(residual: onnx.ModelProto, dilated: onnx.ModelProto) -> 
     assert g["p1"] == Field((7, 7), (2, 2), (-3, -3), (9, 9))  # ceil((16 + 2 − 3) / 2) + 1
     # SAME_UPPER on 9 with stride 2: 5 outputs need (5 − 1)·2 + 3 − 9 = 2 pixels of padding, one each side
     assert g["c2"] == Field((11, 11), (4, 4), (-5, -5), (5, 5))
+    h = receptive_fields(padded, (17, 17))
+    assert h["c1"] == Field((3, 3), (2, 2), (0, 0), (8, 8))
+    assert h["p1"] == Field((3, 3), (2, 2), (-2, 0), (9, 9))  # a row on top: the origin moves up one jump
+    assert h["c2"] == Field((7, 7), (2, 2), (-2, 0), (7, 7))
     # The maps worth showing: what a window op reads (the image itself excluded).
     assert feature_maps(residual, f) == ["r1", "p1"]
 
 
-@pytest.mark.parametrize("graph", ["residual", "dilated"])
+@pytest.mark.parametrize("graph", ["residual", "dilated", "padded"])
 def test_fields_match_what_the_graph_computes(graph: str, request: pytest.FixtureRequest) -> None:
     """Brighten one input pixel at a time: exactly the units whose field holds it change (without dilation's
     holes), and onnxruntime's map sizes are the computed ones."""
     model = request.getfixturevalue(graph)
-    fields = receptive_fields(model, (SIDE, SIDE))
+    side = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    fields = receptive_fields(model, (side, side))
     names = [n for n in fields if n != "x"]
     rt = OnnxRuntime(tap(model, names).SerializeToString())
-    base_x = np.random.default_rng(2).uniform(0, 1, (1, 1, SIDE, SIDE)).astype(np.float32)
+    base_x = np.random.default_rng(2).uniform(0, 1, (1, 1, side, side)).astype(np.float32)
     base = rt.run({"x": base_x})
     for name, out in zip(names, base, strict=True):
         assert out.shape[2:] == fields[name].shape, name
-    for py in range(SIDE):
-        for px in range(SIDE):
+    for py in range(side):
+        for px in range(side):
             x = base_x.copy()
             x[0, 0, py, px] += 100.0
             for name, before, after in zip(names, base, rt.run({"x": x}), strict=True):
@@ -98,7 +115,9 @@ def test_fields_match_what_the_graph_computes(graph: str, request: pytest.Fixtur
                         y0, x0, y1, x1 = f.box(i, j)
                         boxes[i, j] = y0 <= py < y1 and x0 <= px < x1
                 assert not (changed & ~boxes).any(), f"{name}: a unit sees ({py}, {px}) outside its field"
-                if graph == "residual":  # dense kernels: the field is exact, not just an upper bound
+                # Dense kernels: the field is exact, not just an upper bound (except for dilation's holes and a
+                # Pad's own border units, constants that see nothing).
+                if graph != "dilated" and name != "p1":
                     assert (changed == boxes).all(), f"{name}: field larger than what the unit sees"
 
 
