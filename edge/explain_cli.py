@@ -36,7 +36,8 @@ def _explainer(args: argparse.Namespace):
     names = embedder_names(args.model)
     pipe = FacePipeline(embedder=names[0], extra_embedders=names[1:], threads=args.threads,
                         min_face_px=args.min_face)
-    return MatchExplainer(pipe, patch=args.patch, stride=args.stride, batch=args.batch, progress=_progress)
+    return MatchExplainer(pipe, patch=args.patch, stride=args.stride, batch=args.batch, progress=_progress,
+                          **({"margin": args.margin} if getattr(args, "margin", None) is not None else {}))
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -104,6 +105,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_units(args: argparse.Namespace) -> int:
+    from edge.errors import FacegateError
     from edge.explain.units import UnitModel, collect
     from edge.imageio import sample_images
     from edge.models.registry import Registry
@@ -117,11 +119,11 @@ def cmd_units(args: argparse.Namespace) -> int:
                                     f"stride {r['jump'][0]}" for r in rows))
         return 0
     if args.images is None or args.out is None:
-        from edge.errors import FacegateError
-
         raise FacegateError("explain units: give --images DIR and --out DIR (or --list-layers)")
     layers = model.layers(args.layers.split(",") if args.layers else ())
     pipe = FacePipeline(registry, embedder=args.model, threads=args.threads, min_face_px=args.min_face)
+    if args.cell < 8:
+        raise FacegateError(f"--cell must be at least 8 pixels, not {args.cell}")
     result = collect(pipe, model, sample_images(args.images, args.limit), layers, n=args.top, units=args.units,
                      pick=args.pick, policy=args.policy)
     from edge.explain.draw import png
@@ -224,6 +226,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=50, help="genuine pairs, evenly spread over the file (default 50)")
     p.add_argument("--top", type=int, default=1,
                    help="strongest cells of each map that must fall inside (default: 1, the strongest)")
+    p.add_argument("--margin", type=float,
+                   help="widen the eyes-nose-mouth box by this many eye distances (default: 0.5, brows included)")
     p.add_argument("--draws", type=int, default=10, help="random cell sets per face for the masking check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write each pair's picture into this folder")

@@ -1,11 +1,11 @@
 """`facegate explain bench`: do occlusion maps point at the face? Measured on LFW View-1 genuine pairs.
 
 For each pair both faces are occluded in turn. A pair passes when the `top` strongest cells (default: the
-strongest one) of *both* maps have their patch centres inside the central box (the aligned template's eyes,
-nose and mouth corners, widened by a quarter of the eye distance); the shares for the strongest cell alone
-and for the top three are reported beside it. As a check that the map ranks regions by their real effect,
-each face is also scored with its top three cells greyed together, against as many random cells greyed
-together.
+strongest one) of *both* maps have their patch centres inside the central box: the aligned template's eyes,
+nose and mouth corners, widened by the explainer's margin (half the eye distance by default, see
+occlusion.CENTRAL_MARGIN). The shares for the strongest cell alone and for the top three are reported beside
+it. As a check that the map ranks regions by their real effect, each face is also scored with its top three
+cells greyed together, against as many random cells greyed together.
 View 2 (pairs.txt, the test set) is refused: this is a development measurement.
 """
 
@@ -27,6 +27,8 @@ from edge.imageio import load_bgr
 
 
 def view1_genuine(pairs_file: Path, limit: int) -> list[tuple[str, str]]:
+    if limit < 1:
+        raise FacegateError(f"--limit must be at least 1, not {limit}")
     pairs = read_pairs(pairs_file)
     if Path(pairs_file).name == "pairs.txt" or any(p.fold > 0 for p in pairs):
         raise FacegateError(f"{pairs_file} is LFW View 2 (the test set): use pairsDevTrain.txt or pairsDevTest.txt")
@@ -50,6 +52,8 @@ def masking_check(side: Any, top: int, draws: int, rng: np.random.Generator) -> 
 
 def run(explainer: MatchExplainer, images: Path, pairs_file: Path, limit: int = 50, top: int = 1,
         draws: int = 10, seed: int = 0, policy: str = "central", out: Path | None = None) -> dict[str, Any]:
+    if top < 1:
+        raise FacegateError(f"--top must be at least 1, not {top}")
     genuine = view1_genuine(pairs_file, limit)
     rng = np.random.default_rng(seed)
     rows, no_face, ms = [], [], []
@@ -87,6 +91,7 @@ def run(explainer: MatchExplainer, images: Path, pairs_file: Path, limit: int = 
     return {
         "model": explainer.model, "pairs_file": str(pairs_file), "pairs": n, "scored": len(rows),
         "no_face": no_face, "patch": explainer.patch, "stride": explainer.stride, "top_cells": top,
+        "margin_eye_distances": explainer.margin,
         "central_box_xyxy": [round(v, 2) for v in box] if box else None,
         "inside_fraction": round(sum(r["inside"][top] for r in rows) / n, 4),
         "faces_inside_fraction": round(sum(f["inside"][top] for f in faces) / (2 * n), 4),

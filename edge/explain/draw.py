@@ -23,12 +23,19 @@ def png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def text(img: np.ndarray, s: str, x: int, y: int, scale: float = 0.5, colour: tuple[int, int, int] = INK,
-         bold: bool = False) -> None:
+def _ascii(s: str) -> str:
     # Hershey fonts are ASCII: replace what the messages may carry beyond it.
     s = s.replace("≥", ">=").replace("≤", "<=").replace("×", "x").replace("—", "-").replace("–", "-")
-    s = s.encode("ascii", "replace").decode()
-    cv2.putText(img, s, (x, y), FONT, scale, colour, 2 if bold else 1, cv2.LINE_AA)
+    return s.encode("ascii", "replace").decode()
+
+
+def text_width(s: str, scale: float = 0.5, bold: bool = False) -> int:
+    return cv2.getTextSize(_ascii(s), FONT, scale, 2 if bold else 1)[0][0]
+
+
+def text(img: np.ndarray, s: str, x: int, y: int, scale: float = 0.5, colour: tuple[int, int, int] = INK,
+         bold: bool = False) -> None:
+    cv2.putText(img, _ascii(s), (x, y), FONT, scale, colour, 2 if bold else 1, cv2.LINE_AA)
 
 
 def heat_colours(values: np.ndarray, vmax: float) -> np.ndarray:
@@ -68,7 +75,8 @@ def patch_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], cell: int, titl
     cols = max((len(p) for _, p in rows), default=0)
     head = 10 + 20 * len(title)
     h = head + len(rows) * (cell + gap) + gap
-    w = label_width + cols * (cell + gap) + gap
+    w = max(label_width + cols * (cell + gap) + gap,
+            max((text_width(line, 0.5, k == 0) + 12 for k, line in enumerate(title)), default=0))
     canvas = np.full((h, w, 3), PAPER, np.uint8)
     for k, line in enumerate(title):
         text(canvas, line, 6, 20 + 20 * k, 0.5, bold=k == 0)

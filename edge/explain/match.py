@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import FacegateError, NoFaceError
 from edge.explain import draw
-from edge.explain.occlusion import GREY, FaceView, Occluder, OcclusionMap, central_box, mean_cosine
+from edge.explain.occlusion import CENTRAL_MARGIN, GREY, FaceView, Occluder, OcclusionMap, central_box, mean_cosine
 from edge.pipeline import FacePipeline
 from edge.vision.detect import select_face
 
@@ -77,8 +77,10 @@ class MatchExplainer:
     """The device's own detection, alignment and embedders, and the occlusion settings."""
 
     def __init__(self, pipeline: FacePipeline, patch: int = 16, stride: int = 8, batch: int = 64,
-                 fill: float = GREY, progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None) -> None:
+                 fill: float = GREY, progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
+                 margin: float = CENTRAL_MARGIN) -> None:
         self.pipeline = pipeline
+        self.margin = margin  # of the central box drawn (and measured by the bench), in eye distances
         self.embedders = pipeline.embedders
         self.patch, self.stride, self.batch, self.fill = patch, stride, batch, fill
         self.progress = progress
@@ -122,7 +124,7 @@ class MatchExplainer:
         return MatchExplanation(self.model, map_a.score, value, kind,
                                 [Side(labels[0], occ_a.crop, map_a, occluder=occ_a),
                                  Side(labels[1], occ_b.crop, map_b, occluder=occ_b)],
-                                central_box(self.display))
+                                central_box(self.display, self.margin))
 
     def probe_only(self, probe: FaceView, templates: dict[str, np.ndarray], label: str, reference_label: str,
                    threshold: tuple[float | None, str], note: str) -> MatchExplanation:
@@ -131,7 +133,7 @@ class MatchExplainer:
         m = self._map(occ, f"occluding {label}")
         return MatchExplanation(self.model, m.score, threshold[0], threshold[1],
                                 [Side(label, occ.crop, m, occluder=occ), Side(reference_label, None, None, note)],
-                                central_box(self.display))
+                                central_box(self.display, self.margin))
 
     def best_view(self, probe: FaceView, kept: list[FaceView]) -> FaceView:
         """The kept face that scores highest against the probe: the one that made the decision."""
@@ -237,6 +239,6 @@ def match_figure(ex: MatchExplanation) -> np.ndarray:
     bar_w = min(240, canvas.shape[1] - 2 * margin - 140)
     canvas[y + 32:y + 44, margin:margin + bar_w] = draw.colour_bar(bar_w)
     grid = maps[0].grid if maps else None
-    what = f"score drop when a {grid.patch}px grey patch covers it (stride {grid.stride})" if grid else ""
+    what = f"drop of the score, {grid.patch} px grey patch, stride {grid.stride}" if grid else ""
     draw.text(canvas, f"0 .. {vmax:.3f}  {what}", margin + bar_w + 8, y + 43, 0.42)
     return canvas

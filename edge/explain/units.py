@@ -185,6 +185,8 @@ def pick_units(top: TopK, count: int, how: str) -> list[int]:
 def collect(pipeline: Any, model: UnitModel, paths: Sequence[Path], layers: list[Layer], n: int = 9,
             units: int = 8, pick: str = "spread", policy: str = "central", batch: int = 16) -> UnitsResult:
     """Run every image's aligned face through the tapped graph and keep each unit's n strongest patches."""
+    if n < 1 or units < 1 or batch < 1:
+        raise FacegateError(f"--top, --units and the batch must be at least 1 (got {n}, {units}, {batch})")
     template = model.manifest.alignment
     assert template is not None
     rt = model.runtime(layers)

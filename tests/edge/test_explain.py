@@ -197,6 +197,9 @@ def test_cli_match_and_its_errors(capsys, tmp_path: Path, genuine, lfw: Path) ->
     assert code == 2 and "notes.txt" in err and err.count("\n") == 1
     code, _, err = _run(capsys, "explain", "bench", "--images", lfw / "images", "--pairs", lfw / "pairs.txt")
     assert code == 2 and "View 2" in err
+    code, _, err = _run(capsys, "explain", "bench", "--images", lfw / "images", "--pairs", lfw / "pairsDevTest.txt",
+                        "--limit", "0")
+    assert code == 2 and "--limit" in err
 
 
 def test_bench_reports_the_fraction(capsys, lfw: Path, tmp_path: Path) -> None:
