@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.bench.lfw import read_pairs
+from edge.eval.lfw import read_pairs
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.explain.match import MatchExplainer
 from edge.explain.occlusion import inside

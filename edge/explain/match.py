@@ -156,7 +156,7 @@ def explain_stored(explainer: MatchExplainer, store: Any, name: str, probe: Face
     scores best); otherwise the probe alone is occluded against the identity's templates.
     """
     from edge.enroll import read_face_crop
-    from edge.identify_threshold import threshold_for
+    from edge.match.thresholds import identify_threshold as threshold_for
     from edge.reembed import kept_crops
 
     ident = store.identity(name)
@@ -164,9 +164,9 @@ def explain_stored(explainer: MatchExplainer, store: Any, name: str, probe: Face
         raise FacegateError(f"unknown identity {name!r}")
     names = [e.manifest.name for e in explainer.embedders]
     if len(names) == 1:
-        rows = len(store.templates(names[0]))
-        value, _ = threshold_for(explainer.embedders[0].manifest, max(1, rows), fpir)
-        threshold: tuple[float | None, str] = (round(value, 6), f"identify (1:N, {rows} templates, FPIR {fpir:g})")
+        k = len({who for who, _, _ in store.templates(names[0])})  # the gallery's identities, as identify sizes it
+        value, _ = threshold_for(explainer.embedders[0].manifest, max(1, k), fpir)
+        threshold: tuple[float | None, str] = (round(value, 6), f"identify (1:N, {k} identities, FPIR {fpir:g})")
     else:
         threshold = (None, f"none: the mean cosine of {explainer.model} has no calibrated threshold")
     kept: list[FaceView] = []

@@ -151,7 +151,7 @@ def test_two_embedders_share_one_occluder(wide: str, explained) -> None:
 
 def test_explain_against_a_stored_identity(capsys, tmp_path: Path, genuine, explainer: MatchExplainer,
                                            explained) -> None:
-    from edge.identify_threshold import threshold_for
+    from edge.match.thresholds import identify_threshold as threshold_for
     from edge.store.db import Store
 
     views, pair = explained
@@ -180,7 +180,7 @@ def test_explain_against_a_stored_identity(capsys, tmp_path: Path, genuine, expl
     assert code == 2 and text == "" and "unknown identity 'nobody'" in err and err.count("\n") == 1
     code, _, err = _run(capsys, "explain", "identify", genuine[0], "--store", tmp_path / "none.db", "--id", "x",
                         "--out", out)
-    assert code == 2 and "no such store" in err and not (tmp_path / "none.db").exists()
+    assert code == 2 and "no store at" in err and not (tmp_path / "none.db").exists()
 
 
 def test_cli_match_and_its_errors(capsys, tmp_path: Path, genuine, lfw: Path) -> None:
