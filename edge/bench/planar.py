@@ -26,7 +26,7 @@ from edge.errors import FacegateError, NoFaceError
 from edge.imageio import load_bgr
 from edge.liveness import motion, simulate
 from edge.models.registry import Registry
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import make_detector, select_face
 
 REPLAYS = ("photo", "halftone print", "screen with moire")
 NON_PLANAR = ("two planes", "rotating relief")
@@ -67,7 +67,7 @@ def run(images: Iterable[Path], seed: int = 20, frames: int = 30, registry: Regi
     if len(paths) > SEED_STRIDE:
         raise FacegateError(f"bench planar: at most {SEED_STRIDE} images per run (the seeds of two kinds would "
                             "overlap); use --limit")
-    detector = Detector(*(registry or Registry()).open("yunet"))
+    detector = make_detector(registry or Registry(), "yunet")
     clips: list[dict[str, Any]] = []
     no_face: list[str] = []
     for k, path in enumerate(tqdm(paths, desc="faces", unit="face", disable=not progress)):
