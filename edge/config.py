@@ -207,10 +207,6 @@ WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
 
 
-def _type_name(tp: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
-
-
 SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret"})
 
 
