@@ -1,5 +1,9 @@
 """dlib's face-recognition ResNet (`anet_type` of dlib's dnn_face_recognition_ex.cpp), rebuilt in PyTorch.
 
+The device builds the same network as an ONNX graph without PyTorch (edge/models/dlib_resnet_graph.py, which
+holds the architecture and the structure check both use); this rebuild is the export recipe's (TFLite) and
+the reference the device graph is tested against.
+
     input 150×150 RGB, (x − channel mean) / 256
     con 32 7×7/2 → affine → relu → max_pool 3×3/2
     level4: 3 × ares 32      level3: ares_down 64, 3 × ares 64     level2: ares_down 128, 2 × ares 128
