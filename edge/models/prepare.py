@@ -1,12 +1,16 @@
-"""One-time graph repairs for third-party ONNX files, with onnx and numpy only.
+"""One-time graph repairs for third-party ONNX files, and conversions of other formats, with onnx and numpy only.
 
 Each step is a named function over an onnx.ModelProto; a manifest lists the steps its file needs, and the
-registry runs them once and caches the result under the model directory with its own sha256.
+registry runs them once and caches the result under the model directory with its own sha256. A list may
+begin with a converter (CONVERTERS): a function from the verified source file to an onnx.ModelProto, for a
+file that is not ONNX (dlib's .dat); the repairs then apply to its result.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -174,10 +178,45 @@ STEPS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
 }
 
 
+def _dlib_dat_to_onnx(source: Path) -> onnx.ModelProto:
+    from edge.models.dlib_resnet_graph import convert
+
+    return convert(source)
+
+
+def _dlib_version() -> str:
+    from edge.models.dlib_resnet_graph import VERSION
+
+    return VERSION
+
+
+# name → (converter, its version): the version is part of the cache key, so a changed converter rebuilds.
+CONVERTERS: dict[str, tuple[Callable[[Path], onnx.ModelProto], Callable[[], str]]] = {
+    "dlib_dat_to_onnx": (_dlib_dat_to_onnx, _dlib_version),
+}
+
+
+def steps_key(steps: tuple[str, ...] | list[str]) -> str:
+    """The prepared file's cache key: the step names, and a leading converter's version."""
+    text = ",".join(steps)
+    if steps and steps[0] in CONVERTERS:
+        text += "@" + CONVERTERS[steps[0]][1]()
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def prepare_file(source: Path, steps: tuple[str, ...] | list[str]) -> onnx.ModelProto:
+    """The runtime's graph from a verified source file: converted first if the steps begin with a converter."""
+    if steps and steps[0] in CONVERTERS:
+        return prepare(CONVERTERS[steps[0]][0](Path(source)), steps[1:])
+    return prepare(onnx.load(str(source)), steps)
+
+
 def prepare(model: onnx.ModelProto, steps: tuple[str, ...] | list[str]) -> onnx.ModelProto:
     for step in steps:
+        if step in CONVERTERS:
+            raise ModelError(f"preparation step {step!r} converts a source file: it must come first")
         if step not in STEPS:
-            raise ModelError(f"unknown preparation step {step!r} (known: {sorted(STEPS)})")
+            raise ModelError(f"unknown preparation step {step!r} (known: {sorted([*CONVERTERS, *STEPS])})")
         model = STEPS[step](model)
     onnx.checker.check_model(model)
     return model

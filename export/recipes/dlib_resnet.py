@@ -1,7 +1,7 @@
 """`facegate export dlib-resnet`: dlib's face-recognition ResNet (.dat) → ONNX fp32 (and TFLite fp32) bundles.
 
 The network is read from `dlib_face_recognition_resnet_model_v1.dat` of the face-recognition-models package
-(CC0) by our own reader (export/dlib_dat.py) and rebuilt in PyTorch (export/nets/dlib_resnet.py).
+(CC0) by our own reader (edge/models/dlib_dat.py) and rebuilt in PyTorch (export/nets/dlib_resnet.py).
 
 dlib describes a face by a 150×150 chip cut from its 5-point shape predictor's landmarks
 (`get_face_chip_details(shape, 150, 0.25)`). The device has YuNet's five landmarks instead, so the bundle's
@@ -78,7 +78,7 @@ def package_model(filename: str) -> Path:
 
 def load_module(dat: Path | None = None) -> Any:
     """The PyTorch network with the .dat's weights (eval mode)."""
-    from export.dlib_dat import load_net
+    from edge.models.dlib_dat import load_net
     from export.nets.dlib_resnet import DlibResNet
 
     return DlibResNet.from_dlib(load_net(dat or package_model(DAT_FILE)))
