@@ -56,7 +56,7 @@ class CameraConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     detector: str = "yunet"
-    embedder: str = "sface"
+    embedder: str = ""  # "" = the registry's default embedder (sface-int8 as shipped; "sface" is fp32)
     verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
     # A score fusion (task "fusion", edge/match/fusion.py): its members' normalised cosines, combined; "" = none.
     fusion: str = ""

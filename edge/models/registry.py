@@ -84,6 +84,16 @@ class Registry:
             origin = override
         return Manifest.from_dict(data, origin=str(origin))
 
+    def default_embedder(self) -> str:
+        """The embedder used where none is named: the one whose manifest says "default" (the int8 twin of SFace
+        as shipped, chosen on LFW View 1; naming "sface" is the switch back to fp32), else "sface"."""
+        marked = [n for n, (data, _) in self._raw_manifests().items()
+                  if data.get("task") == "embed" and self.manifest(n).default]  # overrides included
+        if len(marked) > 1:
+            raise ModelError(f"several embedders are marked default: {', '.join(sorted(marked))} "
+                             f"(unset all but one with an override: {{\"default\": false}})")
+        return marked[0] if marked else "sface"
+
     def override_path(self, name: str) -> Path:
         return self.model_dir / "overrides" / f"{name}.json"
 
@@ -142,11 +152,11 @@ class Registry:
             return source
         from edge.models.prepare import prepare_file, steps_key
 
-        out = self.model_dir / "prepared" / f"{m.name}-{m.sha256[:16]}-{steps_key(m.prepare)}.onnx"
+        out = self.model_dir / "prepared" / f"{m.name}-{m.sha256[:16]}-{steps_key(m.prepare, m.quantize)}.onnx"
         sidecar = out.with_suffix(".sha256")
         if out.is_file() and sidecar.is_file() and sidecar.read_text().strip() == sha256_file(out):
             return out
-        model = prepare_file(source, m.prepare)
+        model = prepare_file(source, m.prepare, m.quantize)
         data = model.SerializeToString()
         atomic_write_bytes(out, data)
         atomic_write_bytes(sidecar, (hashlib.sha256(data).hexdigest() + "\n").encode())
