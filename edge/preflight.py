@@ -66,8 +66,27 @@ def _store(cfg: Config, report: Report) -> None:
         return
     with open_store(cfg) as store:
         errors, warnings = access_rule_findings(cfg, store)
+        errors += _embedder_findings(cfg, store)
     report.problems += errors
     report.warnings += warnings
+
+
+def _embedder_findings(cfg: Config, store: Any) -> list[str]:
+    """A store whose templates were all made by another embedder than the one configured recognises nobody:
+    e.g. enrolled with fp32 "sface" before the default became its int8 twin."""
+    from edge.models.registry import Registry
+
+    counts: dict[str, int] = {}
+    for name, _, n in store.embedders():
+        counts[name] = counts.get(name, 0) + n
+    registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
+    embedder = cfg.models.embedder or registry.default_embedder()
+    if not counts or embedder in counts:
+        return []
+    held = ", ".join(f"{n} under {e}" for e, n in sorted(counts.items()))
+    return [f"models.embedder: the store holds templates {held} and none under {embedder!r}, so nobody would "
+            f"be recognised; run `facegate store reembed --embedder {embedder}` (needs kept crops) or re-enrol, "
+            f"or set models.embedder to one of {sorted(counts)}"]
 
 
 def _mqtt(cfg: Config) -> None:

@@ -426,3 +426,21 @@ def test_a_taken_health_port_is_a_config_error_before_anything_is_published(tmp_
         with pytest.raises(ConfigError, match=r"health\.listen"):
             Daemon(cfg, sink=LogSink("door1", "front", out))
     assert not out.exists()
+
+
+def test_a_store_enrolled_with_another_embedder_is_a_check_problem(tmp_path, clip, capsys):
+    """Templates are kept per embedder: a store enrolled with fp32 "sface" recognises nobody under the int8
+    default, so `run --check` says so and names the switches; pinning models.embedder = "sface" passes."""
+    from edge.cli import main
+
+    assert main(["enroll", "--model", "sface", "--store", str(tmp_path / "s.db"), "colin", str(clip["enrol"])]) == 0
+    base = (f'profile = "kiosk"\n[camera]\nsource = "{clip["folder"]}"\n[store]\npath = "{tmp_path / "s.db"}"\n'
+            f'[mqtt]\nenabled = false\n[health]\nlisten = "127.0.0.1:0"\n')
+    toml = tmp_path / "f.toml"
+    toml.write_text(base)
+    capsys.readouterr()
+    assert main(["run", "--config", str(toml), "--check"]) == 2
+    out = capsys.readouterr().out
+    assert "problem: models.embedder" in out and "none under 'sface-int8'" in out and "reembed" in out
+    toml.write_text(base + '[models]\nembedder = "sface"\n')
+    assert main(["run", "--config", str(toml), "--check"]) == 0
