@@ -1,7 +1,7 @@
 """int8 on the device: a float ONNX graph plus activation ranges → a QDQ graph onnxruntime runs on integer kernels.
 
 onnx and numpy only, and deterministic: the ranges come from the manifest (measured once on face crops by
-`facegate export int8-ranges`, see export/int8_ranges.py), so every device quantises the same file to the same
+`facegate export int8`, see export/int8_ranges.py), so every device quantises the same file to the same
 bytes without calibration images, and no third-party weights need to be shipped in quantised form.
 
 Conventions (what onnxruntime's CPU kernels fuse into QLinearConv / QGemm / QLinearAdd):
