@@ -98,7 +98,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
                 "health": {"enabled": False},
             }, origin="bench")
             daemon = Daemon(cfg)
-            enroller = Enroller(daemon.store, daemon.pipeline, matcher=daemon.engine.matcher)
+            enroller = Enroller(daemon.store, daemon.pipeline, scorer=daemon.engine.scorer)
             enrolled = 0
             for name, path in enrol:
                 judged = enroller.judge(path)
