@@ -59,7 +59,7 @@ def test_a_detector_is_a_module_plus_a_manifest(tmp_path: Path, lfw: Path) -> No
     pipe = FacePipeline(Registry(tmp_path / "models"), detector="centre")
     assert isinstance(pipe.detector, CentreDetector)
     _, probe = pipe.probe(load_bgr(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg"))
-    assert pipe.detector.calls == 1 and probe["sface"].shape == (128,)
+    assert pipe.detector.calls == 1 and probe[pipe.embedder.manifest.name].shape == (128,)
 
 
 def test_a_model_that_is_not_a_detector_is_refused(tmp_path: Path) -> None:

@@ -239,4 +239,4 @@ def test_adding_a_photo_to_an_identity(tmp_path, lfw, capsys):
     assert "no enrolled identity 'colinn'" in capsys.readouterr().err
     assert main(["enroll", "--add", "--store", str(db), "colin", str(root / "Colin_Powell_0040.jpg")]) == 0
     with Store(db) as store:
-        assert store.identity("colin").templates == {"sface": 2}
+        assert store.identity("colin").templates == {DEFAULT: 2}
