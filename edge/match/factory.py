@@ -15,9 +15,6 @@ from edge.store.db import Store
 def make_scorer(registry: Registry, embedder: str | None = None, verifier: str = "", store: Store | None = None,
                 fpir: float = DEFAULT_FPIR, fusion: str = "", templates: str = "max") -> Scorer:
     scorer = _make(registry, embedder, verifier, store, fpir, fusion)
-    if templates != "max" and verifier:
-        raise ModelError("decision.templates: a verification head scores an identity by its best photo only "
-                         "(\"max\")")
     scorer.templates = templates
     return scorer
 

@@ -316,12 +316,13 @@ def test_a_configured_verifier_head_scores_the_decisions(tmp_path, clip, pipelin
     # The granted score is the head's logit for this pair, computed here from the two embedders directly.
     reg = Registry(model_dir)
     mirror = Embedder(*reg.open("sface-mirror"))
+    sface = Embedder(*reg.open("sface"))  # the head's member, not the pipeline's default embedder (sface-int8)
     probe, enrolled = (load_bgr(p) for p in (clip["folder"] / "01_colin.jpg", clip["enrol"]))
     vecs = []
     for image in (probe, enrolled):
         face = pipeline.embed_one(image)[0]
         crop = pipeline.crops(image, [face])
-        vecs.append((pipeline.embedder.embed(crop)[0], mirror.embed(crop)[0]))
+        vecs.append((sface.embed(crop)[0], mirror.embed(crop)[0]))
     expected = 6 * float(vecs[0][0] @ vecs[1][0]) + 4 * float(vecs[0][1] @ vecs[1][1]) - 3
     assert decided[0]["score"] == pytest.approx(expected, abs=0.05)
     assert decided[0]["score"] > 1.0 and decided[0]["threshold"] >= 1.5  # logits, the head's own 1:N threshold
