@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.eval.lfw import read_pairs
 from edge.errors import FacegateError, ImageError, NoFaceError
+from edge.eval.lfw import read_pairs
 from edge.explain.match import MatchExplainer
 from edge.explain.occlusion import inside
 from edge.imageio import load_bgr

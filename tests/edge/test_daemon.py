@@ -115,7 +115,11 @@ def test_door_profile_unlocks_with_a_liveness_check(tmp_path, clip):
     assert [e["decision"] for e in events] == ["granted", "unknown"]
     assert events[0]["liveness"] == {"verdict": "live", "score": 0.99}
     unlock = next(i for i, r in enumerate(records) if r.get("command") == "UNLOCK")
-    assert records[unlock + 1]["kind"] == "event"  # the door first, then the event
+    # The door first, then its state (what the lock controller was told, until when), then the event.
+    assert [r["kind"] for r in records[unlock + 1:unlock + 3]] == ["door_state", "event"]
+    states = [r["state"] for r in records if r["kind"] == "door_state"]
+    assert [(d["state"], d["source"]) for d in states[:2]] == [("locked", "start-up"), ("unlocked", "facegate")]
+    assert states[1]["until"] > states[1]["ts"]
 
 
 def test_door_profile_finds_an_installed_liveness_bundle(tmp_path, clip):
@@ -182,12 +186,20 @@ def test_unhealthy_camera_is_reported_and_fails_secure(tmp_path, clip):
     with running(daemon):
         assert wait_until(lambda: daemon.health_server is not None, 5)
         base = f"http://127.0.0.1:{daemon.health_server.port}"
-        assert wait_until(lambda: _get(base + "/healthz")[0] == 503, 5)
-        report = json.loads(_get(base + "/healthz")[1])
-        assert not report["healthy"] and report["problems"][0].startswith("camera")
+        assert wait_until(lambda: json.loads(_get(base + "/healthz")[1])["problems"], 5)
+        code, body = _get(base + "/healthz")
+        report = json.loads(body)
+        assert code == 503 and report["healthy"] is False and report["problems"][0].startswith("camera")
+        assert report["status"] == "degraded"
         assert "facegate_healthy 0" in _get(base + "/metrics")[1].decode()
         # The retained state says so too (what a dashboard or the lock controller's watchdog reads).
         assert wait_until(lambda: '"status": "degraded"' in (tmp_path / "e.jsonl").read_text(), 5)
+    states = [json.loads(line)["state"] for line in (tmp_path / "e.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "state"]
+    # Unknown until a first frame: "starting" with healthy null, never a premature healthy: true.
+    assert (states[0]["status"], states[0]["healthy"]) == ("starting", None)
+    assert states[-1] == {"status": "offline"}  # the log sink's record of the stop
+    assert all(s["healthy"] is not True for s in states[:-1])
 
 
 def test_command_handlers_and_reload(tmp_path, clip):
