@@ -416,7 +416,7 @@ class Daemon:
                  self.liveness_mode, self.capture.source.name, self.engine.identities)
         last_ping = last_state_t = last_store = 0.0
         last_problems: list[str] | None = None
-        last_status = ""
+        last_doc: dict[str, Any] | None = None
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -427,12 +427,12 @@ class Daemon:
                     self._check_store()  # frames follow the store themselves; this covers a camera that is down
                     last_store = now
                 problems = self.problems()
-                status = self.status(problems)
-                if problems != last_problems or status != last_status or now - last_state_t >= STATE_EVERY_S:
+                doc = self._state(problems)
+                if doc != last_doc or now - last_state_t >= STATE_EVERY_S:  # a change of any field, at once
                     if problems != last_problems and problems:
                         log.warning("unhealthy (no grants): %s", "; ".join(problems))
-                    self.sink.publish_state(self._state(problems))
-                    last_problems, last_status, last_state_t = problems, status, now
+                    self.sink.publish_state(doc)
+                    last_problems, last_doc, last_state_t = problems, doc, now
                 frame = self.capture.get(timeout=0.5)
                 if frame is None:
                     if self.capture.done:

@@ -438,3 +438,77 @@ def test_a_taken_health_port_is_a_config_error_before_anything_is_published(tmp_
         with pytest.raises(ConfigError, match=r"health\.listen"):
             Daemon(cfg, sink=LogSink("door1", "front", out))
     assert not out.exists()
+
+
+def test_a_store_damaged_under_the_daemon_is_a_store_fault_logged_once(tmp_path, clip, caplog):
+    """The store file overwritten while the daemon runs: labelled "store" (not "models") from the next frame,
+    no decision from then on (fail secure), one log line for the fault and no traceback."""
+    import logging
+    import threading
+    import time
+
+    folder = tmp_path / "loop"
+    folder.mkdir()
+    shutil.copy(clip["folder"] / "01_colin.jpg", folder / "01_colin.jpg")
+    shutil.copy(clip["folder"] / "02_empty.png", folder / "02_empty.png")
+    cfg = parse(_config(tmp_path, clip, camera={"source": str(folder), "loop": True, "fps": 30,
+                                                "frames_per_image": 10},
+                        decision={"cooldown_s": 0, "track_ttl_s": 0.1}))
+    seen: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    def record(d, event) -> None:
+        with lock:
+            seen.append((time.monotonic(), d.decision))
+
+    out = tmp_path / "e.jsonl"
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", out), on_decision=record)
+    _enrol(daemon, clip["enrol"])
+    caplog.set_level(logging.INFO)
+    with running(daemon):
+        assert wait_until(lambda: any(d == "granted" for _, d in seen), 60)
+        (tmp_path / "s.db").write_bytes(np.random.default_rng(0).bytes(64 * 1024))  # overwritten in place
+        damaged_at = time.monotonic()
+        assert wait_until(lambda: any(p.startswith("store:") for p in daemon.problems()), 5)
+        faulted_at = time.monotonic()
+        frames = daemon.capture.stats.delivered
+        assert wait_until(lambda: daemon.capture.stats.delivered > frames + 30, 30)  # a second of frames more
+        problems = daemon.problems()
+        report = daemon.health()
+    assert faulted_at - damaged_at < 1.0
+    assert [p for p in problems if p.startswith("store:")] and not [p for p in problems if p.startswith("models")]
+    assert "overwritten or damaged" in problems[0] and report["healthy"] is False
+    assert not [t for t, _ in seen if t > faulted_at]  # nothing decided on a store that cannot be followed
+    faults = [r for r in caplog.records if "store fault" in r.getMessage()]
+    assert len(faults) == 1 and faults[0].levelno == logging.ERROR
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback, let alone one per frame
+    states = [json.loads(line)["state"] for line in out.read_text().splitlines() if '"kind": "state"' in line]
+    assert any(s.get("status") == "degraded" and s["problems"][0].startswith("store:") for s in states)
+
+
+def test_a_face_the_gate_refuses_is_counted_logged_and_told_what_to_do(tmp_path, lfw, caplog):
+    """A face at yaw −47° never reaches a decision: /metrics counts it under head_turned, a rate-limited debug
+    line says why, and the prompt says "face the camera" instead of "look at the camera"."""
+    import logging
+
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    shutil.copy(lfw / "images/Margaret_Caruso/Margaret_Caruso_0001.jpg", folder / "01.jpg")
+    out = tmp_path / "e.jsonl"
+    cfg = parse(_config(tmp_path, {"folder": folder}, camera={"frames_per_image": 30}))
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", out))
+    caplog.set_level(logging.DEBUG, logger="facegate.engine")
+    with running(daemon) as thread:
+        thread.join(60)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "event"]
+    prompts = [r["text"] for r in records if r["kind"] == "prompt"]
+    assert prompts == ["face the camera"]
+    turned = daemon.metrics.value("quality_rejections_total", reason="head_turned")
+    assert turned >= 10 and daemon.metrics.value("quality_rejections_total", reason="too_small") == 0
+    text = daemon.metrics.render()
+    assert f'facegate_quality_rejections_total{{reason="head_turned"}} {int(turned)}' in text
+    lines = [r.getMessage() for r in caplog.records if r.name == "facegate.engine" and r.levelno == logging.DEBUG
+             and "face not used" in r.getMessage()]
+    assert lines and "head turned: yaw -47°" in lines[0]
+    assert len(lines) <= 2  # one per reason per 10 s, not one per frame
