@@ -110,6 +110,9 @@ class DoorConfig:
     # A door command the broker has not been shown responsive for within this long after its decision is
     # dropped, never sent late; each command also carries valid_until = sent + the rest of this budget.
     max_delay_ms: float = 1000.0
+    # The face-unlock switch (Home Assistant, facegate/<device>/face_unlock/set) is kept here across restarts;
+    # "" = <state dir>/face-unlock.json. No file: face unlock is on.
+    face_unlock_path: str = ""
 
 
 @dataclass(frozen=True)

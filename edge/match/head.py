@@ -53,7 +53,7 @@ class HeadIndex:
         return [Match(n, s) for n, s in best]
 
 
-def aggregate(logits: "list[float] | np.ndarray", templates: str) -> float:
+def aggregate(logits: list[float] | np.ndarray, templates: str) -> float:
     """An identity's score from its photos' logits: the best ("max") or their mean ("mean")."""
     values = np.asarray(logits, dtype=np.float64)
     return float(values.mean() if templates == "mean" else values.max())
