@@ -12,6 +12,7 @@ under systemd, is read from `$CREDENTIALS_DIRECTORY/<credential>` (LoadCredentia
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
+from edge.mqtt.settings import MqttSettings
 from edge.vision.quality import QualityGate
 
 PROFILES = ("door", "kiosk")
@@ -30,6 +32,7 @@ DEFAULT_CONFIG_NAME = "facegate.toml"
 CREDENTIAL_STORE_KEY = "facegate.store-key"
 CREDENTIAL_MQTT_PASSWORD = "facegate.mqtt-password"
 CREDENTIAL_COMMAND_SECRET = "facegate.command-secret"
+CREDENTIAL_CLAIM_SECRET = "facegate.claim-secret"
 
 
 class ConfigError(FacegateError):
@@ -53,8 +56,10 @@ class CameraConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     detector: str = "yunet"
-    embedder: str = "sface"
+    embedder: str = ""  # "" = the registry's default embedder (sface-int8 as shipped; "sface" is fp32)
     verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
+    # A score fusion (task "fusion", edge/match/fusion.py): its members' normalised cosines, combined; "" = none.
+    fusion: str = ""
     threads: int = 1
     min_face_px: float = 40.0
     model_dir: str = ""  # default: <state dir>/models
@@ -64,6 +69,7 @@ class ModelsConfig:
 class StoreConfig:
     path: str = ""  # default: <state dir>/facegate.db
     key_file: str = ""  # default: the credential facegate.store-key, else $FACEGATE_STORE_KEY, else unencrypted
+    create: bool = False  # true: start with a new empty store when none exists (else a missing store is an error)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,12 @@ class DecisionConfig:
     n: int = 5
     fpir: float = 0.01  # … above the 1:N threshold for this false-positive identification rate
     max_frames: int = 30  # a track undecided after this many observations is decided "unknown"
+    # Each observation scores the fusion of the track's best frames so far (by detector confidence, sharpness and
+    # pose; edge/match/track.py): this many. 1 scores every frame on its own.
+    track_frames: int = 3
+    # An identity's score over its enrolment photos: "mean" of the photos' scores, or the best one ("max").
+    # With several photos per person "max" gives each impostor several chances at the 1:N threshold.
+    templates: str = "mean"
     cooldown_s: float = 10.0  # one event per identity within this time (one walk-up, one event)
     claim_window_s: float = 10.0  # a badge claim narrows decisions to 1:1 for this long
     tailgating: str = "deny"  # deny | allow: a grant while another unrecognised live face is in view
@@ -95,6 +107,12 @@ class DecisionConfig:
 @dataclass(frozen=True)
 class DoorConfig:
     unlock_s: float = 5.0  # door profile: how long an UNLOCK lasts (the lock controller relocks itself)
+    # A door command the broker has not been shown responsive for within this long after its decision is
+    # dropped, never sent late; each command also carries valid_until = sent + the rest of this budget.
+    max_delay_ms: float = 1000.0
+    # The face-unlock switch (Home Assistant, facegate/<device>/face_unlock/set) is kept here across restarts;
+    # "" = <state dir>/face-unlock.json. No file: face unlock is on.
+    face_unlock_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,31 +144,10 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    enabled: bool = True  # false: events go to the log only
-    host: str = "127.0.0.1"
-    port: int = 1883
-    device: str = ""  # the topic level facegate/<device>/…; default: the host name
-    door: str = "front"  # the door's name in events and door commands
-    username: str = ""
-    password: str = ""  # better: password_file, or the credential facegate.mqtt-password
-    password_file: str = ""
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_insecure: bool = False  # skip the broker host name check (the chain is still verified)
-    client_id: str = ""  # default: facegate-<device>
-    keepalive: int = 30
-    topic_prefix: str = "facegate"
-    discovery_prefix: str = "homeassistant"
-    discovery: bool = True
-    outbox_path: str = ""  # default: <state dir>/outbox.db
-    outbox_limit: int = 10000
-    command_secret: str = ""  # better: command_secret_file, or the credential facegate.command-secret
-    command_secret_file: str = ""
-    command_state_path: str = ""  # replay counters of signed commands; default: <state dir>/mqtt-command-counters.json
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
+class EventsConfig:
+    # Where decisions go (edge/sinks): "auto" (MQTT when mqtt.enabled, else the log), "mqtt", "log", or a
+    # "package.module:factory" returning an EventSink.
+    sink: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,8 @@ class Config:
     door: DoorConfig = field(default_factory=DoorConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)  # the one [mqtt] section (edge/mqtt/settings.py)
+    events: EventsConfig = field(default_factory=EventsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     origin: str = field(default="(defaults)", compare=False)  # the file it came from, for messages
@@ -190,6 +188,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": PROFILES,
     "decision.tailgating": ("deny", "allow"),
+    "decision.templates": ("mean", "max"),
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),
     "log.level": ("debug", "info", "warning", "error"),
@@ -201,17 +200,25 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "camera.stale_s": (0.1, None), "models.threads": (1, 64), "models.min_face_px": (8, None),
     "liveness.threads": (1, 64), "liveness.challenge_yaw_deg": (10, 35), "liveness.challenge_timeout_s": (1, 60),
     "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
-    "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
+    "decision.max_frames": (1, 10000), "decision.track_frames": (1, 20),
+    "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
-    "door.unlock_s": (0.5, 3600), "mqtt.port": (1, 65535), "mqtt.keepalive": (5, 3600),
-    "mqtt.outbox_limit": (1, None), "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
+    "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.keepalive": (5, 3600),
+    "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
 
 
-def _type_name(tp: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret"})
+
+
+def _shown(value: Any, key: str) -> str:
+    """How an error message shows a wrong value: never a secret's (a log or a terminal would keep it)."""
+    if key in SECRET_KEYS:
+        return f"a value of type {type(value).__name__} (not shown: a secret)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -219,29 +226,31 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_shown(value, key)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(value, key)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(value, key)}")
+        if not math.isfinite(value):  # nan passes every range check (nan < lo is false): refuse it here
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_shown(value, key)}")
         return value
     if origin is dict:
         _, vt = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
+            raise ConfigError(f"{key}: expected a table, got {_shown(value, key)}")
         return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (et,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(value, key)}")
         return [_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value)]
     raise ConfigError(f"{key}: unsupported annotation {tp}")
 
@@ -266,7 +275,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             if (lo is not None and values[key] < lo) or (hi is not None and values[key] > hi):
                 span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
                 raise ConfigError(f"{dotted}: {values[key]!r} out of range (must be {span})")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except FacegateError as exc:  # a section that validates itself (MqttSettings) names its keys
+        raise ConfigError(str(exc)) from None
 
 
 def _check(cfg: Config) -> None:
@@ -276,16 +288,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"decision.k: {d.k} is larger than decision.n ({d.n}); k of the last n must be possible")
     if d.max_frames < d.n:
         raise ConfigError(f"decision.max_frames: {d.max_frames} is smaller than decision.n ({d.n})")
-    for section in ("camera", "mqtt"):
-        s = getattr(cfg, section)
-        if s.reconnect_max_s < s.reconnect_min_s:
-            raise ConfigError(f"{section}.reconnect_max_s: smaller than {section}.reconnect_min_s")
-    if cfg.mqtt.password and cfg.mqtt.password_file:
-        raise ConfigError("mqtt.password: give either password or password_file, not both")
-    if cfg.mqtt.command_secret and cfg.mqtt.command_secret_file:
-        raise ConfigError("mqtt.command_secret: give either command_secret or command_secret_file, not both")
-    if cfg.mqtt.tls_cert and not cfg.mqtt.tls_key:
-        raise ConfigError("mqtt.tls_key: needed with mqtt.tls_cert")
+    if cfg.camera.reconnect_max_s < cfg.camera.reconnect_min_s:
+        raise ConfigError("camera.reconnect_max_s: smaller than camera.reconnect_min_s")
+    if cfg.profile == "door" and cfg.mqtt.claims == "unsigned":
+        raise ConfigError("mqtt.claims: the door profile accepts only signed claims (\"signed\" or \"off\"); "
+                          "anyone who can publish on the claim topic could otherwise steer decisions")
     for name, windows in cfg.access.windows.items():
         for i, w in enumerate(windows):
             try:
@@ -297,8 +304,8 @@ def _check(cfg: Config) -> None:
 
         try:
             ZoneInfo(cfg.access.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"access.timezone: unknown time zone {cfg.access.timezone!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a folder; a long name, ENAMETOOLONG
+            raise ConfigError(f"access.timezone: unknown time zone {_shown(cfg.access.timezone, '')}") from None
     if cfg.profile == "kiosk" and cfg.liveness.model not in ("auto", "none"):
         raise ConfigError("liveness.model: the kiosk profile runs without liveness; use profile = \"door\"")
     if cfg.profile == "door" and cfg.liveness.model == "none":

@@ -4,9 +4,15 @@ Threads: the capture thread (newest frame only), the decision loop (the caller's
 one), the MQTT client's own thread (commands arrive there), and the /healthz + /metrics server.
 
 Fail-secure: no grant while the camera, the models or the store are unhealthy — such a grant is turned
-into `denied` with the reason, and the door is never sent UNLOCK. The lock controller keeps the door
+into `denied` with the reason, and the door is never sent UNLOCK. A store that cannot be followed (deleted,
+replaced or damaged under the daemon: edge/match/gallery.py) stops decisions altogether until it can be read
+again, since a deletion the daemon cannot see must not be granted. The lock controller keeps the door
 locked unless it receives UNLOCK, and relocks on its own after the UNLOCK's duration (deploy/INTEGRATION.md),
 so a daemon that stops, hangs (the systemd watchdog restarts it) or loses its broker leaves the door locked.
+The door profile's door (commands, retained door state, the face-unlock switch) is edge/door.py.
+
+The retained state says "starting" (healthy: null) until the first frame has been processed: before that
+nothing is known about the camera or the models.
 
 SIGTERM: the current frame is finished, STOPPING is sent to systemd, the publisher flushes its outbox and
 publishes offline, the store is closed.
@@ -21,113 +27,44 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
-from edge.config import (
-    CREDENTIAL_COMMAND_SECRET,
-    CREDENTIAL_MQTT_PASSWORD,
-    CREDENTIAL_STORE_KEY,
-    Config,
-    ConfigError,
-    device_name,
-    secret,
-)
-from edge.decide import DECISIONS, AccessPolicy, Decision, Observation, Policy
+from edge.config import CREDENTIAL_STORE_KEY, Config, ConfigError
+from edge.decide import DECISIONS, AccessPolicy, Decision, Policy
+from edge.door import DISABLED_REASON, DoorControl
+from edge.engine import Engine
 from edge.errors import FacegateError
 from edge.health import HealthServer, Metrics
-from edge.identify_threshold import threshold_for
-from edge.liveness import INSTALL_HINT, LivenessCheck, installed, load
-from edge.liveness.temporal import LivenessGate, gate_for
+from edge.liveness import INSTALL_HINT, LivenessCheck, installed, resolve
+from edge.liveness.temporal import gate_for
+from edge.match.factory import make_scorer
 from edge.models.registry import Registry
 from edge.paths import state_dir
 from edge.pipeline import FacePipeline
 from edge.sdnotify import Notifier, watchdog_interval
+from edge.sinks import EventSink, make_sink
 from edge.sources import Capture, Frame, Source, open_source
+from edge.store import StoreError
 from edge.store.db import Store
-from edge.store.matcher import Matcher
-from edge.vision.align import align
-from edge.vision.detect import Face
-from edge.vision.quality import assess
-from edge.vision.track import Tracker
+from edge.vision.quality import PROMPTS as QUALITY_PROMPTS
 
 log = logging.getLogger("facegate.daemon")
 
 PROMPTS = {"present": "look at the camera", "granted": "granted", "unknown": "not recognised",
            "spoof": "not recognised", "denied": "access denied"}
 STORE_CHECK_S = 10.0
+PROMPT_HOLD_S = 1.0
 STATE_EVERY_S = 60.0
 MAX_ENROL_JPEG = 12 * 1024 * 1024
 ENROL_WAIT_S = 10.0  # live-capture enrolment: time to step up, beyond the challenge's own timeout
-
-
-# -- where events go when MQTT is off ---------------------------------------------------------------------------
-class LogSink:
-    """The Publisher's interface, writing events as JSON lines to a file or the log (mqtt.enabled = false)."""
-
-    connected = True
-    outbox_depth = 0
-    dropped = 0
-    reconnects = 0
-
-    def __init__(self, device: str, door: str, path: Path | None = None) -> None:
-        self.device, self.door, self.path = device, door, path
-        self._seq = 0
-        self._lock = threading.Lock()
-        self._claim: Callable[[str], None] | None = None
-
-    def start(self) -> None:
-        pass
-
-    def stop(self, flush_timeout: float = 5.0) -> None:
-        self._write({"kind": "state", "state": {"status": "offline"}})
-
-    def _write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record)
-        with self._lock:
-            if self.path is None:
-                log.info("%s", line)
-            else:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line + "\n")
-
-    def publish_event(self, event: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-        full = {**event, "event_id": str(uuid.uuid4()), "seq": seq,
-                "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "device": self.device,
-                "door": self.door}
-        self._write({"kind": "event", "event": full})
-        return full
-
-    def publish_state(self, state: dict[str, Any]) -> None:
-        self._write({"kind": "state", "state": state})
-
-    def publish_prompt(self, text: str) -> None:
-        self._write({"kind": "prompt", "text": text})
-
-    def publish_door(self, command: str, duration_s: float | None) -> None:
-        self._write({"kind": "door", "command": command, "duration_s": duration_s})
-
-    def publish_face_present(self, present: bool) -> None:
-        self._write({"kind": "face_present", "present": present})
-
-    def on_claim(self, callback: Callable[[str], None]) -> None:
-        self._claim = callback
-
-    def forget_identity(self, name: str) -> None:
-        pass
 
 
 def clock_synced() -> bool:
@@ -142,210 +79,7 @@ def clock_synced() -> bool:
         return False
 
 
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def undo() -> None:
-        first()
-        second()
-    return undo
-
-
-# -- one frame → decisions --------------------------------------------------------------------------------------
-class Engine:
-    """Runs the recognition stages on a frame and feeds the decision policy; times every stage."""
-
-    STAGES = ("detect", "quality", "liveness", "embed", "match", "decide", "frame")
-
-    def __init__(self, pipeline: FacePipeline, policy: Policy, cfg: Config, liveness: LivenessCheck | None,
-                 metrics: Metrics, store: Store, live_gate: LivenessGate | None = None, head: Any = None) -> None:
-        self.pipeline, self.policy, self.cfg, self.liveness, self.metrics = pipeline, policy, cfg, liveness, metrics
-        # Liveness per track (edge/liveness/temporal.py): the check, the temporal rule and, when configured, the
-        # challenge; without one given, a gate around the bare check.
-        self.live_gate = live_gate if live_gate is not None else (
-            LivenessGate(liveness, cfg.decision.k, cfg.decision.n) if liveness is not None else None)
-        self.store = store
-        self.manifest = pipeline.embedder.manifest
-        self.template = self.manifest.alignment
-        self.gate = cfg.quality.gate()
-        self.tracker = Tracker(cfg.decision.iou, cfg.decision.track_ttl_s)
-        # The embedder's own 1:1 threshold also tells one person from the next within a track (cosine).
-        self.split_threshold = self.manifest.threshold("verify").value
-        # With a verification head (models.verifier) decisions are scored by the head: logits, its thresholds,
-        # probes and templates under every embedder it reads. The cosine matcher stays for enrolment's
-        # duplicate check and the gallery counts.
-        self.head = head
-        self.scored_by = head.manifest if head is not None else self.manifest
-        self.verify_threshold = self.scored_by.threshold("verify").value
-        self.matcher: Matcher = Matcher(self.manifest.name)
-        self._head_matcher: Any = None
-        self._head_stale = True
-        self._unsubscribe: Callable[[], None] | None = None
-        self._threshold: tuple[int, float] | None = None  # (gallery rows, 1:N threshold)
-        self._claim_vecs: tuple[str, Any] | None = None  # (claimed name, its templates)
-        self.face_present = False
-        self.lock = threading.Lock()  # inference and tracking: the loop and enrolment commands share the models
-        self.hist = {s: metrics.histogram("stage_latency_ms", stage=s) for s in self.STAGES}
-        self.reload()
-
-    # -- gallery ----------------------------------------------------------------------------------------------
-    def reload(self) -> int:
-        """(Re)load the gallery from the store and follow its changes; picks up enrolments made by other
-        processes (the CLI) since the last load."""
-        matcher = Matcher(self.manifest.name)
-        with self.store.locked():
-            matcher.load((name, vec) for name, _, vec in self.store.templates(self.manifest.name))
-            unsubscribe = self.store.subscribe(matcher.on_change)
-            if self.head is not None:  # rebuilt on the next match after any committed change
-                head_unsub = self.store.subscribe(self._head_changed)
-                unsubscribe = _both(unsubscribe, head_unsub)
-        old, self.matcher, self._unsubscribe = self._unsubscribe, matcher, unsubscribe
-        self._head_stale = True
-        if old is not None:
-            old()
-        return len(matcher)
-
-    def _head_changed(self, *_: Any) -> None:
-        self._head_stale = True
-
-    def _gallery_rows(self) -> int:
-        return self._head_gallery().rows if self.head is not None else self.matcher.rows
-
-    def _head_gallery(self) -> Any:
-        if self._head_stale or self._head_matcher is None:
-            from edge.query import head_matcher
-
-            self._head_stale = False
-            self._head_matcher = head_matcher(self.store, self.head)
-        return self._head_matcher
-
-    def identify_threshold(self) -> float:
-        rows = max(1, self._gallery_rows())
-        if self._threshold is None or self._threshold[0] != rows:  # recomputed when the gallery size changes
-            self._threshold = (rows, threshold_for(self.scored_by, rows, self.cfg.decision.fpir)[0])
-        return self._threshold[1]
-
-    def claim(self, name: str) -> bool:
-        """Narrow the next decision to 1:1 against `name`; False (ignored) when it has no templates."""
-        templates: Any
-        if self.head is not None:  # {embedder: (T, D)}, scored by the head
-            from edge.query import head_templates
-
-            templates = head_templates(self.store, self.head, name).get(name)
-        else:
-            rows = [v for _, _, v in self.store.templates(self.manifest.name, name)]
-            templates = np.stack(rows) if rows else None
-        if templates is None:
-            log.warning("claim for %r ignored: no such enrolled identity", name)
-            return False
-        with self.lock:
-            self._claim_vecs = (name, templates)
-            self.policy.claim(name, list(self.tracker.tracks.values()))
-        log.info("claim: the next decision is 1:1 against %r", name)
-        return True
-
-    # -- the frame ----------------------------------------------------------------------------------------------
-    def _timed(self, stage: str, t0: float) -> float:
-        t = time.perf_counter()
-        self.hist[stage].observe((t - t0) * 1e3)
-        return t
-
-    def process(self, frame: Frame, problems: list[str]) -> list[Decision]:
-        with self.lock:
-            return self._process(frame, problems)
-
-    def _process(self, frame: Frame, problems: list[str]) -> list[Decision]:
-        start = t = time.perf_counter()
-        faces = self.pipeline.detector.detect(frame.image)
-        t = self._timed("detect", t)
-        assigned, _ = self.tracker.update(faces, frame.t_capture)
-        if self.live_gate is not None:
-            self.live_gate.frame(assigned, frame.image, frame.t_capture)  # a challenge follows turned faces too
-        # Quality on the aligned crop, then one batched embedding for every face that passed.
-        crops, passed = [], []
-        for track, face in assigned:
-            crop = align(frame.image, face.landmarks, self.template)
-            if not self.gate.reasons(assess(face, crop)):
-                crops.append(crop)
-                passed.append((track, face))
-        t = self._timed("quality", t)
-        embs = self.pipeline.embedder.embed(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
-        t = self._timed("embed", t)
-        claim = self.policy.claimed
-        if claim is None:
-            self._claim_vecs = None
-        threshold = self.verify_threshold if claim else self.identify_threshold()
-        decisions = []
-        for (track, face), emb in zip(passed, embs, strict=True):
-            last = track.state.get("embedding")
-            if last is not None and float(last @ emb) < self.split_threshold:
-                track = self.tracker.split(track, face, frame.t_capture)  # someone else stepped in
-            track.state["embedding"] = emb
-            if track.state.get("decided"):
-                continue
-            t = time.perf_counter()
-            live = None
-            if self.live_gate is not None:
-                live = self.live_gate.observe(track, frame.image, face, frame.t_capture)
-                t = self._timed("liveness", t)
-                if live is None:
-                    continue  # its liveness challenge is under way: nothing to decide on yet
-            # A head's other embedders run only here, for faces still to be decided (not every face every frame).
-            probe = self._head_probe(frame.image, face, emb) if self.head is not None else emb
-            obs = self._match(probe, claim, threshold, live, frame.t_capture)
-            t = self._timed("match", t)
-            self.policy.observe(track, obs)
-            others = [o for o in self.tracker.visible(frame.t_capture) if o.id != track.id]
-            d = self.policy.evaluate(track, others, problems)
-            if d is not None:
-                decisions.append(d)
-            self._timed("decide", t)
-        self._timed("frame", start)
-        self.face_present = bool(faces)
-        return decisions
-
-    def _head_probe(self, image: np.ndarray, face: Face, primary: np.ndarray) -> dict[str, np.ndarray]:
-        """The face under every embedder the head reads (each aligned with its own template)."""
-        probe = {self.manifest.name: primary}
-        for emb in self.pipeline.embedders[1:]:
-            probe[emb.manifest.name] = emb.embed(align(image, face.landmarks, emb.manifest.alignment)[None])[0]
-        return probe
-
-    def _match(self, probe: Any, claim: str | None, threshold: float, live: Any, t_capture: float) -> Observation:
-        """Score a probe (the embedding, or with a head {embedder: embedding}) 1:1 against a claim or 1:N."""
-        if claim is not None and self._claim_vecs is not None and self._claim_vecs[0] == claim:
-            if self.head is not None:
-                from edge.verifier import HeadScorer
-
-                score = HeadScorer(self.head).verify(probe, self._claim_vecs[1])
-            else:
-                score = float(np.max(self._claim_vecs[1] @ probe))  # 1:1: the claimed identity's best template
-            return Observation(claim if score >= threshold else None, claim, score, threshold, live, t_capture)
-        best = (self._head_gallery() if self.head is not None else self.matcher).search(probe, k=1)[0]
-        if not best:
-            return Observation(None, None, None, threshold, live, t_capture)
-        m = best[0]
-        return Observation(m.name if m.score >= threshold else None, m.name, m.score, threshold, live, t_capture)
-
-    def faces(self, image: np.ndarray) -> list[Face]:
-        with self.lock:
-            return self.pipeline.detector.detect(image)
-
-
 # -- the daemon -------------------------------------------------------------------------------------------------
-def mqtt_values(cfg: Config) -> dict[str, Any]:
-    """The [mqtt] section as MqttSettings.from_mapping takes it: secrets resolved, empty strings as None."""
-    m = cfg.mqtt
-    values: dict[str, Any] = {k: v for k, v in asdict(m).items()
-                              if k not in ("enabled", "password_file", "command_secret_file")}
-    for k, v in list(values.items()):
-        if v == "":
-            values[k] = None
-    values["device"] = device_name(cfg)
-    values["password"] = secret(m.password, m.password_file, CREDENTIAL_MQTT_PASSWORD, "mqtt.password")
-    values["command_secret"] = secret(m.command_secret, m.command_secret_file, CREDENTIAL_COMMAND_SECRET,
-                                      "mqtt.command_secret")
-    return values
-
-
 def open_store(cfg: Config) -> Store:
     from edge.store.crypto import load_key
 
@@ -355,7 +89,7 @@ def open_store(cfg: Config) -> Store:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         cred = Path(directory) / CREDENTIAL_STORE_KEY if directory else None
         key_file = str(cred) if cred is not None and cred.is_file() else None
-    return Store(path, key=load_key(key_file, store=path))
+    return Store(path, key=load_key(key_file, store=path), create=cfg.store.create)
 
 
 def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
@@ -363,13 +97,53 @@ def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
     if cfg.liveness_mode == "none":
         return None
     spec = cfg.liveness.model
-    if spec == "auto":
-        found = installed(registry)
-        if not found:
-            raise ConfigError("profile \"door\" requires liveness, but no liveness model is installed: "
-                              + INSTALL_HINT.format(model_dir=registry.model_dir))
-        spec = found[0]
-    return load(spec, registry, cfg.liveness.threads)
+    if spec == "auto" and not installed(registry):
+        raise ConfigError("profile \"door\" requires liveness, but no liveness model is installed: "
+                          + INSTALL_HINT.format(model_dir=registry.model_dir))
+    return resolve(registry, spec, cfg.liveness.threads)  # the same check `facegate liveness` runs
+
+
+def bind_health(cfg: Config, metrics: Metrics, health: Callable[[], dict[str, Any]]) -> HealthServer | None:
+    """The /healthz + /metrics server, bound (not yet serving); a port that cannot be bound names the key."""
+    if not cfg.health.enabled:
+        return None
+    host, _, port = cfg.health.listen.rpartition(":")
+    try:
+        return HealthServer(host.strip("[]"), int(port), metrics, health)
+    except (OSError, OverflowError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"health.listen: cannot listen on {cfg.health.listen!r} ({why})") from None
+
+
+def access_rule_findings(cfg: Config, store: Store) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the time-window rules against the enrolled identities. A rule whose name misses an
+    identity only by case or surrounding spaces (`Tony = []` meant for `tony`) would silently not apply: an
+    error. A rule naming nobody enrolled is a warning, repeated on every reload: the person may come later."""
+    names = {i.name for i in store.identities()}
+    folded: dict[str, list[str]] = {}
+    for n in names:
+        folded.setdefault(n.strip().casefold(), []).append(n)
+    errors, warnings = [], []
+    for rule in cfg.access.windows:
+        if rule in names:
+            continue
+        near = folded.get(rule.strip().casefold())
+        if near:
+            errors.append(f"access.windows.{rule}: no enrolled identity is named {rule!r}, but "
+                          f"{', '.join(repr(n) for n in sorted(near))} is: identity names are exact; rename the "
+                          f"rule, or it does not apply")
+        else:
+            warnings.append(f"access.windows.{rule}: no enrolled identity has this name; the rule applies to "
+                            f"nobody until one is enrolled under exactly this name")
+    return errors, warnings
+
+
+def check_access_rules(cfg: Config, store: Store) -> list[str]:
+    """The warnings of access_rule_findings; its errors raise ConfigError."""
+    errors, warnings = access_rule_findings(cfg, store)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return warnings
 
 
 class Daemon:
@@ -386,44 +160,72 @@ class Daemon:
         self._model_error: str | None = None
         self._store_error: str | None = None
         self._started_t = time.monotonic()
+        self._first_frame = False  # "starting" until a frame has been processed
+        self._last_step_t = 0.0
+        self._quality_prompt: str | None = None  # the last prompt shown for the face in view, and when
+        self._quality_prompt_t = 0.0
         self._frames: deque[float] = deque(maxlen=64)  # capture times of recently processed frames (fps)
+        self.health_server: HealthServer | None = None
+        self.store: Store | None = None  # type: ignore[assignment]
+        self.sink: Any = None
+        self.scorer: Any = None
+        self.door: DoorControl | None = None
+        try:
+            self._build(cfg, sink, liveness, source)
+        except BaseException:
+            self.close()  # nothing half-built stays open: a bound port, the store, the outbox
+            raise
+
+    def _build(self, cfg: Config, sink: Any, liveness: LivenessCheck | None, source: Source | None) -> None:
+        # The health port first: a taken port is a configuration error, found before anything is published.
+        self.health_server = bind_health(cfg, self.metrics, self.health)
         registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
         self.liveness = liveness if liveness is not None else resolve_liveness(cfg, registry)
         if cfg.profile == "kiosk":
             self.liveness = None  # every kiosk event says not_checked
-        self.head = None
-        if cfg.models.verifier:
-            from edge.verifier import load_head
-
-            self.head = load_head(cfg.models.verifier, registry)
+        self.store = open_store(cfg)
+        for warning in check_access_rules(cfg, self.store):  # errors (a rule that misses by case) raise here
+            log.warning("%s", warning)
+        # The one scorer (edge/match): the embedder's cosine, or a verification head over its embedders.
+        self.scorer = make_scorer(registry, cfg.models.embedder, cfg.models.verifier, self.store, cfg.decision.fpir,
+                                  cfg.models.fusion, cfg.decision.templates)
         self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
                                      threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
-                                     extra_embedders=self.head.embedders if self.head is not None else ())
-        self.store = open_store(cfg)
+                                     extra_embedders=self.scorer.embedders)
         self.access = AccessPolicy(cfg.access, metadata=self._metadata)
         self.policy = Policy(cfg.decision, self.access, liveness_required=self.liveness is not None)
         live_gate = gate_for(cfg, self.liveness) if self.liveness is not None else None
-        self.engine = Engine(self.pipeline, self.policy, cfg, self.liveness, self.metrics, self.store, live_gate,
-                             head=self.head)
-        self.sink = sink if sink is not None else self._make_sink()
+        self.engine = Engine(self.pipeline, self.scorer, self.policy, cfg, self.metrics, self.liveness, live_gate)
+        self.sink: EventSink = sink if sink is not None else make_sink(cfg, self, clock_synced)
+        self.engine.on_forget = self.sink.forget_identity  # a deletion seen in the store also empties the outbox
+        if cfg.profile == "door":
+            # The switch's persisted state is read here (a damaged file stops the start, naming its key) and
+            # applied to the policy before any frame is decided.
+            self.door = DoorControl(self.sink, cfg.door, on_switch=self._face_unlock_switched)
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
-        self.health_server: HealthServer | None = None
         self._describe_metrics()
 
+    def close(self) -> None:
+        """Release what construction opened, for a daemon that will not run (`run --check`, a failed start)."""
+        if self.door is not None:
+            self.door.close()
+        if self.health_server is not None:
+            self.health_server.close()
+        if self.sink is not None:
+            self.sink.close()
+        if self.scorer is not None and self.scorer.gallery is not None:
+            self.scorer.gallery.close()
+        if self.store is not None:
+            self.store.close()
+
     # -- construction helpers -------------------------------------------------------------------------------------
-    def _make_sink(self) -> Any:
-        if not self.cfg.mqtt.enabled:
-            return LogSink(device_name(self.cfg), self.cfg.mqtt.door)
-        from edge.mqtt.publisher import Publisher
-        from edge.mqtt.settings import MqttSettings
-
-        settings = MqttSettings.from_mapping(mqtt_values(self.cfg))
-        return Publisher(settings, self, clock_synced)
-
     def _metadata(self, name: str) -> dict[str, Any] | None:
         ident = self.store.identity(name)
         return ident.metadata if ident else None
+
+    def _face_unlock_switched(self, enabled: bool) -> None:
+        self.policy.blocked = None if enabled else DISABLED_REASON
 
     @property
     def liveness_mode(self) -> str:
@@ -438,11 +240,16 @@ class Daemon:
         m.describe("outbox_depth", "gauge", "events waiting in the MQTT outbox")
         m.describe("mqtt_reconnects_total", "counter", "MQTT reconnections")
         m.describe("mqtt_dropped_total", "counter", "events dropped because the outbox was full")
-        m.describe("source_reconnects_total", "counter", "frame source reopenings after a loss")
+        m.describe("source_reconnects_total", "counter",
+                   "attempts to reopen the frame source after a failed open or a loss (failed attempts too)")
         m.describe("frames_total", "counter", "frames read from the source")
         m.describe("frames_dropped_total", "counter", "frames replaced by a newer one before processing")
         m.describe("frames_corrupt_total", "counter", "frames that did not decode")
-        m.describe("healthy", "gauge", "1 when camera, models and store are healthy (grants possible)")
+        m.describe("source_connected", "gauge", "1 while the frame source is open and delivering")
+        m.describe("quality_rejections_total", "counter",
+                   "faces the quality gate kept from decisions, by reason (one count per face, frame and reason)")
+        m.describe("healthy", "gauge", "1 when camera, models and store are healthy (grants possible); 0 before "
+                                       "the first frame")
         m.describe("gallery_identities", "gauge", "enrolled identities in the matcher")
         m.set("fps", self.fps)
         m.set("outbox_depth", lambda: float(self.sink.outbox_depth))
@@ -452,10 +259,13 @@ class Daemon:
         m.set("frames_total", lambda: float(c.produced))
         m.set("frames_dropped_total", lambda: float(c.dropped))
         m.set("frames_corrupt_total", lambda: float(c.corrupt))
-        m.set("healthy", lambda: float(not self.problems()))
-        m.set("gallery_identities", lambda: float(len(self.engine.matcher)))
+        m.set("source_connected", lambda: float(self.capture.connected))
+        m.set("healthy", lambda: float(self.status(self.problems()) == "online"))
+        m.set("gallery_identities", lambda: float(self.engine.identities))
         for kind in DECISIONS:
             m.inc("decisions_total", 0, decision=kind)
+        for reason in QUALITY_PROMPTS:
+            m.inc("quality_rejections_total", 0, reason=reason)
 
     # -- health -----------------------------------------------------------------------------------------------------
     def fps(self) -> float:
@@ -481,25 +291,48 @@ class Daemon:
             out.append(f"store: {self._store_error}")
         return out
 
+    def status(self, problems: list[str]) -> str:
+        """"degraded" with problems, else "starting" until the first frame was processed, then "online"."""
+        return "degraded" if problems else "online" if self._first_frame else "starting"
+
     def health(self) -> dict[str, Any]:
         problems = self.problems()
-        return {"healthy": not problems, "problems": problems, "profile": self.cfg.profile,
+        status = self.status(problems)
+        return {"healthy": None if status == "starting" else not problems, "status": status, "problems": problems,
+                "profile": self.cfg.profile,
                 "liveness": self.liveness_mode, "fps": round(self.fps(), 2),
                 "mqtt_connected": bool(self.sink.connected), "outbox_depth": self.sink.outbox_depth,
-                "identities": len(self.engine.matcher), "frames": asdict(self.capture.stats)}
+                "identities": self.engine.identities, "frames": asdict(self.capture.stats)}
 
     def _check_store(self) -> None:
+        """The store's file checked while no frame follows it (a camera that is down): the same fault either way."""
         try:
-            self.store.embedders()
-            self._store_error = None
-        except Exception as exc:  # any failure to read the store is a reason to refuse grants
-            self._store_error = str(exc) or type(exc).__name__
+            self.store.check_file()
+        except StoreError as exc:
+            self._store_fault(str(exc))
+            return
+        self._store_fault(None)
+
+    def _store_fault(self, error: str | None) -> None:
+        """Record the store's health: one log line when a fault appears or changes, one when it clears."""
+        if error == self._store_error:
+            return
+        if error is not None:
+            log.error("store fault (no decisions until it is fixed): %s", error)
+        else:
+            log.warning("store readable again: %s", self._store_error)
+        self._store_error = error
 
     # -- command handlers (called on the MQTT thread) ------------------------------------------------------------
     def reload(self) -> dict[str, Any]:
         n = self.engine.reload()
         log.info("gallery reloaded: %d identities", n)
-        return {"ok": True, "identities": n, "templates": self.engine.matcher.rows}
+        try:
+            for warning in check_access_rules(self.cfg, self.store):
+                log.warning("%s", warning)
+        except ConfigError as exc:
+            log.error("%s", exc)
+        return {"ok": True, "identities": n, "templates": self.engine.gallery.rows}
 
     def enroll(self, name: str, image_jpeg: bytes, live_capture: bool) -> dict[str, Any]:
         from edge.enroll import Enroller
@@ -519,22 +352,24 @@ class Daemon:
         else:
             if len(image_jpeg) > MAX_ENROL_JPEG:
                 return {"ok": False, "name": name, "reasons": ["image too large"]}
-            decoded = cv2.imdecode(np.frombuffer(image_jpeg, np.uint8), cv2.IMREAD_COLOR)
-            if decoded is None:
-                return {"ok": False, "name": name, "reasons": ["unreadable image"]}
-            image = decoded
+            from edge.imageio import decode_bgr
+
+            try:
+                image = decode_bgr(image_jpeg, "the enrolment image")  # the pixel limit before decoding
+            except FacegateError as exc:
+                return {"ok": False, "name": name, "reasons": [str(exc)]}
             command = "mqtt enroll (administrator, from a file: no liveness check)"
-            log.info("enrolling %r from a file sent by an administrator: no liveness check", name)
-        enroller = Enroller(self.store, self.pipeline, matcher=self.engine.matcher)
+            log.info("enrolling from a file sent by an administrator: no liveness check")
+        enroller = Enroller(self.store, self.pipeline, scorer=self.scorer)
         with self.engine.lock:
             judged = enroller.judge(f"mqtt:{name}", image=image)
-            enroller.duplicates(name, [judged])
+            enroller.guard(name, [judged])
         try:
             ids = enroller.commit(name, [judged], command=command)
         except FacegateError as exc:
             return {"ok": False, "name": name, "reasons": [str(exc)]}
-        return {"ok": bool(ids), "name": name, "templates": len(ids), "reasons": judged.reasons,
-                "quality": judged.quality}
+        return {"ok": bool(ids) or judged.already, "name": name, "templates": len(ids),
+                "already_enrolled": judged.already, "reasons": judged.reasons, "quality": judged.quality}
 
     def delete(self, name: str) -> dict[str, Any]:
         ok = self.store.delete(name, command="mqtt delete")
@@ -556,43 +391,48 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
 
     def _state(self, problems: list[str]) -> dict[str, Any]:
-        return {"status": "online" if not problems else "degraded", "healthy": not problems, "problems": problems,
-                "profile": self.cfg.profile, "liveness": self.liveness_mode, "identities": len(self.engine.matcher),
-                "door": "locked"}
+        """The retained state document, always whole. `healthy` is null while "starting" (no frame yet)."""
+        status = self.status(problems)
+        doc = {"status": status, "healthy": None if status == "starting" else not problems, "problems": problems,
+               "profile": self.cfg.profile, "liveness": self.liveness_mode, "identities": self.engine.identities}
+        if self.door is not None:
+            doc["face_unlock"] = self.door.face_unlock
+        return doc
 
     def run(self) -> int:
         self._install_signals()
         self.sink.on_claim(self.claim)
+        if self.door is not None:
+            self.door.attach()  # the start-up LOCK once connected, Home Assistant's lock and switch
         self.sink.start()
         self._started_t = time.monotonic()
         self.capture.start()
-        if self.cfg.health.enabled:
-            host, _, port = self.cfg.health.listen.rpartition(":")
-            self.health_server = HealthServer(host.strip("[]"), int(port), self.metrics, self.health).start()
-        if self.cfg.profile == "door":
-            self.sink.publish_door("LOCK", None)  # a known state after a restart
+        if self.health_server is not None:
+            self.health_server.start()
         ping_every = watchdog_interval()
         self.notifier.ready(f"profile {self.cfg.profile}, liveness {self.liveness_mode}, "
-                            f"{len(self.engine.matcher)} identities")
+                            f"{self.engine.identities} identities")
         log.info("facegate running: profile %s, liveness %s, source %s, %d identities", self.cfg.profile,
-                 self.liveness_mode, self.capture.source.name, len(self.engine.matcher))
+                 self.liveness_mode, self.capture.source.name, self.engine.identities)
         last_ping = last_state_t = last_store = 0.0
         last_problems: list[str] | None = None
+        last_doc: dict[str, Any] | None = None
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if ping_every is not None and now - last_ping >= ping_every:
                     self.notifier.watchdog()  # from this loop: a hung pipeline stops the pings
                     last_ping = now
-                if now - last_store >= STORE_CHECK_S:
-                    self._check_store()
+                if now - last_store >= STORE_CHECK_S and now - self._last_step_t >= STORE_CHECK_S:
+                    self._check_store()  # frames follow the store themselves; this covers a camera that is down
                     last_store = now
                 problems = self.problems()
-                if problems != last_problems or now - last_state_t >= STATE_EVERY_S:
+                doc = self._state(problems)
+                if doc != last_doc or now - last_state_t >= STATE_EVERY_S:  # a change of any field, at once
                     if problems != last_problems and problems:
                         log.warning("unhealthy (no grants): %s", "; ".join(problems))
-                    self.sink.publish_state(self._state(problems))
-                    last_problems, last_state_t = problems, now
+                    self.sink.publish_state(doc)
+                    last_problems, last_doc, last_state_t = problems, doc, now
                 frame = self.capture.get(timeout=0.5)
                 if frame is None:
                     if self.capture.done:
@@ -606,42 +446,72 @@ class Daemon:
 
     def _step(self, frame: Frame, problems: list[str]) -> None:
         was_present = self.engine.face_present
+        self._last_step_t = time.monotonic()
         try:
             decisions = self.engine.process(frame, problems)
-            self._model_error = None
-        except Exception as exc:  # a model failing on a frame: unhealthy, no decision, keep running
-            self._model_error = f"{type(exc).__name__}: {exc}"
-            log.exception("frame %d failed", frame.index)
+        except (StoreError, sqlite3.Error) as exc:
+            # The store cannot be followed (deleted, replaced or damaged under the daemon): a store problem, not a
+            # model one, logged once; nothing is decided until it can be read again (fail secure).
+            self._store_fault(str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}")
             return
+        except Exception as exc:  # a model failing on a frame: unhealthy, no decision, keep running
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._model_error:  # one traceback per fault, not one per frame
+                log.exception("frame %d failed", frame.index)
+            self._model_error = error
+            return
+        self._model_error = None
+        self._store_fault(None)
+        self._first_frame = True
         self._frames.append(frame.t_capture)
         if self.engine.face_present != was_present:
             self.sink.publish_face_present(self.engine.face_present)
-            if self.engine.face_present:
-                self.sink.publish_prompt(PROMPTS["present"])
+        self._prompt_quality(was_present)
         if self.engine.live_gate is not None:
             for text in self.engine.live_gate.take_prompts():  # the challenge's instruction, after the above
                 self.sink.publish_prompt(text)
         for d in decisions:
             self._announce(d)
 
+    def _prompt_quality(self, was_present: bool) -> None:
+        """What the person in front of the camera should do: "look at the camera" when a face appears, or, while
+        the quality gate keeps every face in view from a decision, what would fix it ("face the camera", "come
+        closer"). Sent when it changes, at most once per PROMPT_HOLD_S (a head at the edge of the yaw limit must
+        not make the display flicker), and never every frame."""
+        if not self.engine.face_present:
+            self._quality_prompt = None
+            return
+        reason = self.engine.blocking_reason
+        text = QUALITY_PROMPTS.get(reason, PROMPTS["present"]) if reason else PROMPTS["present"]
+        now = time.monotonic()
+        if was_present and (text == self._quality_prompt or now - self._quality_prompt_t < PROMPT_HOLD_S):
+            return
+        self.sink.publish_prompt(text)
+        self._quality_prompt, self._quality_prompt_t = text, now
+
     def _announce(self, d: Decision) -> None:
         granted = d.decision == "granted"
-        if granted and self.cfg.profile == "door":
-            self.sink.publish_door("UNLOCK", self.cfg.door.unlock_s)  # first: the door is what the person waits for
+        if granted and self.door is not None:
+            # First: the door is what the person waits for. Dropped, not sent late, if the broker is not
+            # responsive within door.max_delay_ms (the event still says granted; the door stays locked).
+            self.door.grant(decided_at=time.monotonic())
         latency = (time.monotonic() - d.t_capture) * 1e3
-        event = self.sink.publish_event(d.event(self.engine.scored_by.name, latency))
+        event = self.sink.publish_event(d.event(self.scorer.name, latency))
         self.sink.publish_prompt(PROMPTS[d.decision])
         self.metrics.inc("decisions_total", decision=d.decision)
         self.metrics.histogram("decision_latency_ms").observe(latency)
         log.info("decision %s: identity=%s score=%s liveness=%s frames=%d latency=%.1f ms%s", d.decision,
-                 d.identity, None if d.score is None else round(d.score, 3), d.liveness, d.frames, latency,
-                 f" ({d.reason})" if d.reason else "")
+                 self.engine.log_name(d.identity), None if d.score is None else round(d.score, 3), d.liveness,
+                 d.frames, latency, f" ({d.reason})" if d.reason else "")
+        log.debug("decision %s: identity name %r", d.decision, d.identity)
         if self.on_decision is not None:
             self.on_decision(d, event)
 
     def _shutdown(self) -> None:
         self.notifier.stopping("finishing")
         self.capture.stop()
+        if self.door is not None:
+            self.door.close()
         try:
             self.sink.stop(flush_timeout=5.0)
         finally:

@@ -6,7 +6,8 @@ Rules (deploy/INTEGRATION.md explains them to integrators):
   (door profile: at least k "live" and no "spoof" verdict in the window), the identity is allowed now
   (its time windows), the system is healthy, and the tailgating rule allows it.
 - denied: the identity is agreed on but not allowed now, or liveness stayed incomplete for a full window,
-  or the system is unhealthy (fail-secure), or the tailgating rule refuses.
+  or the system is unhealthy (fail-secure), or grants are switched off (`blocked`: the door profile's
+  face-unlock switch, edge/door.py), or the tailgating rule refuses.
 - unknown: a full window of n observations of a live face matched nobody, or no agreement within
   max_frames observations.
 - spoof: k of the last n liveness verdicts say spoof.
@@ -43,6 +44,7 @@ class Observation:
     threshold: float
     liveness: LivenessResult | None  # None: not checked (kiosk)
     t_capture: float
+    margin: float | None = None  # the best candidate's lead over the runner-up (edge/match Result.margin)
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,16 @@ class AccessPolicy:
                         raise ValueError("not a list")
                     windows = [parse_window(str(w)) for w in raw]
                 except ValueError:
-                    return False, f"{name}: malformed access windows in the identity's metadata"
+                    return False, "malformed access windows in the identity's metadata"
         if windows is None:
-            return self.default_allow, "" if self.default_allow else f"{name}: no access windows (default deny)"
+            return self.default_allow, "" if self.default_allow else "no access windows (default deny)"
         minute, day = when.hour * 60 + when.minute, when.weekday()
         for days, start, end in windows:
             if start < end and day in days and start <= minute < end:
                 return True, ""
             if end <= start and ((day in days and minute >= start) or ((day - 1) % 7 in days and minute < end)):
                 return True, ""
-        return False, f"{name}: outside its access windows ({source}) at {when:%a %H:%M}"
+        return False, f"outside its access windows ({source}) at {when:%a %H:%M}"
 
 
 class Policy:
@@ -122,6 +124,9 @@ class Policy:
         self.clock = clock
         self._last_event: dict[tuple[str, str], float] = {}  # (identity, decision) → when last announced
         self._claim: tuple[str, float] | None = None  # (identity, expiry)
+        # Why grants are switched off right now (edge/door.py's face-unlock switch), else None: a would-be grant
+        # is then denied with this reason, so nothing opens the door and the event says why.
+        self.blocked: str | None = None
 
     # -- badge claims ---------------------------------------------------------------------------------------
     def claim(self, name: str, tracks: list[Track]) -> None:
@@ -131,6 +136,13 @@ class Policy:
             tr.state.pop("decided", None)
             tr.state.pop("window", None)
             tr.state.pop("eligible_at", None)
+
+    def forget(self, name: str) -> None:
+        """A deleted identity: no cooldown entry or pending claim may keep its name."""
+        for key in [k for k in self._last_event if k[0] == name]:
+            del self._last_event[key]
+        if self._claim is not None and self._claim[0] == name:
+            self._claim = None
 
     @property
     def claimed(self) -> str | None:
@@ -174,6 +186,9 @@ class Policy:
                 return self._decide(track, "denied", top, window, why)
             if problems:
                 return self._decide(track, "denied", top, window, "unhealthy: " + "; ".join(problems))
+            blocked = self.blocked
+            if blocked:
+                return self._decide(track, "denied", top, window, blocked)
             return self._tailgating(track, top, window, others)
         if full and not counts and live_ok:
             return self._decide(track, "unknown", None, window, "no match")

@@ -13,6 +13,7 @@ import numpy as np
 
 from edge.errors import FacegateError
 from edge.imageio import load_bgr
+from edge.match.factory import make_scorer
 from edge.pipeline import FacePipeline
 
 
@@ -33,13 +34,14 @@ def sample_faces() -> dict[str, np.ndarray]:
 def run(as_json: bool = False) -> int:
     faces = sample_faces()
     pipe = FacePipeline()
-    emb = {k: pipe.embed_one(img)[1] for k, img in faces.items()}
-    t = pipe.manifest.threshold("verify").value
+    scorer = make_scorer(pipe.registry, pipe.manifest.name)
+    probes = {k: pipe.probe(img)[1] for k, img in faces.items()}
     cases = [("hopper", "hopper_rotated", True), ("hopper", "astronaut", False)]
     rows = []
     for a, b, expected in cases:
-        score = float(emb[a] @ emb[b])
-        rows.append({"a": a, "b": b, "score": round(score, 4), "threshold": t, "same_person": score >= t,
+        r = scorer.compare(probes[a], probes[b])
+        t = r.threshold
+        rows.append({"a": a, "b": b, "score": round(r.score, 4), "threshold": t, "same_person": r.match,
                      "expected": expected})
     if as_json:
         print(json.dumps(rows, indent=2))

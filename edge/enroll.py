@@ -6,6 +6,7 @@ embedder, or nothing. Refusals say why. Face crops are kept only when the store 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -20,15 +21,19 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from edge.errors import FacegateError, ManyFacesError, NoFaceError
-from edge.identify_threshold import threshold_for
 from edge.imageio import image_files, load_bgr
+from edge.match import Scorer, accept
+from edge.match.cosine import CosineScorer
+from edge.match.gallery import StoreGallery
+from edge.match.thresholds import DEFAULT_FPIR
 from edge.pipeline import FacePipeline
 from edge.store.db import Store, TemplateIn
-from edge.store.matcher import Matcher
 from edge.vision.detect import Face, select_face
 from edge.vision.quality import QualityGate, assess
 
 DUPLICATE = "matches another enrolled identity"
+MISMATCH = "does not match the identity"
+ALREADY = "already enrolled"
 
 
 @dataclass
@@ -41,9 +46,20 @@ class Judged:
     quality: dict[str, float] | None = None
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     crop: bytes | None = None
+    image_sha256: str | None = None  # of the decoded pixels: the same photo re-sent or re-run is recognised
+    already: bool = False  # this photo is already enrolled for the identity (not stored again, not a refusal)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "accepted": self.accepted, "reasons": self.reasons, "quality": self.quality}
+        return {"image": self.image, "accepted": self.accepted, "already_enrolled": self.already,
+                "reasons": self.reasons, "quality": self.quality}
+
+
+def pixels_sha256(image: np.ndarray) -> str:
+    """A photo's identity for idempotent enrolment: its decoded pixels (and shape), not its file bytes, so the
+    same photo from a file, an MQTT message or a re-encoded copy with other metadata hashes the same."""
+    h = hashlib.sha256(f"{image.shape}|{image.dtype}|".encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
 
 
 LANDMARKS_KEY = "facegate-landmarks"
@@ -81,18 +97,15 @@ def read_face_crop(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 
 class Enroller:
     def __init__(self, store: Store, pipeline: FacePipeline, gate: QualityGate | None = None,
-                 policy: str = "single", matcher: Matcher | None = None, duplicate_fpir: float = 0.01) -> None:
+                 policy: str = "single", scorer: Scorer | None = None, duplicate_fpir: float = DEFAULT_FPIR) -> None:
         self.store = store
         self.pipeline = pipeline
         self.gate = gate or QualityGate()
         self.policy = policy
-        self.matcher = matcher or Matcher.follow(store, pipeline.embedder.manifest.name)
+        # The guards decide through the one scorer (edge/match): by default the primary embedder's cosine over
+        # this store's gallery.
+        self.scorer = scorer or CosineScorer(pipeline.manifest, StoreGallery(store, (pipeline.manifest.name,)))
         self.duplicate_fpir = duplicate_fpir
-
-    def duplicate_threshold(self) -> float:
-        """A 1:N search, so the 1:N threshold at the current gallery size: the 1:1 threshold would flag about
-        K times more innocent newcomers as duplicates of someone in a K-template gallery."""
-        return threshold_for(self.pipeline.embedder.manifest, max(1, self.matcher.rows), self.duplicate_fpir)[0]
 
     def judge(self, path: Path | str, image: np.ndarray | None = None) -> Judged:
         """Decode, detect, gate and embed one image; never raises for a bad image, it is refused instead."""
@@ -114,30 +127,68 @@ class Enroller:
         if j.reasons:
             return j
         j.embeddings = self.pipeline.embed_all(img, face)
+        j.image_sha256 = pixels_sha256(img)
         if self.store.keep_crops:
             j.crop = face_crop_png(img, face)
         j.accepted = True
         return j
 
+    def already_enrolled(self, name: str, judged: list[Judged]) -> None:
+        """Photos already enrolled for `name` (same pixels) are set aside, not stored twice: re-running an
+        enrolment is a no-op, and the gallery (and with it the 1:N threshold) does not grow with re-runs."""
+        seen: set[str] = set()
+        for j in judged:
+            if not j.accepted or j.image_sha256 is None:
+                continue
+            if j.image_sha256 in seen or self.store.has_image(name, j.image_sha256):
+                j.accepted, j.already = False, True
+                j.reasons.append(f"{ALREADY}: this photo is already one of {name!r}'s templates")
+            seen.add(j.image_sha256)
+
+    def same_person(self, name: str, judged: list[Judged]) -> None:
+        """Every photo stored under one name must be that person: a photo added to an existing identity must
+        match it at the 1:1 threshold (Scorer.verify), and the photos of a new identity must match its first
+        one (Scorer.compare). Otherwise `facegate enroll colin someone-else.jpg` would quietly let someone else
+        in as colin."""
+        accepted = [j for j in judged if j.accepted]
+        enrolled = self.store.identity(name) is not None
+        first = None if enrolled or len(accepted) < 2 else accepted.pop(0)
+        if not enrolled and first is None:
+            return
+        for j in accepted:
+            r = self.scorer.verify(j.embeddings, name) if enrolled else self.scorer.compare(first.embeddings,
+                                                                                           j.embeddings)
+            if not r.match:
+                what = f"{name!r}'s enrolled photos" if enrolled else f"the first photo ({first.image})"
+                j.accepted = False
+                j.reasons.append(f"{MISMATCH}: it does not look like {what} (score {r.score:.3f} < 1:1 threshold "
+                                 f"{r.threshold:.3f}); use --force if it is the same person")
+
+    def guard(self, name: str, judged: list[Judged], force: bool = False) -> None:
+        """The checks between judging photos and storing them: the same photo twice is a no-op (always), and
+        unless `force`, every photo must be the named person and nobody else enrolled."""
+        self.already_enrolled(name, judged)
+        if not force:
+            self.same_person(name, judged)
+            self.duplicates(name, judged)
+
     def duplicates(self, name: str, judged: list[Judged]) -> None:
-        """Refuse accepted images that match a *different* enrolled identity at the 1:1 threshold."""
-        primary = self.pipeline.embedder.manifest.name
-        threshold = self.duplicate_threshold()
+        """Refuse accepted images that a 1:N search (at the 1:N threshold for the current gallery: the 1:1 one
+        would flag about K times more innocent newcomers) recognises as a *different* enrolled identity."""
         for j in judged:
             if not j.accepted:
                 continue
-            for match in self.matcher.search(j.embeddings[primary], k=2)[0]:
-                if match.name != name and match.score >= threshold:
-                    j.accepted = False
-                    j.reasons.append(f"{DUPLICATE}: {match.name!r} (score {match.score:.3f} ≥ {threshold:.3f}); "
-                                     "use --force if this is intended")
-                    break
+            r = self.scorer.identify(j.embeddings, top=2, fpir=self.duplicate_fpir)
+            other = next((c for c in r.candidates if c.name != name and accept(c.score, r.threshold)), None)
+            if other is not None:
+                j.accepted = False
+                j.reasons.append(f"{DUPLICATE}: {other.name!r} (score {other.score:.3f} ≥ {r.threshold:.3f}); "
+                                 "use --force if this is intended")
 
     def enroll(self, name: str, paths: list[Path], force: bool = False, command: str = "enroll",
                display_name: str | None = None) -> list[Judged]:
         judged = [self.judge(p) for p in paths]
-        if not force:
-            self.duplicates(name, judged)
+        self.guard(name, judged, force)
         self.commit(name, judged, command, display_name)
         return judged
 
@@ -150,7 +201,8 @@ class Enroller:
                 m = emb.manifest
                 templates.append(TemplateIn(vector=j.embeddings[m.name], embedder=m.name, manifest_sha256=m.sha256,
                                             quality=j.quality or {},
-                                            crop=j.crop if emb is self.pipeline.embedder else None))
+                                            crop=j.crop if emb is self.pipeline.embedder else None,
+                                            image_sha256=j.image_sha256))
         if not templates:
             return []
         return self.store.enroll(name, templates, command=command, display_name=display_name)
@@ -184,7 +236,7 @@ def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int |
         people, total = kept, n
     refused: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
-    accepted = identities = 0
+    accepted = identities = already = 0
     start = time.perf_counter()  # models are already loaded and prepared: start-up is excluded
     with tqdm(total=total, desc="enrolling", unit="img", file=sys.stderr, disable=None) as bar:
         for name, files in people:
@@ -192,18 +244,21 @@ def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int |
             for f in files:
                 judged.append(enroller.judge(f))
                 bar.update(1)
-            if not force:
-                enroller.duplicates(name, judged)
+            enroller.guard(name, judged, force)
             if enroller.commit(name, judged, command=f"enroll-dir {root}"):
                 identities += 1
             for j in judged:
                 accepted += j.accepted
+                already += j.already
+                if j.already:
+                    continue  # not a refusal: a re-run finds its photos in the store
                 for r in j.reasons:  # every reason starts with its kind, then ": " and the particulars
                     key = r.split(":")[0]
                     refused[key] = refused.get(key, 0) + 1
                 if not j.accepted:
                     rows.append({"identity": name, **j.to_dict()})
     elapsed = time.perf_counter() - start
-    return {"images": total, "accepted": accepted, "refused": total - accepted, "identities": identities,
+    return {"images": total, "accepted": accepted, "already_enrolled": already,
+            "refused": total - accepted - already, "identities": identities,
             "refusal_reasons": dict(sorted(refused.items(), key=lambda kv: -kv[1])), "refusals": rows,
             "seconds": round(elapsed, 3), "images_per_s": round(total / elapsed, 2) if elapsed > 0 else None}

@@ -158,5 +158,9 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread.is_alive():
+            self.server.shutdown()  # waits for serve_forever: only when it runs
         self.server.server_close()
+
+    def close(self) -> None:
+        self.stop()

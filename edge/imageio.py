@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -23,10 +24,23 @@ def load_bgr(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"{p}: no such file")
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: empty file")
+    return _decode(p, str(p), max_pixels)
+
+
+def decode_bgr(data: bytes, origin: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """`load_bgr` for bytes received over the network (an MQTT enrolment, an upload): the same pixel limit,
+    checked on the header before a single pixel is decoded, so a small file of huge dimensions (a 420 KB PNG
+    of 12000×12000) is refused instead of taking gigabytes."""
+    if not data:
+        raise ImageError(f"{origin}: empty image")
+    return _decode(io.BytesIO(data), origin, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, p: str, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 # Image.open reads only the header, so the pixel limit is enforced before decoding.
                 w, h = im.size
                 if w * h > max_pixels:
@@ -36,9 +50,9 @@ def load_bgr(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 rgb = np.asarray(im, dtype=np.uint8)
     except ImageError:
         raise
-    except Image.DecompressionBombError:  # Pillow's own guard fires in open() for the very largest
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own guard, in open()
         raise ImageError(f"{p}: exceeds the limit of {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
 

@@ -1,8 +1,15 @@
-"""The recognition path every command shares: image → faces → aligned crops → embeddings."""
+"""The recognition path every command shares: image → faces → aligned crops → quality → embeddings.
+
+Enrolment, the CLI, the daemon's engine, the benchmarks and the export stage all go through FacePipeline, so
+a face is found, aligned, judged and embedded the same way everywhere. Work is batched: the faces of one image
+are aligned per embedder (each with its own template) and each embedder runs once on all of them.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,35 +17,64 @@ import numpy as np
 from edge.embed import Embedder
 from edge.models.registry import Registry
 from edge.vision.align import align
-from edge.vision.detect import Detector, Face, select_face
+from edge.vision.detect import Detector, Face, make_detector, select_face
+from edge.vision.quality import Quality, QualityGate, assess
+
+
+def _recent() -> deque[float]:
+    return deque(maxlen=100_000)  # bounded: a daemon runs for months
 
 
 @dataclass
 class Timings:
-    """Milliseconds per stage, accumulated over calls (a benchmark reads the lists)."""
+    """Milliseconds per stage, accumulated over calls (a benchmark reads them); the last embed() call's total
+    is kept apart for the daemon's per-frame stage histogram."""
 
-    detect: list[float] = field(default_factory=list)
-    align: list[float] = field(default_factory=list)
-    embed: list[float] = field(default_factory=list)
+    detect: deque[float] = field(default_factory=_recent)
+    align: deque[float] = field(default_factory=_recent)
+    quality: deque[float] = field(default_factory=_recent)
+    embed: deque[float] = field(default_factory=_recent)
+    last_embed_ms: float = 0.0
+
+
+@dataclass
+class FaceRecord:
+    """One face of an image as the pipeline saw it."""
+
+    face: Face
+    crop: np.ndarray  # aligned with the primary embedder's template (what quality is judged on)
+    quality: Quality | None = None
+    reasons: list[str] = field(default_factory=list)  # why the quality gate refused it; empty: it passed
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # embedder → unit vector
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
 
 
 class FacePipeline:
-    def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str = "sface",
-                 threads: int = 1, min_face_px: float = 40.0, extra_embedders: tuple[str, ...] = ()) -> None:
+    def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str | None = None,
+                 threads: int = 1, min_face_px: float = 40.0, extra_embedders: Sequence[str] = ()) -> None:
         self.registry = registry or Registry()
-        det_rt, det_m = self.registry.open(detector, threads=threads)
-        self.detector = Detector(det_rt, det_m, min_face_px=min_face_px)
-        # The first embedder is the primary one (queries, thresholds); the others get templates at enrolment
-        # so a second embedder or a fusion head can be used later without re-enrolling.
+        embedder = embedder or self.registry.default_embedder()  # "" or None: what the manifests choose
+        self.detector: Detector = make_detector(self.registry, detector, threads=threads, min_face_px=min_face_px)
+        # The first embedder is the primary one (quality crops, track identity); the others are computed for
+        # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.
         self.embedders = [Embedder(*self.registry.open(name, threads=threads))
                           for name in dict.fromkeys((embedder, *extra_embedders))]
         self.embedder = self.embedders[0]
+        self.by_name = {e.manifest.name: e for e in self.embedders}
         self.timings = Timings()
 
     @property
-    def manifest(self):  # the embedder's manifest: thresholds and template live there
+    def manifest(self):  # the primary embedder's manifest: its template, thresholds
         return self.embedder.manifest
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.by_name)
+
+    # -- stages --------------------------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Face]:
         t = time.perf_counter()
         faces = self.detector.detect(image)
@@ -54,6 +90,50 @@ class FacePipeline:
         self.timings.align.append((time.perf_counter() - t) * 1e3)
         return out
 
+    def embed(self, image: np.ndarray, faces: list[Face], embedders: Sequence[str] | None = None,
+              primary_crops: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+        """Each face's embeddings under each named embedder (default: all): one batched call per embedder, each
+        embedder's crops aligned with its own template (`primary_crops` reuses the primary's, already cut)."""
+        out: list[dict[str, np.ndarray]] = [{} for _ in faces]
+        self.timings.last_embed_ms = 0.0
+        if not faces:
+            return out
+        for name in (embedders if embedders is not None else self.names):
+            emb = self.by_name[name]
+            same_template = emb.manifest.alignment == self.embedder.manifest.alignment
+            crops = primary_crops if primary_crops is not None and same_template else self.crops(image, faces, emb)
+            t = time.perf_counter()
+            vectors = emb.embed(crops)
+            ms = (time.perf_counter() - t) * 1e3
+            self.timings.embed.append(ms)
+            self.timings.last_embed_ms += ms
+            for record, v in zip(out, vectors, strict=True):
+                record[name] = v
+        return out
+
+    def analyse(self, image: np.ndarray, gate: QualityGate | None = None, embedders: Sequence[str] | None = None,
+                faces: list[Face] | None = None) -> list[FaceRecord]:
+        """Detect (unless `faces` are given), align, judge quality (when a gate is given) and embed the faces
+        that pass, batched; every face comes back, a refused one with its reasons and no embeddings."""
+        faces = self.detect(image) if faces is None else faces
+        crops = self.crops(image, faces)
+        records = [FaceRecord(f, c) for f, c in zip(faces, crops, strict=True)]
+        if gate is not None:
+            t = time.perf_counter()
+            for r in records:
+                r.quality = assess(r.face, r.crop)
+                r.reasons = gate.reasons(r.quality)
+            self.timings.quality.append((time.perf_counter() - t) * 1e3)
+        passed = [i for i, r in enumerate(records) if r.passed]
+        self.timings.last_embed_ms = 0.0
+        if passed:
+            vectors = self.embed(image, [records[i].face for i in passed], embedders,
+                                 primary_crops=crops[passed])
+            for i, v in zip(passed, vectors, strict=True):
+                records[i].embeddings = v
+        return records
+
+    # -- one face --------------------------------------------------------------------------------------------
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
         out = self.embedder.embed(crops)
@@ -65,15 +145,14 @@ class FacePipeline:
 
     def embed_all(self, image: np.ndarray, face: Face) -> dict[str, np.ndarray]:
         """The face's embedding under every configured embedder, each aligned with its own template."""
-        out = {}
-        for emb in self.embedders:
-            crop = self.crops(image, [face], emb)
-            t = time.perf_counter()
-            out[emb.manifest.name] = emb.embed(crop)[0]
-            self.timings.embed.append((time.perf_counter() - t) * 1e3)
-        return out
+        return self.embed(image, [face])[0]
+
+    def probe(self, image: np.ndarray, policy: str = "largest") -> tuple[Face, dict[str, np.ndarray]]:
+        """The chosen face of an image and its probe (embeddings under every configured embedder)."""
+        face = select_face(self.detect(image), image.shape, policy)
+        return face, self.embed_all(image, face)
 
     def embed_one(self, image: np.ndarray, policy: str = "largest") -> tuple[Face, np.ndarray]:
-        """The chosen face of an image and its embedding; NoFaceError / ManyFacesError otherwise."""
+        """The chosen face of an image and its primary embedding; NoFaceError / ManyFacesError otherwise."""
         face = select_face(self.detect(image), image.shape, policy)
         return face, self.embed_faces(image, [face])[0]

@@ -20,17 +20,17 @@ from PIL import Image
 
 from edge.errors import FacegateError, ModelError
 from edge.imageio import load_bgr
+from edge.magenta import FILES, INSTALL_HINT, PREDICT, VARIANTS, installed_files, transfer_name
 from edge.models.manifest import Manifest
 from edge.models.registry import Registry
-from edge.paths import model_dir
 from edge.runtime import Runtime, open_runtime
 
 # An image function on float32 RGB (H, W, 3) arrays in [0, 1], returning the same shape.
 TileFn = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_OVERLAP = 64
-MAGENTA_PREDICT = "style_predict_quantized_256.tflite"
-MAGENTA_TRANSFER = {"f16": "style_transfer_f16_384.tflite", "quantized": "style_transfer_quantized_384.tflite"}
+MAGENTA_PREDICT = FILES[PREDICT].file
+MAGENTA_TRANSFER = {v: FILES[transfer_name(v)].file for v in VARIANTS}
 
 
 # -- tiling -----------------------------------------------------------------------------------------------------
@@ -153,24 +153,31 @@ def installed_styles(registry: Registry | None = None) -> list[str]:
 
 
 # -- Magenta arbitrary style ------------------------------------------------------------------------------------
-def magenta_dir() -> Path:
-    """$FACEGATE_MAGENTA_DIR, else <model dir>/magenta."""
+def magenta_dir() -> Path | None:
+    """$FACEGATE_MAGENTA_DIR when set: a folder holding the upstream files under their own names."""
     env = os.environ.get("FACEGATE_MAGENTA_DIR")
-    return Path(env) if env else model_dir() / "magenta"
+    return Path(env) if env else None
 
 
 class MagentaStylizer:
     """Ghiasi et al.'s arbitrary style transfer as Magenta's TFLite pair: a style predictor (256² painting →
-    100-d bottleneck) and a transformer (384² content + bottleneck → stylised 384²)."""
+    100-d bottleneck) and a transformer (384² content + bottleneck → stylised 384²).
 
-    def __init__(self, folder: Path | None = None, variant: str = "f16", threads: int = 1) -> None:
+    The files are the installed bundles (`facegate models install magenta`, hash-checked), or those in
+    `folder` / $FACEGATE_MAGENTA_DIR under their upstream names.
+    """
+
+    def __init__(self, folder: Path | None = None, variant: str = "f16", threads: int = 1,
+                 registry: Registry | None = None) -> None:
+        transfer_name(variant)  # refuses an unknown variant
         folder = Path(folder) if folder else magenta_dir()
-        if variant not in MAGENTA_TRANSFER:
-            raise ModelError(f"Magenta variant must be one of {sorted(MAGENTA_TRANSFER)}, not {variant!r}")
-        paths = [folder / MAGENTA_PREDICT, folder / MAGENTA_TRANSFER[variant]]
-        for p in paths:
-            if not p.is_file():
-                raise ModelError(f"{p}: Magenta model not found (set FACEGATE_MAGENTA_DIR or --magenta-dir)")
+        if folder is None:
+            paths = list(installed_files(variant, registry))
+        else:
+            paths = [folder / MAGENTA_PREDICT, folder / MAGENTA_TRANSFER[variant]]
+            for p in paths:
+                if not p.is_file():
+                    raise ModelError(f"{p}: Magenta model not found; " + INSTALL_HINT)
         self.predictor = open_runtime("litert", paths[0], threads=threads)
         self.transfer = open_runtime("litert", paths[1], threads=threads)
         self.tile = 384
@@ -240,7 +247,7 @@ def stylize_file(content: Path, out: Path, style: str | None = None, style_image
         tile = runner.tile
     else:
         assert style_image is not None
-        magenta_net = MagentaStylizer(magenta, variant=variant, threads=threads)
+        magenta_net = MagentaStylizer(magenta, variant=variant, threads=threads, registry=registry)
         result = magenta_net(rgb, magenta_net.bottleneck(load_rgb(style_image)),
                              DEFAULT_OVERLAP if overlap is None else overlap)
         model = f"magenta-{variant}"

@@ -153,77 +153,10 @@ def resolve_head(spec: str | Path, registry: Any = None) -> VerifierHead:
     return load_head(str(spec), registry)
 
 
-class HeadScorer:
-    """1:1 and 1:N scoring with a head, given each side's embeddings under every embedder the head needs."""
-
-    def __init__(self, head: VerifierHead) -> None:
-        self.head = head
-
-    def verify(self, probe: Mapping[str, np.ndarray], templates: Mapping[str, np.ndarray]) -> float:
-        """Best logit of one probe against an identity's templates ({embedder: (T, D)})."""
-        return float(self.head.logit_matrix(self.head.concat(probe), self.head.concat(templates)).max())
-
-    def rank(self, probe: Mapping[str, np.ndarray], gallery: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Logits of one probe against every gallery row ({embedder: (K, D)}, rows aligned across embedders)."""
-        return self.head.logit_matrix(self.head.concat(probe), self.head.concat(gallery))[0]
-
-
-class HeadMatcher:
-    """1:N search scored by a head, with the Matcher's add / search / rows surface (an identity's best row wins).
-
-    Templates and probes are {embedder: vector} mappings; exhaustive over the gallery, which is what a head
-    needs (it is not an inner product an index could prune). For large galleries, shortlist with the primary
-    embedder's Matcher first and rescore the shortlist with `rescore`.
-    """
-
-    def __init__(self, head: VerifierHead) -> None:
-        self.head = head
-        self._names: list[str] = []
-        self._rows: list[np.ndarray] = []
-
-    @property
-    def rows(self) -> int:
-        return len(self._rows)
-
-    def add(self, name: str, vectors: Mapping[str, np.ndarray]) -> None:
-        self._rows.extend(self.head.concat(vectors))
-        self._names.extend([name] * (len(self._rows) - len(self._names)))
-
-    def search(self, probes: Mapping[str, np.ndarray] | list[Mapping[str, np.ndarray]], k: int = 1
-               ) -> list[list[Any]]:
-        """Top-k identities per probe, best first (one probe mapping counts as a list of one, as in Matcher)."""
-        from edge.store.matcher import Match
-
-        probes = [probes] if isinstance(probes, Mapping) else probes
-        if not self._rows or not probes:
-            return [[] for _ in probes]
-        logits = self.head.logit_matrix(np.concatenate([self.head.concat(p) for p in probes]), np.stack(self._rows))
-        names = np.array(self._names)
-        out = []
-        for row in logits:
-            order = np.argsort(-row, kind="stable")
-            seen: dict[str, float] = {}
-            for j in order:
-                if names[j] not in seen:
-                    seen[str(names[j])] = float(row[j])
-                    if len(seen) == k:
-                        break
-            out.append([Match(n, s) for n, s in seen.items()])
-        return out
-
-
-def rescore(head: VerifierHead, probe: Mapping[str, np.ndarray], candidates: list[tuple[str, Mapping[str, np.ndarray]]]
-            ) -> list[tuple[str, float]]:
-    """Candidates (identity, {embedder: (T, D) templates}) of a shortlist, re-ranked by the head's best logit."""
-    p = head.concat(probe)
-    scored = [(name, float(head.logit_matrix(p, head.concat(t)).max())) for name, t in candidates]
-    return sorted(scored, key=lambda x: -x[1])
-
-
 def head_identities(head: VerifierHead, images: Path) -> tuple[set[str], list[str]]:
     """Identities the head was trained or calibrated on (pairs files named in its manifest, found beside the
     images folder): a benchmark must leave them out."""
-    from edge.bench.lfw import pair_identities, read_pairs
+    from edge.eval.lfw import pair_identities, read_pairs
 
     names: list[str] = []
     m = head.manifest
@@ -241,18 +174,3 @@ def head_identities(head: VerifierHead, images: Path) -> tuple[set[str], list[st
         out |= pair_identities(read_pairs(path))
         used.append(str(path))
     return out, used
-
-
-def pipeline_for(head: VerifierHead, pipeline: Any) -> Any:
-    """The pipeline itself when it already computes every embedder the head needs, else one that does (same
-    registry, detector settings and primary embedder)."""
-    have = {e.manifest.name for e in pipeline.embedders}
-    if set(head.embedders) <= have:
-        return pipeline
-    from edge.pipeline import FacePipeline
-
-    extra = tuple(e for e in head.embedders if e != pipeline.embedder.manifest.name)
-    new = FacePipeline(pipeline.registry, detector=pipeline.detector.manifest.name,
-                       embedder=pipeline.embedder.manifest.name, extra_embedders=extra,
-                       min_face_px=pipeline.detector.min_face_px)
-    return new

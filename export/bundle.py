@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import replace_dir
-from edge.bench.lfw import cross_validate, embed_paths, pair_scores, read_pairs
 from edge.errors import FacegateError, ImageError, NoFaceError
+from edge.eval.lfw import cross_validate, embed_paths, pair_scores, read_pairs
 from edge.imageio import image_files, load_bgr
 from edge.models.install import staging_dir
 from edge.models.manifest import AlignmentTemplate, Manifest
 from edge.models.registry import Registry, sha256_file
 from edge.vision.align import align
-from edge.vision.detect import Detector, Face, select_face
+from edge.vision.detect import Face, make_detector, select_face
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 
@@ -190,7 +190,7 @@ def heldout_face_crops(images_dir: Path, template: AlignmentTemplate | CropMaker
     if not rels:
         raise ExportError(f"{images_dir}: no images left once the {len(skip)} held-out ones are set aside")
     order = np.random.default_rng(seed).permutation(len(rels))
-    detector = Detector(*(registry or Registry()).open("yunet", threads=1))
+    detector = make_detector(registry or Registry(), "yunet", threads=1)
     make = _crop_maker(template)
     crops: list[np.ndarray] = []
     used: list[str] = []
@@ -216,7 +216,7 @@ def lfw_accuracy(models: list[str], images_dir: Path, pairs_file: Path, folds: i
     """LFW View-2 accuracy of several embedders on the same detections, through the device pipeline.
 
     Each image is detected once; each model aligns with its own template and embeds (FacePipeline.embed_all),
-    then the protocol of edge.bench.lfw scores the pairs fold by fold. `folds` keeps only the first k folds
+    then the protocol of edge.eval.lfw scores the pairs fold by fold. `folds` keeps only the first k folds
     (at least 2, as each fold's threshold is chosen on the others) for a quicker, noisier figure.
     """
     from edge.pipeline import FacePipeline

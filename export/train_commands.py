@@ -41,7 +41,7 @@ def _dump(data: Any) -> str:
 
 # -- triplet -----------------------------------------------------------------------------------------------------
 def cmd_triplet(args: argparse.Namespace) -> int:
-    from edge.bench.lfw import read_pairs
+    from edge.eval.lfw import read_pairs
     from export.train import triplet
 
     dev_train = read_pairs(_pairs_beside(args.images, VIEW1[0], args.dev_train))
@@ -120,7 +120,7 @@ def export_trained(args: argparse.Namespace, settings: Any, result: dict[str, An
 
 # -- verifier ----------------------------------------------------------------------------------------------------
 def cmd_verifier(args: argparse.Namespace) -> int:
-    from edge.bench.lfw import pair_identities, read_pairs
+    from edge.eval.lfw import pair_identities, read_pairs
     from export.train import verifier as V
     from export.train.data import list_people
 

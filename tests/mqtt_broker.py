@@ -10,16 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
-import pwd
 import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.mqtt.broker import Mosquitto, free_port
+
 HOST = "127.0.0.1"  # tests never talk to anything else
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -37,12 +34,6 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passw
 def require_mosquitto() -> None:
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
@@ -135,119 +126,20 @@ def make_pki(directory: Path) -> Pki:
 
 
 # -- the broker ---------------------------------------------------------------------------------------------
-@dataclass
-class Broker:
-    """mosquitto with an anonymous plain listener (`port`, for observers) and optionally a TLS listener
-    (`tls_port`) that may require a password and/or a client certificate."""
+class Broker(Mosquitto):
+    """The package's mosquitto harness (edge/mqtt/broker.py), given a test PKI for its TLS listener."""
 
-    root: Path
-    pki: Pki | None = None
-    passwords: dict[str, str] = field(default_factory=dict)  # applied to the TLS listener
-    require_client_cert: bool = False
-    config: str | None = None  # a complete config to use instead of the generated one
-    port: int = field(default_factory=free_port)
-    tls_port: int | None = None
-    proc: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "data").mkdir(exist_ok=True)
-        if self.pki is not None and self.tls_port is None:
-            self.tls_port = free_port()
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "mosquitto.log"
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def _config(self) -> str:
-        if self.config is not None:
-            return self.config
-        user = pwd.getpwuid(os.getuid()).pw_name  # as root, mosquitto would otherwise switch to its own user
-        lines = [
-            f"user {user}",
-            "per_listener_settings true",
-            "persistence true",
-            f"persistence_location {self.root / 'data'}/",
-            f"log_dest file {self.log_path}",
-            "log_type error", "log_type warning", "log_type notice", "log_type information",
-            "max_queued_messages 100000",
-            f"listener {self.port} {HOST}",
-            "allow_anonymous true",
-        ]
-        if self.pki is not None:
-            lines += [f"listener {self.tls_port} {HOST}", f"cafile {self.pki.ca.cert}",
-                      f"certfile {self.pki.server.cert}", f"keyfile {self.pki.server.key}",
-                      f"require_certificate {'true' if self.require_client_cert else 'false'}"]
-            if self.passwords:
-                pw = self.root / "passwords"
-                pw.unlink(missing_ok=True)
-                for user_name, password in self.passwords.items():
-                    subprocess.run([MOSQUITTO_PASSWD, *([] if pw.exists() else ["-c"]), "-b", str(pw), user_name,
-                                    password], check=True, capture_output=True)
-                lines += ["allow_anonymous false", f"password_file {pw}"]
-            else:
-                lines += ["allow_anonymous true"]
-        return "\n".join(lines) + "\n"
-
-    def start(self, timeout: float = 10.0) -> None:
+    def __init__(self, root: Path, pki: Pki | None = None, passwords: dict[str, str] | None = None,
+                 require_client_cert: bool = False, config: str | None = None, port: int | None = None,
+                 tls_port: int | None = None) -> None:
         require_mosquitto()
-        conf = self.root / "mosquitto.conf"
-        conf.write_text(self._config())
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        ports = [p for p in (self.port, self.tls_port) if p is not None]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}\n{self.log}")
-            if all(_listening(p) for p in ports):
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {ports} within {timeout} s:\n{self.log}")
-
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM): mosquitto saves its sessions and queued messages to the persistence file."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> Broker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        tls = (pki.ca.cert, pki.server.cert, pki.server.key) if pki is not None else None
+        super().__init__(root, port=port or free_port(), tls_port=tls_port, tls=tls, passwords=passwords or {},
+                         require_client_cert=require_client_cert, config=config)
+        self.pki = pki
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-# -- an observing client ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class Msg:
     topic: str
     payload: bytes
@@ -351,8 +243,9 @@ def settings_for(broker: Broker, tmp: Path, **overrides: Any) -> Any:
     """MqttSettings for `broker`'s plain port with files under `tmp` and quick reconnects."""
     from edge.mqtt.settings import MqttSettings
 
-    values: dict[str, Any] = {"host": HOST, "port": broker.port, "outbox_path": tmp / "outbox.db",
-                              "command_state_path": tmp / "counters.json", "reconnect_min_s": 0.1,
+    values: dict[str, Any] = {"host": HOST, "port": broker.port, "device": "door1", "outbox_path": tmp / "outbox.db",
+                              "command_state_path": tmp / "counters.json",
+                              "claim_state_path": tmp / "claim-counters.json", "reconnect_min_s": 0.1,
                               "reconnect_max_s": 0.5}
     values.update(overrides)
     return MqttSettings(**values)

@@ -27,7 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.errors import FacegateError, ImageError
+from edge.errors import FacegateError
+from edge.eval.liveness import _detector, score_images
 from edge.imageio import image_files, is_image_file, load_bgr, sample_images
 from edge.liveness.challenge import ChallengeConfig
 from edge.liveness.minifasnet import PassiveCheck, open_passive
@@ -41,32 +42,6 @@ from edge.vision.track import Tracker
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 DEFAULT_CHALLENGE = ChallengeConfig()
-
-
-def _detector(registry: Registry, min_face_px: float = 40.0) -> Detector:
-    return Detector(*registry.open("yunet", threads=1), min_face_px=min_face_px)
-
-
-def score_images(check: PassiveCheck, detector: Detector, paths: Iterable[Path], root: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in paths:
-        row: dict[str, Any] = {"image": path.relative_to(root).as_posix()}
-        try:
-            image = load_bgr(path)
-        except ImageError as exc:
-            rows.append({**row, "face": False, "error": str(exc)})
-            continue
-        faces = detector.detect(image)
-        if not faces:
-            rows.append({**row, "face": False})
-            continue
-        a = check.assess(image, select_face(faces, image.shape, "largest"))
-        rows.append({**row, "face": True, "score": round(a.score, 6), "live": a.live, "argmax_live": a.argmax_live,
-                     "certain_spoof": a.score <= a.certain_spoof,
-                     "members": {k: round(v, 6) for k, v in a.members.items()},
-                     "shrunk": any(c["shrunk"] for c in a.crops.values()),
-                     "shifted": any(c["shifted"] for c in a.crops.values())})
-    return rows
 
 
 def _rates(live: list[dict[str, Any]], spoof: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -84,7 +59,7 @@ def run(live_dir: Path, spoof_dir: Path, model: str = "auto", threads: int = 1, 
     registry = registry or Registry()
     check = open_passive(registry, model, threads)
     detector = _detector(registry)
-    from edge.bench.lfw import images_named_by
+    from edge.eval.lfw import images_named_by
 
     names = images_named_by([pairs]) if pairs else None
     live_paths = sample_images(live_dir, limit, names)

@@ -1,12 +1,15 @@
-"""Liveness checks: the protocol (base.py) and how the daemon finds an installed one.
+"""Liveness checks: the protocol (base.py) and how the daemon and the CLI find the installed one.
 
 A liveness model is a registry manifest with task "liveness" (a bundle in `<model dir>/<name>/`, e.g. from
-`facegate models install minifasnet-v2`). The code that runs it is the module named by the manifest's
-`extra.module`, else `edge.liveness.<name>` ("-" as "_"), else `edge.liveness.<name up to its first "-">`
-(so minifasnet-v2 and minifasnet-v1se share edge/liveness/minifasnet.py); it provides
-`create(registry, manifest, threads) -> LivenessCheck`. A configuration may instead name any
-factory as `package.module:attribute` (a class or function taking no arguments), for checks that are not
-registry models.
+`facegate models install minifasnet`). `resolve` is the one place a configuration ("auto" or a name) becomes
+a check: the daemon (edge/daemon.py resolve_liveness), `facegate liveness`, the benchmarks and
+`calibrate liveness` all call it, so they all run the same nets at the same thresholds.
+
+The code that runs a model is the module named by the manifest's `extra.module`, else
+`edge.liveness.<name>` ("-" as "_"), else `edge.liveness.<name up to its first "-">` (so minifasnet-v2 and
+minifasnet-v1se share edge/liveness/minifasnet.py); it provides `create(registry, manifest, threads) ->
+LivenessCheck`. A configuration may instead name any factory as `package.module:attribute` (a class or
+function taking no arguments), for checks that are not registry models.
 """
 
 from __future__ import annotations
@@ -20,25 +23,49 @@ from edge.liveness.base import LivenessCheck, LivenessResult
 if TYPE_CHECKING:
     from edge.models.registry import Registry
 
-__all__ = ["INSTALL_HINT", "LivenessCheck", "LivenessResult", "installed", "load"]
+__all__ = ["INSTALL_HINT", "LivenessCheck", "LivenessResult", "installed", "load", "resolve"]
 
-INSTALL_HINT = ("install one with `facegate models install minifasnet-v2` (converting the published weights "
-                "needs the [export] extra: pip install 'facegate[export]'), which puts a bundle into "
-                "{model_dir}/minifasnet-v2/; or set liveness.model to a 'package.module:Class' implementing "
+INSTALL_HINT = ("install one with `facegate models install minifasnet` (MiniFASNetV2 + V1SE, fused; on a site "
+                "without internet add `--file PATH` for each published .pth), which puts bundles into "
+                "{model_dir}/minifasnet*/; or set liveness.model to a 'package.module:Class' implementing "
                 "edge.liveness.base.LivenessCheck; or use profile = \"kiosk\", which runs without liveness")
 
 
 def installed(registry: Registry) -> list[str]:
-    """Names of liveness models whose manifest is known and whose file is present."""
+    """Names of the liveness models installed: bundles whose manifest says task "liveness".
+
+    Whether their files are intact is checked when one is loaded, which refuses a missing or altered file
+    by name: a damaged model is an error, not a model that quietly is not there.
+    """
     names = []
     for name in registry.names():
         try:
-            m = registry.manifest(name)
-            if m.task == "liveness" and registry.source_path(m).is_file():
+            if registry.manifest(name).task == "liveness":
                 names.append(name)
         except FacegateError:
-            continue  # a broken bundle is not "installed"; `facegate models verify` reports why
+            continue  # an unreadable manifest; `facegate models verify` reports why
     return names
+
+
+def resolve(registry: Registry, spec: str = "auto", threads: int = 1) -> LivenessCheck:
+    """The liveness check a configuration names: `spec` "auto" or a model name / `package.module:attribute`.
+
+    "auto" takes the fused MiniFASNet bundle (`minifasnet`); without it (an install older than the fusion),
+    the installed MiniFASNet members fused the same way; else the first liveness model by name. A member
+    whose file is missing or fails its hash raises, naming it.
+    """
+    if spec != "auto":
+        return load(spec, registry, threads)
+    from edge.liveness.minifasnet import FUSED_NAME, fuse_installed, is_member
+
+    names = installed(registry)
+    if not names:
+        raise ModelError("no liveness model is installed: " + INSTALL_HINT.format(model_dir=registry.model_dir))
+    if FUSED_NAME in names:
+        return load(FUSED_NAME, registry, threads)
+    if any(is_member(n) for n in names):
+        return fuse_installed(registry, threads)
+    return load(names[0], registry, threads)
 
 
 def load(spec: str, registry: Registry, threads: int = 1) -> LivenessCheck:

@@ -1,4 +1,4 @@
-"""Setting the passive check's live threshold from bona fide faces alone: `facegate calibrate-liveness`.
+"""Setting the passive check's live threshold from bona fide faces alone: `facegate calibrate liveness`.
 
 A site has plenty of live faces and, usually, no attacks. So the threshold is set the way the 1:1 face
 threshold is set from impostors: as a quantile. Given live images that take no part in any evaluation, it is
@@ -49,15 +49,15 @@ def calibrate(live_dir: Path, registry: Registry, bpcer: float = DEFAULT_BPCER, 
               limit: int | None = None, command: str = "", write: bool = True,
               progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it) -> dict[str, Any]:
     """Score the live images with the installed fused check and (with `write`) store the new threshold."""
-    from edge.bench.lfw import images_named_by
-    from edge.bench.liveness import _detector, score_images
+    from edge.eval.lfw import images_named_by
+    from edge.eval.liveness import _detector, score_images
     from edge.liveness.minifasnet import FUSED_NAME, LIVE_THRESHOLD, open_passive, write_fused
 
     live_dir = Path(live_dir)
     exclude = [Path(p) for p in exclude]
     if FUSED_NAME not in registry.names() and write_fused(registry.model_dir) is None:
-        raise FacegateError("calibrate-liveness needs both MiniFASNet members installed (`facegate models install "
-                            "minifasnet-v2` and `minifasnet-v1se`)")
+        raise FacegateError("calibrate liveness needs both MiniFASNet nets installed: `facegate models install "
+                            "minifasnet`")
     registry = Registry(registry.model_dir)  # re-read: the fused bundle may have just been written
     check = open_passive(registry, FUSED_NAME)
     skip = images_named_by(exclude)

@@ -13,22 +13,28 @@ shrunk or shifted, so benchmarks can report how often that happened.
 
 Decision (see docs/liveness.md): live when the fused live probability exceeds the manifest's threshold. As
 written here it is 0.5, fixed a priori: live is more likely than either attack class together.
-`facegate calibrate-liveness` (edge/liveness/calibrate.py) replaces it with a quantile of a site's live faces.
+`facegate calibrate liveness` (edge/liveness/calibrate.py) replaces it with a quantile of a site's live faces.
 Upstream takes the arg-max of the summed softmax; it and the 0.5 rule agree whenever one class holds a
 majority, and 0.5 is the stricter where none does.
 A frame whose fused live probability is at most 0.05 (≥ 95 % attack) is a *high-confidence spoof*: the
 temporal rule lets one such frame deny its track.
 
 The fused check's thresholds live in a small bundle of their own, `<model dir>/minifasnet/`, written by
-`write_fused` once both member bundles are installed: its manifest carries the thresholds with their
-provenance and its file (`fusion.json`) pins the members' sha256, so `liveness.model = "auto"` (which takes
-the first installed liveness model by name, and "minifasnet" sorts before its members) gets the fusion.
+`write_fused` whenever `facegate models install` has put a member in and both are there: its manifest
+carries the thresholds with their provenance and its file (`fusion.json`) pins the members' sha256.
+`liveness.model = "auto"` — the daemon's default and `facegate liveness`'s — resolves through one function,
+edge.liveness.resolve, which takes this bundle. A member whose file is missing or fails its hash is an error
+naming it, never a reason to run the other net alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.atomic import atomic_write_bytes
+from edge.atomic import replace_dir
 from edge.embed import to_input
 from edge.errors import ModelError
 from edge.liveness.base import LivenessResult
@@ -46,8 +52,11 @@ from edge.models.registry import Registry
 from edge.runtime.base import Runtime
 from edge.vision.detect import Face
 
+log = logging.getLogger(__name__)
+
 FUSED_NAME = "minifasnet"
 MEMBERS = ("minifasnet-v2", "minifasnet-v1se")
+VARIANT_SUFFIXES = ("", "-tflite")  # a member's bundles: ONNX (models install, export) and TFLite (export)
 FUSION_FILE = "fusion.json"
 LIVE_INDEX = 1
 LIVE_THRESHOLD = 0.5
@@ -223,7 +232,11 @@ def create(registry: Registry, manifest: Manifest, threads: int = 1) -> PassiveC
         return PassiveCheck([_net(registry, manifest.name, threads)], live, certain, manifest.name)
     pinned = json.loads(registry.verify(manifest).read_text())
     nets = []
+    names = registry.names()
     for entry in pinned["members"]:
+        if entry["name"] not in names:
+            raise ModelError(f"{manifest.name}: its member {entry['name']} is not installed in {registry.model_dir}; "
+                             "`facegate models install minifasnet` installs both nets and rewrites the fusion")
         m = registry.manifest(entry["name"])
         if m.sha256 != entry["sha256"]:
             raise ModelError(f"{manifest.name}: member {m.name} changed since the fusion was written "
@@ -245,23 +258,33 @@ def litert_available() -> bool:
 
 
 def _member(registry: Registry, name: str, prefer_tflite: bool) -> Manifest | None:
-    """The installed, verified bundle for member `name`: its TFLite variant first when LiteRT is available
-    (XNNPACK runs these small nets about four times faster than onnxruntime on one thread), else the ONNX one."""
+    """The installed bundle for member `name`, verified: its TFLite variant first when LiteRT is available
+    (XNNPACK runs these small nets about four times faster than onnxruntime on one thread), else the ONNX
+    one; None when neither is installed. An installed one whose file is missing or altered raises — it is
+    never skipped in favour of the other variant or of running without this member."""
+    names = registry.names()
     for candidate in ([f"{name}-tflite", name] if prefer_tflite else [name]):
-        try:
+        if candidate in names:
             m = registry.manifest(candidate)
             registry.verify(m)
             return m
-        except ModelError:
-            continue
     return None
 
 
-def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite: bool | None = None) -> Path | None:
+def is_member(name: str) -> bool:
+    """Whether `name` is one of the fused check's member bundles (any variant)."""
+    return any(name == m + suffix for m in MEMBERS for suffix in VARIANT_SUFFIXES)
+
+
+def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite: bool | None = None,
+                carry: Path | None = None) -> Path | None:
     """Write the fused check's bundle `<model_dir>/minifasnet/` when every member bundle is installed.
 
-    Returns its folder, or None when a member is missing. Safe to call after every install: the bundle is
-    rewritten with the members' current sha256 (and picks up a TFLite variant installed since).
+    Returns its folder, or None when a member is not installed (a member installed but corrupt raises).
+    Safe to call after every install: the bundle is rewritten with the members' current sha256 (and picks up
+    a TFLite variant installed since). A calibrated live threshold is kept while it was set for exactly these
+    member files — from the bundle already there, or from `carry` (a fused manifest.json being installed);
+    one set for other files is dropped with a warning, back to the a-priori rule.
     """
     registry = Registry(Path(model_dir))
     prefer = litert_available() if prefer_tflite is None else prefer_tflite
@@ -276,7 +299,6 @@ def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite
                           for m in found],
               "fusion": "mean of the members' softmax", "live_index": 1}
     data = (json.dumps(fusion, indent=2) + "\n").encode()
-    atomic_write_bytes(folder / FUSION_FILE, data)
     manifest = {
         "name": FUSED_NAME, "task": "liveness", "file": FUSION_FILE, "sha256": hashlib.sha256(data).hexdigest(),
         "source": {"file": FUSION_FILE, "recipe": "edge.liveness.minifasnet.write_fused",
@@ -285,52 +307,100 @@ def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite
         "input": {"size": [80, 80], "layout": "NCHW", "colour": "BGR"},
         "output_dim": 3,
         "thresholds": {
-            "live": _kept_live_threshold(folder, found) or {"value": LIVE_THRESHOLD, "metric": "probability",
-                                                            "provenance": PROVENANCE_LIVE},
+            "live": _kept_live_threshold([p for p in (carry, folder / "manifest.json") if p], found)
+            or {"value": LIVE_THRESHOLD, "metric": "probability", "provenance": PROVENANCE_LIVE},
             "certain_spoof": {"value": CERTAIN_SPOOF, "metric": "probability", "provenance": PROVENANCE_CERTAIN},
         },
         "extra": {"members": [m.name for m in found], "fusion": "mean", "live_index": 1,
                   "module": "edge.liveness.minifasnet"},
     }
     Manifest.from_dict(manifest, origin=str(folder / "manifest.json"))  # refuse what the registry would
-    atomic_write_bytes(folder / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    # Both files change together: assembled beside the model directory's bundles, then swapped in whole.
+    staging = Path(model_dir) / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{FUSED_NAME}."))
+    try:
+        tmp.chmod(0o755)
+        (tmp / FUSION_FILE).write_bytes(data)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        replace_dir(tmp, folder, staging)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # only when empty: another install may be assembling beside us
     return folder
 
 
-def _kept_live_threshold(folder: Path, members: list[Manifest]) -> dict[str, Any] | None:
-    """A calibrated live threshold already in the fused bundle, kept while it was set with these same members.
+def _kept_live_threshold(manifests: list[Path], members: list[Manifest]) -> dict[str, Any] | None:
+    """The first calibrated live threshold in `manifests` that was set with these same member files.
 
-    (`facegate calibrate-liveness` records the members' sha256; a changed member voids the calibration.)
+    (`facegate calibrate liveness` records the members' sha256; a changed member voids the calibration.)
     """
+    wanted = {m.name: m.sha256 for m in members}
+    dropped = None
+    for path in manifests:
+        try:
+            live = json.loads(Path(path).read_text())["thresholds"]["live"]
+            pinned = live["provenance"]["members_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pinned == wanted:
+            return live
+        dropped = dropped or live
+    if dropped is not None:
+        log.warning("minifasnet: the calibrated live threshold %s was set for other member files; back to the "
+                    "a-priori %s until `facegate calibrate liveness` is run again", dropped.get("value"),
+                    LIVE_THRESHOLD)
+    return None
+
+
+def refresh_fused(model_dir: Path, installed_names: Sequence[str]) -> list[str]:
+    """After `models install`: rewrite the fused bundle when a member was installed and both are there.
+
+    Returns [FUSED_NAME] when it was written. A member still missing is not an error (the other may follow
+    in a later install); a member installed but corrupt is one, naming it.
+    """
+    if not any(is_member(n) for n in installed_names):
+        return []
     try:
-        live = json.loads((folder / "manifest.json").read_text())["thresholds"]["live"]
-        pinned = live["provenance"]["members_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return live if pinned == {m.name: m.sha256 for m in members} else None
+        folder = write_fused(Path(model_dir))
+    except ModelError as exc:
+        raise ModelError(f"installed {', '.join(installed_names)}, but the fused liveness check cannot be "
+                         f"written: {exc}") from None
+    return [FUSED_NAME] if folder is not None else []
+
+
+def install_fused(bundle: Path, model_dir: Path) -> str:
+    """`models install <a fused bundle folder>`: written afresh for the members installed in `model_dir`,
+    keeping the bundle's calibrated threshold when it was set for these same member files."""
+    data = json.loads((Path(bundle) / "manifest.json").read_text())
+    if write_fused(Path(model_dir), carry=Path(bundle) / "manifest.json") is None:
+        raise ModelError(f"{bundle}: the fused check {data.get('name')!r} needs both {' and '.join(MEMBERS)} "
+                         f"installed in {model_dir} first: `facegate models install minifasnet` installs both "
+                         "nets and writes the fusion")
+    return FUSED_NAME
+
+
+def fuse_installed(registry: Registry, threads: int = 1) -> PassiveCheck:
+    """The members installed without a fused bundle (an older install), fused here exactly as write_fused
+    would, at the a-priori thresholds; a lone member runs alone under its own name."""
+    prefer = litert_available()
+    found = [m for m in (_member(registry, n, prefer) for n in MEMBERS) if m is not None]
+    if not found:
+        raise ModelError(f"no MiniFASNet liveness model is installed in {registry.model_dir}: "
+                         "`facegate models install minifasnet`")
+    nets = [_net(registry, m.name, threads) for m in found]
+    return PassiveCheck(nets, name=FUSED_NAME if len(nets) == len(MEMBERS) else found[0].name)
 
 
 def open_passive(registry: Registry | None = None, spec: str = "auto", threads: int = 1) -> PassiveCheck:
-    """The passive check for the CLI and benchmarks: `spec` names a bundle, "auto" prefers the fusion.
-
-    With "auto" and no fused bundle yet, both members are fused here when installed (same rule, same
-    thresholds), else the one that is installed is used alone.
-    """
-    from edge.liveness import INSTALL_HINT, installed, load
+    """The passive check for the CLI and benchmarks: the one the daemon runs (edge.liveness.resolve)."""
+    from edge.liveness import resolve
 
     registry = registry or Registry()
-    if spec != "auto":
-        check = load(spec, registry, threads)
-        if not isinstance(check, PassiveCheck):
-            raise ModelError(f"{spec!r} is not a MiniFASNet liveness model")
-        return check
-    names = installed(registry)
-    if FUSED_NAME in names:
-        return create(registry, registry.manifest(FUSED_NAME), threads)
-    prefer = litert_available()
-    members = [m.name for m in (_member(registry, n, prefer) for n in MEMBERS) if m is not None and m.name in names]
-    if not members:
-        raise ModelError("no MiniFASNet liveness model is installed: " + INSTALL_HINT.format(
-            model_dir=registry.model_dir))
-    nets = [_net(registry, n, threads) for n in members]
-    return PassiveCheck(nets, name=FUSED_NAME if len(nets) > 1 else members[0])
+    check = resolve(registry, spec, threads)
+    if not isinstance(check, PassiveCheck):
+        raise ModelError(f"liveness model {check.name!r} is not a MiniFASNet check")
+    return check

@@ -1,15 +1,20 @@
 """`facegate models install`: put a bundle into the model directory, hash-checked.
 
 A source is one of:
-- a known name (KNOWN): the upstream file at a pinned URL with a pinned sha256. Published weights that
-  are not a bundle (MiniFASNet's PyTorch state dicts) are converted by their export recipe, which needs
-  the [export] extra;
+- a known name (KNOWN): the upstream file at a pinned URL with a pinned sha256, or, with `--file PATH`, the
+  same file already on disk (an air-gapped site's copy; its sha256 must be the pinned one). Published files
+  that are not bundles are turned into one by the name's recipe, with the device dependencies alone
+  (MiniFASNet's PyTorch state dicts are read without PyTorch and written as ONNX; Magenta's TFLite files get
+  a manifest);
+- a known group (GROUPS): every member's file, e.g. `minifasnet` = both MiniFASNet nets and their fusion;
 - a URL of a bundle archive (.tar.gz, .tgz, .tar or .zip), downloaded with a progress bar; --sha256 is
   required so the download can be checked;
 - a local bundle folder or archive (what `facegate export …` writes), or a known upstream file by its hash.
 
 A bundle is `manifest.json` + the model file it names (+ `parity.json`). The model file must match the
 manifest's sha256. Installation is atomic: the bundle appears complete in `<model_dir>/<name>/` or not at all.
+Installing a MiniFASNet member also (re)writes the fused liveness bundle once both members are there
+(edge/liveness/minifasnet.py), so the CLI and the daemon find the same check.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge.atomic import replace_dir
 from edge.errors import ModelError
@@ -50,15 +56,34 @@ class Known:
 
 _SILENT_FACE = ("https://raw.githubusercontent.com/minivision-ai/Silent-Face-Anti-Spoofing/"
                 "b6d5f04ad78778917853b25c778acef6d5626d15/resources/anti_spoof_models/")
+# TensorFlow Lite's style-transfer example models (Apache-2.0), as the TensorFlow Lite style-transfer overview
+# page linked them. The pins are the sha256 of the copies in ../shared/models/magenta (fetched from these URLs
+# by terryky/tflite_gles_app; not re-downloaded here, so unverified against the URLs); see docs/models.md.
+_TFLITE_STYLE = "https://storage.googleapis.com/download.tensorflow.org/models/tflite/arbitrary_style_transfer/"
+_MINIFASNET = "edge.liveness.minifasnet_graph:install_from_weights"
+_MAGENTA = "edge.magenta:install_from_file"
 KNOWN: dict[str, Known] = {
     "minifasnet-v2": Known(_SILENT_FACE + "2.7_80x80_MiniFASNetV2.pth",
                            "a5eb02e1843f19b5386b953cc4c9f011c3f985d0ee2bb9819eea9a142099bec0",
-                           recipe="export.recipes.minifasnet:install_from_weights",
-                           note="MiniFASNetV2 anti-spoofing (2.7× crop), Apache-2.0"),
+                           recipe=_MINIFASNET, note="MiniFASNetV2 anti-spoofing (2.7× crop), Apache-2.0"),
     "minifasnet-v1se": Known(_SILENT_FACE + "4_0_0_80x80_MiniFASNetV1SE.pth",
                              "84ee1d37d96894d5e82de5a57df044ef80a58be2b218b5ed7cdfd875ec2f5990",
-                             recipe="export.recipes.minifasnet:install_from_weights",
-                             note="MiniFASNetV1SE anti-spoofing (4.0× crop), Apache-2.0"),
+                             recipe=_MINIFASNET, note="MiniFASNetV1SE anti-spoofing (4.0× crop), Apache-2.0"),
+    "magenta-predict": Known(_TFLITE_STYLE + "style_predict_quantized_256.tflite",
+                             "203dbd6a09da1091ab7e48e8b101aef8c2d81438ad047a5cb150747a977134c1",
+                             recipe=_MAGENTA, note="Magenta arbitrary-style predictor (int8), Apache-2.0"),
+    "magenta-transfer-f16": Known(_TFLITE_STYLE + "style_transfer_f16_384.tflite",
+                                  "c60cff7395544eda1f0915d6dddaedd8ed868cefe8ec6c5ed220ba801f120303", recipe=_MAGENTA,
+                                  note="Magenta arbitrary-style transformer (float16), Apache-2.0"),
+    "magenta-transfer-quantized": Known(_TFLITE_STYLE + "style_transfer_quantized_384.tflite",
+                                        "1972f7d438b6e9ff326c466db1a8005a8a0efa0274886bbd52f91dc8be2f4f04",
+                                        recipe=_MAGENTA,
+                                        note="Magenta arbitrary-style transformer (int8), Apache-2.0"),
+}
+# Names that install several known files at once.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "minifasnet": ("minifasnet-v2", "minifasnet-v1se"),  # both nets; installing them writes the fused check
+    "magenta": ("magenta-predict", "magenta-transfer-f16", "magenta-transfer-quantized"),
 }
 
 
@@ -175,6 +200,12 @@ def install_bundle(bundle: Path, model_dir: Path) -> str:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{bundle}: cannot read manifest.json ({exc})") from None
     m = Manifest.from_dict(data, origin=str(bundle / "manifest.json"))
+    if m.task == "liveness" and m.extra.get("members"):
+        # A fusion of other bundles: written afresh for the members installed here, never copied (a copy
+        # could pin members this directory lacks, e.g. the TFLite ones of a workstation's export).
+        from edge.liveness.minifasnet import install_fused
+
+        return install_fused(bundle, model_dir)
     src = m.source.get("file")
     if "package" in m.source or not src or Path(src).is_absolute() or ".." in Path(src).parts or "/" in src:
         raise ModelError(f"{bundle}: a bundle's source must be {{'file': NAME}} inside the bundle, got {m.source}")
@@ -200,6 +231,23 @@ def install_bundle(bundle: Path, model_dir: Path) -> str:
     return m.name
 
 
+def install_model_file(model_file: Path, manifest: dict[str, Any], model_dir: Path,
+                       parity: dict[str, Any] | None = None) -> str:
+    """Make a bundle of one model file and its manifest (file, sha256 and source.file filled in here) and
+    install it: how recipes turn an upstream file into an installed model."""
+    model_file = Path(model_file)
+    with tempfile.TemporaryDirectory(dir=staging_dir(model_dir), prefix=f"{manifest['name']}.build.") as tmp:
+        folder = Path(tmp)
+        fname = "model" + model_file.suffix.lower()
+        shutil.copyfile(model_file, folder / fname)
+        data = {**manifest, "file": fname, "sha256": sha256_file(folder / fname)}
+        data["source"] = {**dict(manifest.get("source") or {}), "file": fname}
+        (folder / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")
+        if parity is not None:
+            (folder / "parity.json").write_text(json.dumps({"name": manifest["name"], **parity}, indent=2) + "\n")
+        return install_bundle(folder, Path(model_dir))
+
+
 def _install_file(path: Path, model_dir: Path, progress: bool, mirror: str | None) -> list[str]:
     if path.is_dir():
         return [install_bundle(_find_bundle(path), model_dir)]
@@ -207,12 +255,17 @@ def _install_file(path: Path, model_dir: Path, progress: bool, mirror: str | Non
         with tempfile.TemporaryDirectory(dir=staging_dir(model_dir)) as tmp:
             _safe_extract(path, Path(tmp))
             return [install_bundle(_find_bundle(Path(tmp)), model_dir)]
-    digest = sha256_file(path)
-    for name, known in KNOWN.items():
-        if digest == known.sha256:  # an upstream file fetched by hand: the same as installing its name
-            return _from_weights(name, path, model_dir)
+    name = known_name_of(path)
+    if name is not None:  # an upstream file fetched by hand: the same as installing its name
+        return _from_weights(name, path, model_dir)
     raise ModelError(f"{path}: not a bundle (folder or .tar.gz/.tgz/.tar/.zip archive) nor a known upstream "
                      f"file; `facegate export …` writes bundles")
+
+
+def known_name_of(path: Path) -> str | None:
+    """The known name whose pinned file `path` is (by sha256), if any."""
+    digest = sha256_file(path)
+    return next((name for name, known in KNOWN.items() if known.sha256 == digest), None)
 
 
 def _from_weights(name: str, weights: Path, model_dir: Path) -> list[str]:
@@ -220,37 +273,71 @@ def _from_weights(name: str, weights: Path, model_dir: Path) -> list[str]:
     if recipe is None:
         return [install_bundle(_find_bundle(weights), model_dir)]
     module, func = recipe.split(":")
-    try:
-        convert = getattr(importlib.import_module(module), func)
-    except ImportError as exc:
-        raise ModelError(f"{name}: the upstream file is PyTorch weights; converting it needs the export extra "
-                         f"({exc.name} is missing): pip install 'facegate[export]'") from None
-    return list(convert(weights, model_dir))
+    return list(getattr(importlib.import_module(module), func)(weights, model_dir))
+
+
+def _given_files(source: str, files: list[Path]) -> dict[str, Path]:
+    """`--file` paths matched to the members of the known name or group `source`, each checked by its pin."""
+    members = GROUPS.get(source, (source,))
+    found: dict[str, Path] = {}
+    for f in files:
+        f = Path(f).expanduser()
+        if not f.is_file():
+            raise ModelError(f"--file {f}: no such file")
+        name = known_name_of(f)
+        if name not in members:
+            expected = ", ".join(f"{KNOWN[m].url.rsplit('/', 1)[-1]} (sha256 {KNOWN[m].sha256[:12]}…)"
+                                 for m in members)
+            raise ModelError(f"--file {f}: sha256 {sha256_file(f)} is not the pinned file of {source} "
+                             f"(expected {expected})")
+        found[name] = f
+    missing = [m for m in members if m not in found]
+    if missing:
+        raise ModelError(f"{source}: give --file for each of its files; missing "
+                         + ", ".join(f"{m} ({KNOWN[m].url.rsplit('/', 1)[-1]})" for m in missing))
+    return found
+
+
+def _after_install(names: list[str], model_dir: Path) -> list[str]:
+    """Models that depend on what was just installed: the fused liveness check once both nets are there."""
+    from edge.liveness.minifasnet import refresh_fused
+
+    return names + [n for n in refresh_fused(model_dir, names) if n not in names]
 
 
 def install(source: str, sha256: str | None = None, model_dir: Path | None = None, progress: bool = True,
-            mirror: str | None = None) -> list[str]:
-    """Install `source` (known name, URL or local path) into the model directory; returns the installed names."""
+            mirror: str | None = None, files: list[Path] | tuple[Path, ...] = ()) -> list[str]:
+    """Install `source` (known name or group, URL or local path) into the model directory; returns the
+    installed names. `files`: for a known name or group, its upstream files already on disk (no download)."""
     model_dir = Path(model_dir) if model_dir else Registry().model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     sha256 = _check_sha(sha256)
     mirror = mirror or os.environ.get("FACEGATE_MODEL_MIRROR")
-    if source in KNOWN:
-        known = KNOWN[source]
-        if sha256 and sha256 != known.sha256:
-            raise ModelError(f"{source}: --sha256 {sha256} differs from the pinned {known.sha256}")
-        weights = fetch_known(source, model_dir / "downloads", progress=progress, mirror=mirror)
-        return _from_weights(source, weights, model_dir)
+    if files and source not in KNOWN and source not in GROUPS:
+        raise ModelError(f"--file goes with a known name ({', '.join([*GROUPS, *KNOWN])}), not {source!r}; "
+                         "to install a bundle or an upstream file by path, give the path as the source")
+    if source in KNOWN or source in GROUPS:
+        members = GROUPS.get(source, (source,))
+        if sha256 and (source in GROUPS or sha256 != KNOWN[source].sha256):
+            raise ModelError(f"{source}: --sha256 {sha256} differs from the pinned "
+                             + ", ".join(KNOWN[m].sha256 for m in members))
+        given = _given_files(source, list(files)) if files else {}
+        names: list[str] = []
+        for member in members:
+            weights = given.get(member) or fetch_known(member, model_dir / "downloads", progress=progress,
+                                                       mirror=mirror)
+            names += _from_weights(member, weights, model_dir)
+        return _after_install(names, model_dir)
     if urllib.parse.urlparse(source).scheme in ("http", "https"):
         if not sha256:
             raise ModelError(f"{source}: give --sha256 HEX (the file's hash) so the download can be checked")
         fname = Path(urllib.parse.urlparse(source).path).name or "download"
         with tempfile.TemporaryDirectory(dir=staging_dir(model_dir)) as tmp:
             path = download(source, Path(tmp) / fname, sha256, progress=progress)
-            return _install_file(path, model_dir, progress, mirror)
+            return _after_install(_install_file(path, model_dir, progress, mirror), model_dir)
     path = Path(source).expanduser()
     if not path.exists():
-        raise ModelError(f"{source}: not a known model ({', '.join(sorted(KNOWN))}), URL or existing path")
+        raise ModelError(f"{source}: not a known model ({', '.join([*GROUPS, *KNOWN])}), URL or existing path")
     if sha256 and path.is_file() and sha256_file(path) != sha256:
         raise ModelError(f"{path}: sha256 {sha256_file(path)} differs from --sha256 {sha256}")
-    return _install_file(path, model_dir, progress, mirror)
+    return _after_install(_install_file(path, model_dir, progress, mirror), model_dir)

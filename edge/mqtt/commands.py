@@ -20,6 +20,21 @@ a command that passed every check.
 
 Bodies: reload {}; delete {"name": str}; enroll {"name": str, "image": base64 str, "live_capture": bool}
 ("image" may be left out when live_capture is true: the daemon then captures the face itself).
+
+Outcome (cmd_result): "refused" (not run: `reason` says why), "error" (run, but it failed or did not do what was
+asked: a delete of an unknown name, an enrolment the quality gate refused; `detail` says why) or "ok".
+
+The secret is the UTF-8 bytes of its text (the file's content, surrounding whitespace stripped), never decoded
+from hex or base64: a secret made with `openssl rand -hex 32` is those 64 characters. (The store key, by
+contrast, is decoded to 32 bytes: edge/store/crypto.py.) deploy/INTEGRATION.md has a Python and an openssl
+example.
+
+Badge claims on facegate/<device>/claim use the same envelope with "command": "claim" and body
+{"identity": str}, signed with the claim secret (a badge reader's, not the administrator's), and their own
+per-sender counters (ClaimVerifier).
+
+Anything malformed — not JSON, nested too deeply, a non-ASCII or wrong-length MAC, text that is not valid
+Unicode — is refused with a reason like any other refusal, never an exception escaping to the log.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,11 +54,16 @@ from typing import Any, Protocol
 
 from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
+from edge.ratelimit import LogLimiter
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 
 VERSION = 1
 COMMANDS = ("reload", "enroll", "delete")
+CLAIM = "claim"
+CLAIM_MODES = ("signed", "unsigned", "off")
+MAC_RE = re.compile(r"[0-9a-fA-F]{64}")
 MAX_TEXT = 200
 MAX_COUNTER = 2**63 - 1
 MAX_IMAGE_B64 = 16 * 1024 * 1024  # ~12 MB decoded: a photo, not a video
@@ -93,25 +114,35 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def verify_command(secret: bytes, device: str, name: str, payload: bytes) -> Command:
-    """Check the envelope and its MAC; the counter is checked by CounterStore. Raises Refused."""
+def _json(data: bytes | str, what: str) -> Any:
     try:
-        envelope = json.loads(payload)
+        return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Refused("malformed", "the payload is not JSON") from None
+        raise Refused("malformed", f"{what} is not JSON") from None
+    except RecursionError:  # deeply nested arrays or objects: json.loads recurses once per level
+        raise Refused("malformed", f"{what} is nested too deeply") from None
+
+
+def verify_command(secret: bytes, device: str, name: str, payload: bytes,
+                   allowed: tuple[str, ...] = COMMANDS) -> Command:
+    """Check the envelope and its MAC; the counter is checked by CounterStore. Raises Refused."""
+    envelope = _json(payload, "the payload")
     if not isinstance(envelope, dict) or not isinstance(envelope.get("signed"), str):
         raise Refused("unsigned", 'no "signed" text in the envelope')
     mac = envelope.get("hmac")
     if not isinstance(mac, str):
         raise Refused("unsigned", 'no "hmac" in the envelope')
-    expected = hmac.new(secret, envelope["signed"].encode(), hashlib.sha256).hexdigest()
+    if not MAC_RE.fullmatch(mac):
+        raise Refused("bad_signature", "the HMAC is not 64 hexadecimal characters")
+    try:
+        signed_bytes = envelope["signed"].encode()
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: no UTF-8 bytes to check a MAC over
+        raise Refused("malformed", "the signed text is not valid Unicode") from None
+    expected = hmac.new(secret, signed_bytes, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, mac.lower()):
         raise Refused("bad_signature", "the HMAC does not match (wrong secret or altered command)")
     # Authentic from here on: the fields below were written by someone holding the secret.
-    try:
-        signed = json.loads(envelope["signed"])
-    except json.JSONDecodeError:
-        raise Refused("malformed", "the signed text is not JSON") from None
+    signed = _json(envelope["signed"], "the signed text")
     if not isinstance(signed, dict) or signed.get("v") != VERSION:
         raise Refused("malformed", f"unsupported envelope version (this device reads v{VERSION})")
     sender, counter, body = signed.get("sender"), signed.get("counter"), signed.get("body")
@@ -123,8 +154,8 @@ def verify_command(secret: bytes, device: str, name: str, payload: bytes) -> Com
         raise Refused("wrong_device", f"signed for device {signed.get('device')!r}", sender, counter)
     if signed.get("command") != name:
         raise Refused("wrong_command", f"signed as {signed.get('command')!r}, received on cmd/{name}", sender, counter)
-    if name not in COMMANDS:
-        raise Refused("unknown_command", f"{name!r} is not one of {', '.join(COMMANDS)}", sender, counter)
+    if name not in allowed:
+        raise Refused("unknown_command", f"{name!r} is not one of {', '.join(allowed)}", sender, counter)
     if not isinstance(body, dict):
         raise Refused("invalid_body", "body must be an object", sender, counter)
     return Command(name, sender, counter, body)
@@ -220,7 +251,8 @@ class CommandProcessor:
             kwargs = parse_body(command)
             self.counters.advance(command.sender, command.counter)  # persisted before anything runs
         except Refused as exc:
-            log.warning("mqtt command %s refused: %s (%s)", name, exc.reason, exc.detail)
+            limited.warning(f"refused:{exc.reason}", "mqtt command %s refused: %s (%s)", name[:40], exc.reason,
+                            exc.detail)
             return {"command": name, "sender": exc.sender, "counter": exc.counter, "accepted": False,
                     "status": "refused", "reason": exc.reason, "detail": exc.detail, "result": None}
         outcome: dict[str, Any] = {"command": name, "sender": command.sender, "counter": command.counter,
@@ -228,7 +260,13 @@ class CommandProcessor:
         log.info("mqtt command %s from %s (counter %d) accepted", name, command.sender, command.counter)
         try:
             handler = getattr(self.handlers, name)
-            outcome["result"] = handler(**kwargs)
+            outcome["result"] = result = handler(**kwargs)
+            if isinstance(result, dict) and result.get("ok") is False:
+                # Run, but it did not do what was asked (a delete of a name nobody has, an enrolment the quality
+                # gate refused): an error the sender must see in `status`, not an "ok" with a buried flag.
+                reasons = result.get("reasons") or []
+                detail = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons)
+                outcome.update(status="error", detail=(detail or f"{name} did not succeed")[:500])
         except FacegateError as exc:
             outcome.update(status="error", detail=str(exc)[:500])
             log.warning("mqtt command %s failed: %s", name, exc)
@@ -241,3 +279,62 @@ class CommandProcessor:
                 # naming someone who asked to be deleted.
                 self.forget(kwargs["name"])
         return outcome
+
+
+def parse_unsigned_claim(payload: bytes) -> str:
+    """An identity name, as text or {"identity": name}; Refused otherwise (mqtt.claims = "unsigned")."""
+    try:
+        text = payload.decode().strip()
+    except UnicodeDecodeError:
+        raise Refused("malformed", "the claim is not UTF-8 text") from None
+    if text.startswith("{"):
+        doc = _json(text, "the claim")
+        text = doc.get("identity") if isinstance(doc, dict) else None
+    return _text(text, "the claimed identity")
+
+
+class ClaimVerifier:
+    """Badge claims (facegate/<device>/claim), by `mode`:
+    - "signed": the command envelope with "command": "claim" and body {"identity": name}, MAC'd with the claim
+      secret and with per-sender counters like commands (a recorded swipe cannot be replayed);
+    - "unsigned": a bare name or {"identity": name} (kiosk profile only: the door profile refuses it at start);
+    - "off": every claim is refused.
+    """
+
+    def __init__(self, mode: str, device: str, secret: bytes | None, state_path: Path) -> None:
+        if mode not in CLAIM_MODES:
+            raise FacegateError(f"claims mode {mode!r} is not one of {', '.join(CLAIM_MODES)}")
+        self.mode = mode
+        self.device = device
+        self.secret = secret
+        self.counters = CounterStore(state_path) if mode == "signed" and secret is not None else None
+
+    def verify(self, payload: bytes) -> tuple[str, str | None]:
+        """(identity, sender or None); Refused with the reason otherwise."""
+        if self.mode == "off":
+            raise Refused("claims_disabled", "claims are off on this device (mqtt.claims = \"off\")")
+        if self.mode == "unsigned":
+            return parse_unsigned_claim(payload), None
+        if self.secret is None or self.counters is None:
+            raise Refused("claims_disabled", "signed claims need a claim secret (mqtt.claim_secret_file or the "
+                                             "credential facegate.claim-secret)")
+        command = verify_command(self.secret, self.device, CLAIM, payload, allowed=(CLAIM,))
+        body = command.body
+        extra = sorted(set(body) - {"identity"})
+        try:
+            if extra:
+                raise Refused("invalid_body", f"unexpected field(s) {', '.join(extra)}")
+            identity = _text(body.get("identity"), "identity")
+        except Refused as exc:
+            exc.sender, exc.counter = command.sender, command.counter
+            raise
+        self.counters.advance(command.sender, command.counter)
+        return identity, command.sender
+
+    def parse(self, payload: bytes) -> str | None:
+        """The claimed identity, or None after one rate-limited log line saying why the claim was refused."""
+        try:
+            return self.verify(payload)[0]
+        except Refused as exc:
+            limited.warning(f"claim:{exc.reason}", "mqtt claim refused: %s (%s)", exc.reason, exc.detail)
+            return None

@@ -3,11 +3,20 @@ and signed commands.
 
 Topics, under <topic_prefix>/<device>/:
   event          QoS 1, not retained: one JSON document per decision (event.schema.json)
-  state          QoS 1, retained: the daemon's summary + last_identity, outbox_depth, outbox_dropped, ts
+  state          QoS 1, retained: the daemon's summary + last_identity, outbox_depth, outbox_dropped, ts; sent
+                 only once the daemon has given one (never a partial document)
   availability   QoS 1, retained: "online" on connect, "offline" on stop and as the Last Will
   face_present   QoS 0, retained: ON / OFF (Home Assistant binary_sensor)
   prompt         QoS 0, not retained: {"text", "ts"} for a display
-  door/command   QoS 1, not retained: {"command": LOCK|UNLOCK|OPEN, "duration_s"?, "door", "source", "ts"}
+  door/command   QoS 1, not retained: {"command": LOCK|UNLOCK|OPEN, "duration_s"?, "door", "source", "ts",
+                 "valid_until"}; MQTT 5 message expiry; never sent late (publish_door)
+  door/state     QoS 1, retained (door profile): {"state": locked|unlocked, "until", "command", "source", "ts"}
+                 (edge/door.py); Home Assistant's lock entity reads it
+  door/set       subscribed (door profile): LOCK, UNLOCK or OPEN from Home Assistant's lock entity, relayed
+  face_unlock    QoS 1, retained (door profile): ON / OFF, the face-unlock switch
+  face_unlock/set subscribed (door profile): ON / OFF from Home Assistant's switch
+  door/probe     QoS 1, not retained, empty: the round trip that proves the broker is responsive right before a
+                 door command
   claim          subscribed: an identity name, as text or {"identity": name}
   cmd/<name>     subscribed: signed commands (commands.py)
   cmd_result     QoS 1, not retained: the outcome of each command
@@ -36,21 +45,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.mqtt import MqttError
-from edge.mqtt.commands import CommandHandlers, CommandProcessor
+from edge.mqtt.commands import ClaimVerifier, CommandHandlers, CommandProcessor
 from edge.mqtt.homeassistant import OFF, ON, discovery_messages, status_topic
 from edge.mqtt.outbox import Outbox, dumps
 from edge.mqtt.settings import MqttSettings
+from edge.ratelimit import LogLimiter
 
 __all__ = ["CommandHandlers", "Publisher"]
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 paho_log = logging.getLogger(__name__ + ".paho")
 
 # Events handed to paho at once. paho's own in-flight limit is twice that, leaving room for state, discovery and
@@ -63,9 +76,10 @@ EVENT_FIELDS = ("event_id", "seq", "ts", "device", "door")
 DOOR_COMMANDS = ("LOCK", "UNLOCK", "OPEN")
 
 
-def utc_now() -> str:
-    """RFC 3339 with milliseconds, UTC, 'Z' suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(offset_s: float = 0.0) -> str:
+    """RFC 3339 with milliseconds, UTC, 'Z' suffix (`offset_s` seconds from now)."""
+    t = datetime.now(UTC) + timedelta(seconds=offset_s)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _scrub(value: Any, name: str) -> Any:
@@ -100,17 +114,33 @@ def _connect_hint(exc: BaseException | None, tls: bool) -> str:
 
 class Publisher:
     def __init__(self, settings: MqttSettings, handlers: CommandHandlers | None = None,
-                 clock_synced: Callable[[], bool] | None = None) -> None:
+                 clock_synced: Callable[[], bool] | None = None, door_max_delay_ms: float = 1000.0,
+                 door_profile: bool = False) -> None:
+        settings = settings if settings.device else settings.resolved()
         self.settings = settings
+        # The door profile has a door: its state, Home Assistant's lock and face-unlock switch (the kiosk sends no
+        # door commands, so it announces no lock).
+        self.door_profile = door_profile
+        if not (math.isfinite(door_max_delay_ms) and door_max_delay_ms > 0):
+            raise MqttError(f"door.max_delay_ms: {door_max_delay_ms!r} must be a positive number")
+        self.door_max_delay_ms = door_max_delay_ms
         self._clock_synced = clock_synced
         self._where = f"{settings.host}:{settings.port}{' (TLS)' if settings.tls else ''}"
         self._client = self._make_client()  # first: unreadable TLS files fail before anything is opened
         self._outbox = Outbox(settings.effective_outbox_path, settings.device, settings.outbox_limit)
-        self._commands = CommandProcessor(settings.device, settings.command_secret,
+        self._commands = CommandProcessor(settings.device, settings.secret_bytes("command_secret"),
                                           settings.effective_command_state_path, handlers, self.forget_identity)
+        self._claims = ClaimVerifier(settings.claims, settings.device, settings.secret_bytes("claim_secret"),
+                                     settings.effective_claim_state_path)
         self._claim_callbacks: list[Callable[[str], None]] = []
+        self._connected_callbacks: list[Callable[[int], None]] = []
+        self._door_request_callbacks: list[Callable[[str], None]] = []
+        self._face_unlock_callbacks: list[Callable[[bool], None]] = []
         self._send_lock = threading.Lock()  # connection generation vs. the outbox thread's publishes
-        self._state_lock = threading.Lock()  # _state, _last_identity, _face_present
+        self._door_lock = threading.Lock()
+        self._door_acked = threading.Event()  # set on every PUBACK: a door probe's waiter looks again
+        self.door_dropped = 0  # door commands dropped rather than sent late
+        self._state_lock = threading.Lock()  # _state, _last_identity, _face_present, _door_state, _face_unlock
         self._state_publish_lock = threading.Lock()  # retained state documents leave in the order they are built
         self._wake = threading.Event()
         self._jobs: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(MAX_JOBS)
@@ -124,9 +154,11 @@ class Publisher:
         self._started = False
         self._stopping = False
         self._closed = False
-        self._state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None  # None until the daemon gives its first, complete one
         self._last_identity: str | None = None
         self._face_present: bool | None = None
+        self._door_state: dict[str, Any] | None = None
+        self._face_unlock: bool | None = None
         self._reported_depth: int | None = None
         self._sender = threading.Thread(target=self._sender_main, name=f"mqtt-outbox-{settings.device}",
                                         daemon=True)
@@ -136,15 +168,19 @@ class Publisher:
     # -- set-up ------------------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
-                             clean_session=True, protocol=mqtt.MQTTv311)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls_ca is not None:
+        if s.protocol == "5":
+            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
+                                 protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=s.effective_client_id,
+                                 clean_session=True, protocol=mqtt.MQTTv311)
+        if s.username:
+            client.username_pw_set(s.username, s.password or None)
+        if s.tls_ca:
             try:
                 context = ssl.create_default_context(cafile=str(s.tls_ca))  # verifies chain and host name
                 context.minimum_version = ssl.TLSVersion.TLSv1_2
-                if s.tls_cert is not None and s.tls_key is not None:
+                if s.tls_cert and s.tls_key:
                     context.load_cert_chain(str(s.tls_cert), str(s.tls_key))
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise MqttError(f"mqtt TLS files (tls_ca {s.tls_ca}, tls_cert {s.tls_cert}, tls_key {s.tls_key}) "
@@ -173,7 +209,8 @@ class Publisher:
             raise RuntimeError("this Publisher was stopped; make a new one")
         self._started = True
         log.info("mqtt: connecting to %s as %s", self._where, self.settings.effective_client_id)
-        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        clean = {"clean_start": True} if self.settings.protocol == "5" else {}
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive, **clean)
         self._client.loop_start()
         self._sender.start()
         self._worker.start()
@@ -204,6 +241,15 @@ class Publisher:
             log.info("mqtt: stopped with %d event(s) in the outbox; they are sent on the next start",
                      self._outbox.depth)
         self._outbox.close()
+
+    def close(self) -> None:
+        """Release the outbox of a publisher that will not run (a daemon that failed to start, `run --check`);
+        a started one is stopped with stop()."""
+        if self._started:
+            self.stop(flush_timeout=0.0)
+        elif not self._closed:
+            self._closed = True
+            self._outbox.close()
 
     def wait_connected(self, timeout: float) -> bool:
         """True once connected, subscribed (commands and claims sent from then on are received) and announced
@@ -274,24 +320,75 @@ class Publisher:
         if self._connected:
             self._client.publish(self.settings.topic("prompt"), dumps({"text": text, "ts": utc_now()}), qos=0)
 
-    def publish_door(self, command: str, duration_s: float | None = None) -> bool:
-        """Send a door command now; False (and nothing queued) when not connected.
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None,
+                     source: str = "facegate") -> bool:
+        """Send a door command now, or drop it; True when it went to a broker that was responsive a moment ago.
 
-        Door commands are never kept for later: an UNLOCK delivered minutes late, after an outage, would open
-        the door for nobody. For the same reason a reconnect discards any that were still unacknowledged.
+        A door command is never late. It is sent only after a QoS 1 probe (door/probe) came back acknowledged
+        within `door_max_delay_ms` of `decided_at` (time.monotonic(), default now): a broker that is gone,
+        frozen or backlogged would otherwise read an UNLOCK from its socket buffer many seconds later and open
+        the door for nobody. Each command also carries `valid_until` (wall clock, for lock controllers to
+        check) and, under MQTT 5, a message expiry the broker enforces for subscribers it has to queue for.
+        Nothing is kept for later, and a reconnect discards any that were still unacknowledged.
         """
         if command not in DOOR_COMMANDS:
             raise ValueError(f"door command {command!r} is not one of {', '.join(DOOR_COMMANDS)}")
         if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"door duration_s must be a positive number of seconds, got {duration_s!r}")
+        budget = self.door_max_delay_ms / 1e3
+        deadline = (time.monotonic() if decided_at is None else decided_at) + budget
         if not self._connected:
-            log.warning("mqtt: not connected, door command %s not sent", command)
-            return False
-        doc: dict[str, Any] = {"command": command, "door": self.settings.door, "source": "facegate", "ts": utc_now()}
-        if duration_s is not None:
-            doc["duration_s"] = duration_s
-        self._client.publish(self.settings.topic("door", "command"), dumps(doc), qos=1)
+            return self._drop_door(command, "not connected")
+        with self._door_lock:  # one probe round trip at a time; commands leave in the order they were decided
+            if not self._broker_responsive(deadline):
+                return self._drop_door(command, f"the broker did not acknowledge a probe within "
+                                                f"{self.door_max_delay_ms:g} ms")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._connected:
+                return self._drop_door(command, "too late")
+            doc: dict[str, Any] = {"command": command, "door": self.settings.door, "source": source,
+                                   "ts": utc_now(), "valid_until": utc_now(remaining)}
+            if duration_s is not None:
+                doc["duration_s"] = duration_s
+            if not self._clock_is_synced():
+                doc["clock_synced"] = False  # valid_until is then only as good as this box's clock
+            props = None
+            if self.settings.protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = max(1, math.ceil(remaining))  # whole seconds, at least 1
+            self._client.publish(self.settings.topic("door", "command"), dumps(doc), qos=1, properties=props)
         return True
+
+    def _broker_responsive(self, deadline: float) -> bool:
+        """A QoS 1 probe acknowledged before `deadline`: the broker is reading this connection right now."""
+        info = self._client.publish(self.settings.topic("door", "probe"), b"", qos=1)
+        while time.monotonic() < deadline:
+            if _acked(info):
+                return True
+            if not self._connected:
+                return False
+            self._door_acked.wait(min(0.005, max(0.0, deadline - time.monotonic())))
+            self._door_acked.clear()
+        return _acked(info)
+
+    def _drop_door(self, command: str, why: str) -> bool:
+        self.door_dropped += 1
+        log.warning("mqtt: door command %s dropped: %s", command, why)
+        return False
+
+    def publish_door_state(self, state: dict[str, Any]) -> None:
+        """Retained on door/state (edge/door.py builds it); re-sent on every (re)connect."""
+        with self._state_lock:
+            self._door_state = json.loads(dumps(state))
+        if self._connected:
+            self._client.publish(self.settings.topic("door", "state"), dumps(state), qos=1, retain=True)
+
+    def publish_face_unlock(self, enabled: bool) -> None:
+        """Retained ON/OFF on face_unlock for Home Assistant's switch; re-sent on every (re)connect."""
+        with self._state_lock:
+            self._face_unlock = enabled
+        if self._connected:
+            self._client.publish(self.settings.topic("face_unlock"), ON if enabled else OFF, qos=1, retain=True)
 
     def publish_face_present(self, present: bool) -> None:
         """Retained ON/OFF for the Home Assistant binary_sensor; sent only when it changes."""
@@ -301,6 +398,20 @@ class Publisher:
             self._face_present = present
         if self._connected:
             self._client.publish(self.settings.topic("face_present"), ON if present else OFF, qos=0, retain=True)
+
+    def on_connected(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(n)` (on the worker thread) after the n-th connection is up and announced: what must
+        reach the broker, such as the door's start-up LOCK, is sent from here, never before CONNACK."""
+        self._connected_callbacks.append(callback)
+
+    def on_door_request(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(command)` (on the worker thread) for each LOCK / UNLOCK / OPEN on door/set (door
+        profile)."""
+        self._door_request_callbacks.append(callback)
+
+    def on_face_unlock(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(enabled)` (on the worker thread) for each ON / OFF on face_unlock/set (door profile)."""
+        self._face_unlock_callbacks.append(callback)
 
     def on_claim(self, callback: Callable[[str], None]) -> None:
         """Call `callback(identity)` (on the worker thread) for each message on facegate/<device>/claim."""
@@ -312,7 +423,8 @@ class Publisher:
         with self._state_lock:
             if self._last_identity == name:
                 self._last_identity = None
-            self._state = _scrub(self._state, name)
+            if self._state is not None:
+                self._state = _scrub(self._state, name)
         self._send_state()
         # The count only: a log line naming the person would defeat the erasure.
         log.info("mqtt: forgot an identity: %d pending event(s) erased from the outbox", removed)
@@ -332,6 +444,8 @@ class Publisher:
             return  # sent again on (re)connect
         with self._state_publish_lock:
             with self._state_lock:
+                if self._state is None:
+                    return  # nothing from the daemon yet: a partial document would stay retained
                 doc = {**self._state, "last_identity": self._last_identity, "outbox_depth": self._outbox.depth,
                        "outbox_dropped": self._outbox.dropped, "ts": utc_now()}
             self._reported_depth = doc["outbox_depth"]
@@ -342,13 +456,17 @@ class Publisher:
         if not self._connected:
             return
         if self.settings.discovery:
-            for topic, payload in discovery_messages(self.settings):
+            for topic, payload in discovery_messages(self.settings, door=self.door_profile):
                 self._client.publish(topic, payload, qos=1, retain=True)
         self._send_state()
         with self._state_lock:
-            present = self._face_present
+            present, door, face_unlock = self._face_present, self._door_state, self._face_unlock
         if present is not None:
             self._client.publish(self.settings.topic("face_present"), ON if present else OFF, qos=0, retain=True)
+        if door is not None:
+            self._client.publish(self.settings.topic("door", "state"), dumps(door), qos=1, retain=True)
+        if face_unlock is not None:
+            self._client.publish(self.settings.topic("face_unlock"), ON if face_unlock else OFF, qos=1, retain=True)
 
     def _retry(self) -> str:
         # Mirrors paho's back-off (min, doubling, capped) so that the log line can say when the next try is.
@@ -386,6 +504,8 @@ class Publisher:
         log.info("mqtt: %s %s", "connected to" if self._connections == 1 else "reconnected to", self._where)
         client.publish(self.settings.topic("availability"), "online", qos=1, retain=True)
         subscriptions = [(self.settings.topic("claim"), 1), (self.settings.topic("cmd", "+"), 1)]
+        if self.door_profile:
+            subscriptions += [(self.settings.topic("door", "set"), 1), (self.settings.topic("face_unlock", "set"), 1)]
         if self.settings.discovery:
             subscriptions.append((status_topic(self.settings), 1))
         client.subscribe(subscriptions)
@@ -419,7 +539,8 @@ class Publisher:
         refused = [r for r in reasons if r.is_failure]
         if refused:
             # An ACL that forgot this device's cmd/claim topics: say so, the rest keeps working.
-            log.error("mqtt: broker %s refused %d of the subscriptions (claim, cmd/+, discovery status): %s",
+            log.error("mqtt: broker %s refused %d of the subscriptions (claim, cmd/+, discovery status, door/set, "
+                      "face_unlock/set): %s",
                       self._where, len(refused), refused[0])
         self._subscribed = True
 
@@ -434,6 +555,7 @@ class Publisher:
 
     def _on_publish(self, *_args: Any) -> None:
         self._wake.set()  # the outbox thread looks for acknowledged events
+        self._door_acked.set()
 
     # -- threads -----------------------------------------------------------------------------------------
     def _sender_main(self) -> None:
@@ -471,10 +593,14 @@ class Publisher:
                 if kind == "connected":
                     self._announce()
                     self._announced = True
+                    for callback in list(self._connected_callbacks):
+                        callback(self._connections)
                 else:
                     self._handle_message(topic, payload)
-            except Exception:
-                log.exception("mqtt: handling %s %s failed", kind, topic)
+            except Exception as exc:  # one line, rate-limited: a message an outsider sent must not flood the log
+                limited.warning(f"worker:{type(exc).__name__}", "mqtt: handling %s on %s failed: %s: %s", kind,
+                                topic[:80], type(exc).__name__, str(exc)[:200])
+                log.debug("mqtt: handling %s failed", kind, exc_info=True)
 
     def _handle_message(self, topic: str, payload: bytes) -> None:
         s = self.settings
@@ -483,12 +609,26 @@ class Publisher:
             if payload.strip() == b"online":
                 self._announce()
         elif topic == s.topic("claim"):
-            identity = _parse_claim(payload)
+            identity = self._claims.parse(payload)  # None: refused, and said why (rate-limited)
             if identity is None:
-                log.warning("mqtt: ignored a claim that is not a name or {\"identity\": name}")
                 return
             for callback in list(self._claim_callbacks):
                 callback(identity)
+        elif self.door_profile and topic == s.topic("door", "set"):
+            command = payload.strip().decode("ascii", "replace").upper()
+            if command not in DOOR_COMMANDS:
+                limited.warning("door/set", "mqtt: door/set %r ignored: not one of %s", payload[:40],
+                                ", ".join(DOOR_COMMANDS))
+                return
+            for door_callback in list(self._door_request_callbacks):
+                door_callback(command)
+        elif self.door_profile and topic == s.topic("face_unlock", "set"):
+            value = payload.strip().decode("ascii", "replace").upper()
+            if value not in (ON, OFF):
+                limited.warning("face_unlock/set", "mqtt: face_unlock/set %r ignored: not ON or OFF", payload[:40])
+                return
+            for switch_callback in list(self._face_unlock_callbacks):
+                switch_callback(value == ON)
         elif topic.startswith(cmd_prefix):
             result = self._commands.handle(topic[len(cmd_prefix):], payload)
             result["ts"] = utc_now()
@@ -496,16 +636,9 @@ class Publisher:
                 self._client.publish(s.topic("cmd_result"), dumps(result), qos=1)
 
 
-def _parse_claim(payload: bytes) -> str | None:
-    try:
-        text = payload.decode().strip()
-    except UnicodeDecodeError:
-        return None
-    if text.startswith("{"):
-        try:
-            text = json.loads(text).get("identity")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-    if not isinstance(text, str) or not text or len(text) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return None
-    return text
+def create(cfg: Any, handlers: CommandHandlers | None = None, clock_synced: Callable[[], bool] | None = None
+           ) -> Publisher:
+    """The MQTT sink (edge/sinks) for a configuration: its [mqtt] section with secrets read, and the door's
+    command budget."""
+    return Publisher(cfg.mqtt.resolved(), handlers, clock_synced, door_max_delay_ms=cfg.door.max_delay_ms,
+                     door_profile=cfg.profile == "door")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -52,18 +53,25 @@ def parse_key(data: bytes, origin: str) -> bytes:
 def load_key(path: str | Path | None, env: str = KEY_ENV, *, store: Path | None = None) -> bytes | None:
     """The key from a file (if `path`), else from the environment variable `env`, else None (no encryption).
 
-    `store`, when given, is the database the key is for: a key file in the same directory is refused,
-    because a backup or a stolen copy of that directory would then carry its own key.
+    `store`, when given, is the database the key is for: a key file anywhere under the store's folder is
+    refused, because a backup or a stolen copy of that folder would then carry its own key. A key file that
+    its group or others may read is refused too, as ssh refuses such private keys.
     """
     if path is not None:
         p = Path(path)
         try:
             data = p.read_bytes()
+            mode = p.stat().st_mode
         except OSError as exc:
             raise StoreError(f"cannot read key file {p}: {exc.strerror or exc}") from None
-        if store is not None and p.resolve().parent == Path(store).resolve().parent:
-            raise StoreError(f"key file {p} lies beside the store {store}; keep it in another directory "
-                             f"(e.g. /etc/credstore or a systemd credential)")
+        if store is not None:
+            folder = Path(store).resolve().parent
+            if folder == p.resolve().parent or folder in p.resolve().parents:
+                raise StoreError(f"key file {p} lies in the store's folder {folder}; keep it in another directory "
+                                 f"(e.g. /etc/credstore or a systemd credential)")
+        if mode & 0o077:
+            raise StoreError(f"key file {p} can be read by its group or others (mode {stat.S_IMODE(mode):04o}); "
+                             f"make it private: chmod 600 {p}")
         return parse_key(data, str(p))
     value = os.environ.get(env)
     if value is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import tempfile
 import threading
@@ -64,11 +65,22 @@ MIGRATIONS: list[tuple[str, ...]] = [
             details TEXT NOT NULL DEFAULT '{}')""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)",
     ),
+    (
+        # A random name for logs: a log line says "identity 3f9c…" instead of the person's name, and once the
+        # identity is deleted nothing links the two any more.
+        "ALTER TABLE identities ADD COLUMN pseudonym TEXT",
+        "UPDATE identities SET pseudonym = lower(hex(randomblob(6)))",
+        # Which photo a template came from (sha256 of its decoded pixels): enrolling the same photo again is a
+        # no-op, so re-runs neither inflate the gallery nor its threshold.
+        "ALTER TABLE templates ADD COLUMN image_sha256 TEXT",
+        "CREATE INDEX templates_by_image ON templates(identity_id, embedder, image_sha256)",
+    ),
 ]
 
 KEY_CHECK = b"facegate store key check"
 KEY_CHECK_AAD = b"meta\0key_check"
 MAX_NAME = 200
+ERASE_CHECKPOINT_S = 2.0  # how long an erasing write retries emptying the WAL while other processes read
 
 # (action, identity name, embedder → float32 vectors (n, D)); action is "enroll" (templates added),
 # "replace" (the identity's templates of those embedders are now exactly these) or "delete" (gone).
@@ -83,6 +95,7 @@ class TemplateIn:
     manifest_sha256: str
     quality: dict[str, Any] = field(default_factory=dict)
     crop: bytes | None = None  # encoded image (PNG/JPEG); stored only when the store keeps crops
+    image_sha256: str | None = None  # the photo it came from; a photo already enrolled for the identity is skipped
 
 
 @dataclass(frozen=True)
@@ -178,8 +191,14 @@ def _check_key(conn: sqlite3.Connection, path: Path, cipher: Cipher | None) -> N
 
 
 class Store:
-    def __init__(self, path: Path, key: bytes | None = None, keep_crops: bool = False) -> None:
+    def __init__(self, path: Path, key: bytes | None = None, keep_crops: bool = False, create: bool = True) -> None:
+        """Open the store at `path`; with create=False a missing file is an error instead of a new empty
+        store (a mistyped path must not turn into a door that knows nobody and says it is healthy)."""
         self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"no store at {self.path}: enrol someone first (facegate enroll --store …), or "
+                             f"check the path; a new empty store is created only when asked (store.create = true, "
+                             f"or a command's --create)")
         self.keep_crops = keep_crops
         self._cipher = Cipher(key) if key is not None else None
         self._lock = threading.RLock()
@@ -197,6 +216,9 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+        st = os.stat(self.path)
+        self._file_id = (st.st_dev, st.st_ino)  # the file this connection reads, whatever the path shows later
+        self._file_seen = (st.st_size, st.st_mtime_ns)  # the last (size, mtime) check_file found sound
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def __enter__(self) -> Store:
@@ -257,7 +279,13 @@ class Store:
         with self._lock:
             with self._write() as tx:
                 yield tx
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            # A running daemon reads the store every frame (briefly): retry for a moment rather than fail.
+            deadline = time.monotonic() + ERASE_CHECKPOINT_S
+            while True:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
         if busy:
             raise StoreError(f"{self.path}: the change is committed, but another connection is reading the "
                              f"store, so its write-ahead log still holds the old pages until the next "
@@ -295,15 +323,19 @@ class Store:
         for t in templates:
             # Validated inside the transaction, template by template: a bad one rolls back the others.
             embedder = _check_text(t.embedder, "embedder name")
+            if t.image_sha256 is not None and conn.execute(
+                    "SELECT 1 FROM templates WHERE identity_id = ? AND embedder = ? AND image_sha256 = ?",
+                    (identity_id, embedder, t.image_sha256)).fetchone():
+                continue  # this photo is already enrolled for this identity: idempotent
             raw = self._vector_bytes(t.vector)
             dim = self._dim(conn, embedder)
             if dim is not None and dim * 4 != len(raw):
                 raise StoreError(f"embedder {embedder!r} stores {dim}-d templates; got {len(raw) // 4}-d")
             cur = conn.execute(
-                "INSERT INTO templates(identity_id, embedder, manifest_sha256, vector, quality, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO templates(identity_id, embedder, manifest_sha256, vector, quality, created, "
+                "image_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (identity_id, embedder, str(t.manifest_sha256), self._seal(raw, _template_aad(name, embedder)),
-                 json.dumps(t.quality or {}), now))
+                 json.dumps(t.quality or {}), now, t.image_sha256))
             tid = int(cur.lastrowid or 0)
             if self.keep_crops and t.crop is not None:
                 conn.execute("INSERT INTO crops(template_id, image) VALUES (?, ?)",
@@ -328,8 +360,9 @@ class Store:
         with self._write() as (conn, events):
             row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
             if row is None:
-                cur = conn.execute("INSERT INTO identities(name, display_name, metadata, created) "
-                                   "VALUES (?, ?, ?, ?)", (name, display_name, json.dumps(metadata or {}), now))
+                cur = conn.execute("INSERT INTO identities(name, display_name, metadata, created, pseudonym) "
+                                   "VALUES (?, ?, ?, ?, ?)", (name, display_name, json.dumps(metadata or {}), now,
+                                                              secrets.token_hex(6)))
                 identity_id = int(cur.lastrowid or 0)
             else:
                 identity_id = row[0]
@@ -339,6 +372,10 @@ class Store:
                     conn.execute("UPDATE identities SET metadata = ? WHERE id = ?",
                                  (json.dumps(metadata), identity_id))
             ids, added = self._insert_templates(conn, identity_id, name, templates, now)
+            if not ids:
+                if row is None:
+                    raise StoreError(f"nothing to enrol for {name!r}: no templates")
+                return []  # every photo was already enrolled: nothing changed, nothing to audit
             self._audit(conn, "enroll" if row is None else "update", name, command,
                         {"templates": len(ids), "embedders": sorted(added), "template_ids": ids,
                          "crops_kept": self.keep_crops and any(t.crop is not None for t in templates)})
@@ -398,6 +435,78 @@ class Store:
                 counts[who][embedder] = n_templates
         return [Identity(who, display, json.loads(meta), created, counts[who], crops[who])
                 for who, (display, meta, created) in info.items()]
+
+    def pseudonym(self, name: str) -> str | None:
+        """The identity's random log name (None once it is deleted): logs never need the person's name."""
+        with self._lock:
+            row = self._conn.execute("SELECT pseudonym FROM identities WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def has_image(self, name: str, image_sha256: str) -> bool:
+        """Whether this photo (sha256 of its pixels) is already enrolled for `name`."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT 1 FROM templates t JOIN identities i ON i.id = t.identity_id WHERE i.name = ? AND "
+                "t.image_sha256 = ? LIMIT 1", (name, image_sha256)).fetchone() is not None
+
+    def check_file(self) -> None:
+        """Raise StoreError if the file at the store's path is no longer the sound store this connection opened:
+        deleted, replaced by another file (a copy or move onto the path), or overwritten or damaged in place.
+
+        SQLite cannot see any of that by itself: its page cache keeps answering from the old pages until it
+        reads one that is gone. One os.stat per call; the file is read (its header, then a quick_check on a
+        fresh connection, so no cached page hides the damage) only when its size or time stamp moved, which
+        also happens on every checkpoint, about once per thousand changed pages."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreError(f"{self.path} was deleted under the running daemon") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path} cannot be read ({exc.strerror or exc})") from None
+        if (st.st_dev, st.st_ino) != self._file_id:
+            raise StoreError(f"{self.path} was replaced by another file under the running daemon (restore a "
+                             f"store with `facegate store restore`, never by copying over it, then restart)")
+        seen = (st.st_size, st.st_mtime_ns)
+        if seen == self._file_seen:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+            page = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
+            page = 65536 if page == 1 else page
+            if header[:16] != b"SQLite format 3\0" or page < 512 or st.st_size % page:
+                raise StoreError(f"{self.path} was overwritten or damaged under the running daemon (not an "
+                                 f"SQLite database any more)")
+            with closing(sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)) as c:
+                found = [r[0] for r in c.execute("PRAGMA quick_check(3)").fetchall()]
+            if found != ["ok"]:
+                raise StoreError(f"{self.path} is damaged: {'; '.join(found)}")
+        except OSError as exc:
+            raise StoreError(f"{self.path} cannot be read ({exc.strerror or exc})") from None
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return  # a writer holds it right now: look again on the next call
+            raise StoreError(f"{self.path} cannot be read ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} was overwritten or damaged under the running daemon ({exc})") from None
+        self._file_seen = seen
+
+    def data_version(self) -> int:
+        """SQLite's data_version: it changes when another connection (another process: the CLI, a sync) has
+        committed a change since this connection last looked. A few microseconds; polled once per frame."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def template_ids(self, embedder: str) -> dict[str, frozenset[int]]:
+        """{identity: its template ids} for one embedder, without reading a single vector (a cheap way to see
+        what changed)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT i.name, t.id FROM templates t JOIN identities i ON i.id = "
+                                      "t.identity_id WHERE t.embedder = ?", (embedder,)).fetchall()
+        out: dict[str, set[int]] = {}
+        for who, tid in rows:
+            out.setdefault(who, set()).add(tid)
+        return {who: frozenset(ids) for who, ids in out.items()}
 
     def identity(self, name: str) -> Identity | None:
         found = self.identities(name)

@@ -313,6 +313,12 @@ class Matcher:
             return sorted(self._rows)
 
     @property
+    def identities(self) -> int:
+        """Enrolled identities: the gallery size K that the 1:N threshold is computed for (several photos of one
+        person are one candidate, and a photo enrolled twice must not make the threshold stricter)."""
+        return len(self)
+
+    @property
     def int8(self) -> bool:
         """Whether the gallery currently keeps int8 codes (and single queries scan them)."""
         return self._snap.codes is not None

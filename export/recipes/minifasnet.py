@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import cv2
 import numpy as np
 
 from edge.embed import to_input
+from edge.liveness.minifasnet_graph import UPSTREAM
+from edge.liveness.minifasnet_graph import manifest as graph_manifest
 from edge.models.install import KNOWN, fetch_known
 from edge.models.registry import sha256_file
 from edge.paths import data_dir, state_dir
@@ -39,17 +40,7 @@ LIVE_INDEX = 1
 SIZE = (80, 80)
 
 
-@dataclass(frozen=True)
-class Upstream:
-    file: str
-    crop_scale: float
-    title: str
-
-
-MODELS = {
-    "minifasnet-v2": Upstream("2.7_80x80_MiniFASNetV2.pth", 2.7, "MiniFASNetV2"),
-    "minifasnet-v1se": Upstream("4_0_0_80x80_MiniFASNetV1SE.pth", 4.0, "MiniFASNetV1SE"),
-}
+MODELS = UPSTREAM  # file, crop scale and title of each published net (shared with the device's converter)
 
 
 def scaled_box_crop(image: np.ndarray, box: np.ndarray, scale: float, size: tuple[int, int] = SIZE) -> np.ndarray:
@@ -82,21 +73,11 @@ def crop_maker(scale: float) -> Callable[[np.ndarray, Face], np.ndarray]:
 
 
 def manifest_for(model: str, variant: str, weights_sha256: str) -> dict[str, Any]:
-    up = MODELS[model]
-    known = KNOWN.get(model)
-    return {
-        "name": variant_name(model, variant),
-        "task": "liveness",
-        "licence": "Apache-2.0",
-        "runtime": "litert" if variant.startswith("tflite") else "onnxruntime",
-        "input": {"size": list(SIZE), "layout": "NCHW", "colour": "BGR"},
-        "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},  # 0–255 pixels, as trained
-        "output_dim": 3,
-        "source": {"upstream": known.url if known else up.file, "weights_sha256": weights_sha256,
-                   "recipe": f"facegate export minifasnet ({variant})"},
-        "extra": {"crop_scale": up.crop_scale, "live_index": LIVE_INDEX, "output": "softmax",
-                  "classes": ["spoof (print)", "live", "spoof (replay)"]},
-    }
+    """The device converter's manifest (edge.liveness.minifasnet_graph.manifest), as this recipe's variant."""
+    data = graph_manifest(model, weights_sha256, runtime="litert" if variant.startswith("tflite") else "onnxruntime",
+                          recipe=f"facegate export minifasnet ({variant})")
+    data["name"] = variant_name(model, variant)
+    return data
 
 
 def weights_path(model: str, weights_dir: Path | None, download: bool, mirror: str | None = None) -> Path:
@@ -177,17 +158,3 @@ def export(out: Path, models: tuple[str, ...] = tuple(MODELS), variants: tuple[s
 
     write_fused(Path(out))  # the fused V2 + V1SE check, once both members are in `out`
     return results
-
-
-def install_from_weights(weights: Path, model_dir: Path) -> list[str]:
-    """`facegate models install minifasnet-…`: convert downloaded weights to the ONNX bundle, in place."""
-    digest = sha256_file(weights)
-    model = next((m for m in MODELS if m in KNOWN and KNOWN[m].sha256 == digest), None)
-    if model is None:
-        raise ExportError(f"{weights}: not one of the published MiniFASNet state dicts")
-    results = export(Path(model_dir), models=(model,), variants=("onnx-fp32",), weights_dir=Path(weights).parent)
-    failed = [str(p) for p, ok in results if not ok]
-    if failed:
-        raise ExportError(f"parity targets not met for {', '.join(failed)} (see parity.json)")
-    return [p.name for p, _ in results]
-

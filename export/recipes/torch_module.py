@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import images_named_by
 from edge.embed import Embedder, l2_normalise, to_input
+from edge.eval.lfw import images_named_by
 from edge.models.manifest import TASKS, AlignmentTemplate, InputSpec, Manifest, Normalisation
 from edge.models.registry import Registry
 from edge.paths import data_dir

@@ -26,7 +26,7 @@ from edge.models.manifest import AlignmentTemplate
 from edge.models.registry import Registry
 from edge.paths import state_dir
 from edge.vision.align import align
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import make_detector, select_face
 
 
 def default_cache_dir() -> Path:
@@ -98,7 +98,7 @@ def landmarks(images: Path, rels: list[str], cache_dir: Path | None = None, regi
             no_face = set(z["no_face"].tolist())
     todo = [r for r in dict.fromkeys(rels) if r not in known and r not in no_face]
     if todo:
-        det = Detector(*registry.open(detector, threads=1))
+        det = make_detector(registry, detector, threads=1)
         for rel in tqdm(todo, desc=desc, unit="img", file=sys.stderr, disable=None):
             try:
                 image = load_bgr(root / rel)

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.bench.lfw import pair_identities
 from edge.errors import FacegateError
+from edge.eval.lfw import pair_identities
 from export.train.checkpoint import load_checkpoint, save_checkpoint
 
 MINING = ("batch-hard", "semi-hard")
@@ -268,7 +268,7 @@ def embed_tensor(model: nn.Module, x: torch.Tensor | np.ndarray, batch: int = 25
 # -- evaluation under the LFW protocols ---------------------------------------------------------------------------
 def dev_accuracy(vectors: dict[str, np.ndarray], dev_train: Sequence[Any], dev_test: Sequence[Any]) -> dict[str, float]:
     """View 1: cosine threshold chosen on DevTrain, accuracy on DevTest (and on DevTrain, for reference)."""
-    from edge.bench.lfw import accuracy_at, best_threshold, pair_scores
+    from edge.eval.lfw import accuracy_at, best_threshold, pair_scores
 
     s_tr = pair_scores(list(dev_train), vectors)
     s_te = pair_scores(list(dev_test), vectors)
@@ -442,7 +442,7 @@ def cross_validate_projection(pairs: Sequence[Any], vectors: dict[str, np.ndarra
     is biased. So each of the nine folds g is scored by a head trained without f and g (nested), and the
     threshold is chosen on those out-of-sample scores; fold f is then scored by the head trained without f.
     """
-    from edge.bench.lfw import accuracy_at, best_threshold, pair_scores
+    from edge.eval.lfw import accuracy_at, best_threshold, pair_scores
     from export.train.data import Labelled
 
     same = np.array([p.same for p in pairs])

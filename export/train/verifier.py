@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.bench.lfw import Pair, accuracy_at, best_threshold, pair_identities
 from edge.errors import FacegateError
+from edge.eval.lfw import Pair, accuracy_at, best_threshold, pair_identities
 from edge.models.registry import Registry
 from edge.verifier import BIAS_NAME, CHI2_EPS, WEIGHT_NAMES, VerifierHead, sigmoid
 from export.train.data import embeddings
@@ -302,7 +302,7 @@ def tune(dev_train: Sequence[Pair], dev_test: Sequence[Pair], vectors: Mapping[s
 
 def cosine_cross_validate(pairs: Sequence[Pair], vectors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """The plain cosine baseline of one embedder under the same protocol (what bench pairs reports)."""
-    from edge.bench.lfw import cross_validate, pair_scores
+    from edge.eval.lfw import cross_validate, pair_scores
 
     scores = pair_scores(list(pairs), dict(vectors))
     accs, _ = cross_validate(scores, np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]))
@@ -377,8 +377,8 @@ def logit_thresholds(head: VerifierHead, vectors: Mapping[str, Mapping[str, np.n
                      pairs_file: Path, far: float, fpir: float) -> dict[str, Any]:
     """verify (1:1 at `far`) and identify (impostor tail) thresholds on the head's logit, from every
     cross-identity pair of the images `pairs` names (calibration identities must be disjoint from training)."""
-    from edge.bench.lfw import threshold_at_far
-    from export.calibrate import impostor_tail
+    from edge.eval.calibrate import impostor_tail
+    from edge.eval.lfw import threshold_at_far
 
     rels = [r for r in pairs_rels(pairs) if all(r in vectors[e] for e in head.embedders)]
     x = np.stack([np.concatenate([vectors[e][r] for e in head.embedders]) for r in rels])

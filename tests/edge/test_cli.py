@@ -104,11 +104,11 @@ def test_bench_pairs_json_and_plot(capsys, lfw, tmp_path):
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_export_calibrate_writes_override(capsys, lfw, tmp_path, monkeypatch):
+def test_calibrate_embedder_writes_override(capsys, lfw, tmp_path, monkeypatch):
     monkeypatch.setenv("FACEGATE_STATE_DIR", str(tmp_path / "state"))
     lines = (lfw / "pairsDevTrain.txt").read_text().splitlines()
     (tmp_path / "dev.txt").write_text("30\n" + "\n".join(lines[1:31] + lines[1101:1131]) + "\n")
-    code, out, _ = _run(capsys, "export", "calibrate", "--model", "sface", "--images", lfw / "images",
+    code, out, _ = _run(capsys, "calibrate", "embedder", "--model", "sface", "--images", lfw / "images",
                         "--pairs", tmp_path / "dev.txt", "--far", "0.01", "--json")
     entries = json.loads(out)
     entry = entries["verify"]
@@ -144,3 +144,25 @@ def test_verify_and_identify_with_a_verifier_head(capsys, faces, tmp_path, monke
     assert _run(capsys, "enroll", "aaron", faces["b1"], "--store", db)[0] == 0
     code, out, err = _run(capsys, "verify", "--id", "aaron", faces["b1"], "--verifier", "head-2e", "--store", db)
     assert code == 2 and "reembed" in err and out == ""
+
+
+@pytest.mark.parametrize("args", [["--fpir", "2"], ["--fpir", "0"], ["--fpir", "-0.1"], ["--fpir", "nan"],
+                                  ["--top", "-1"], ["--threads", "0"], ["--min-face", "inf"]])
+def test_out_of_range_options_are_errors(tmp_path, args):
+    from edge.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["identify", "--store", str(tmp_path / "s.db"), str(tmp_path / "x.jpg"), *args])
+    assert exc.value.code == 2
+
+
+def test_read_commands_refuse_a_missing_store(tmp_path, lfw, capsys):
+    from edge.cli import main
+
+    image = lfw / "images/Colin_Powell/Colin_Powell_0038.jpg"
+    for argv in (["identify", "--store", str(tmp_path / "typo.db"), str(image)],
+                 ["verify", "--store", str(tmp_path / "typo.db"), "--id", "colin", str(image)],
+                 ["store", "list", "--store", str(tmp_path / "typo.db")]):
+        assert main(argv) == 2
+        assert "no store at" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()

@@ -70,8 +70,12 @@ def test_unreadable_or_invalid_toml_exits_2(tmp_path, capsys):
 
 
 def test_check_accepts_a_good_file(tmp_path, capsys):
+    """A file whose parts all exist here (the check builds them: store, camera folder, models)."""
     path = tmp_path / "ok.toml"
-    path.write_text('profile = "kiosk"\n[decision]\nk = 2\nn = 4\ncooldown_s = 3\n')
+    (tmp_path / "frames").mkdir()
+    path.write_text(f'profile = "kiosk"\n[decision]\nk = 2\nn = 4\ncooldown_s = 3\n[camera]\n'
+                    f'source = "{tmp_path / "frames"}"\n[store]\npath = "{tmp_path / "s.db"}"\ncreate = true\n'
+                    f'[health]\nlisten = "127.0.0.1:0"\n')
     assert main(["run", "--config", str(path), "--check"]) == 0
     assert "ok (profile kiosk)" in capsys.readouterr().out
     cfg = config.load(path)
@@ -83,7 +87,7 @@ def test_door_profile_without_a_liveness_model_refuses_to_start(tmp_path, capsys
     path.write_text(f'profile = "door"\n[store]\npath = "{tmp_path / "s.db"}"\n[mqtt]\nenabled = false\n')
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "requires liveness" in err and "facegate models install minifasnet-v2" in err and "kiosk" in err
+    assert "requires liveness" in err and "facegate models install minifasnet`" in err and "kiosk" in err
 
 
 def test_time_windows():
@@ -117,14 +121,14 @@ def test_access_windows_and_metadata():
 
 
 def test_secrets_from_systemd_credentials(monkeypatch, tmp_path):
-    from edge.daemon import mqtt_values
 
     (tmp_path / config.CREDENTIAL_MQTT_PASSWORD).write_text("s3cret\n")
     (tmp_path / config.CREDENTIAL_COMMAND_SECRET).write_text("0123456789abcdef0123\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    values = mqtt_values(parse({"mqtt": {"username": "door", "device": "door1"}}))
-    assert values["password"] == "s3cret" and values["command_secret"] == "0123456789abcdef0123"
-    assert values["tls_ca"] is None and values["device"] == "door1"
+    values = parse({"mqtt": {"username": "door", "device": "door1"}}).mqtt.resolved()
+    assert values.password == "s3cret" and values.command_secret == "0123456789abcdef0123"
+    assert values.tls_ca == "" and values.device == "door1"
     # A file named in the config wins over the credential.
     (tmp_path / "pw").write_text("from-file")
-    assert mqtt_values(parse({"mqtt": {"password_file": str(tmp_path / "pw")}}))["password"] == "from-file"
+    cfg = parse({"mqtt": {"username": "u", "password_file": str(tmp_path / "pw")}})
+    assert cfg.mqtt.resolved().password == "from-file"

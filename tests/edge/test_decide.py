@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from edge.config import parse
-from edge.daemon import Engine
 from edge.decide import AccessPolicy, Policy
+from edge.engine import Engine
 from edge.enroll import Enroller
 from edge.health import Metrics
-from edge.identify_threshold import threshold_for
 from edge.imageio import load_bgr
 from edge.liveness.base import LivenessCheck, LivenessResult
+from edge.match.factory import make_scorer
+from edge.match.thresholds import identify_threshold as threshold_for
 from edge.sources import Frame
 from edge.store.db import Store
 
@@ -67,7 +68,8 @@ class Door:
         cfg = parse({"profile": "door" if liveness else "kiosk", **sections})
         policy = Policy(cfg.decision, AccessPolicy(cfg.access), liveness_required=liveness is not None,
                         clock=self.clock)
-        self.engine = Engine(pipeline, policy, cfg, liveness, Metrics(), store)
+        scorer = make_scorer(pipeline.registry, pipeline.manifest.name, store=store)
+        self.engine = Engine(pipeline, scorer, policy, cfg, Metrics(), liveness)
         self.frames = 0
 
     def show(self, image: np.ndarray, frames: int, problems: tuple[str, ...] = ()) -> list[tuple[int, object]]:
@@ -97,7 +99,7 @@ def test_k_of_n_agreeing_frames_grant_once(pipeline, store, faces):
     assert len(decisions) == 1
     frame, d = decisions[0]
     assert frame == 3 and d.decision == "granted" and d.identity == "colin" and d.frames == 3
-    expected = threshold_for(pipeline.embedder.manifest, door.engine.matcher.rows, 0.01)[0]
+    expected = threshold_for(pipeline.embedder.manifest, door.engine.identities, 0.01)[0]
     assert d.threshold == pytest.approx(expected) and d.score >= d.threshold
     event = d.event("sface", 12.3)
     assert event["liveness"] == {"verdict": "not_checked", "score": None}
@@ -213,3 +215,48 @@ def test_someone_else_stepping_into_a_decided_track_is_decided_anew(pipeline, st
     first = door.show(faces["colin"], 5)
     second = door.show(faces["tony"], 5)  # same place, no gap: the tracker alone would keep colin's track
     assert [d.identity for _, d in first + second] == ["colin", "tony"]
+
+
+@pytest.fixture(scope="module")
+def gallery25(tmp_path_factory, pipeline, lfw):
+    """25 enrolled LFW identities, one photo each, including Alex_King; Barry_Collier stays unenrolled."""
+    root = lfw / "images"
+    s = Store(tmp_path_factory.mktemp("claims") / "s.db")
+    enroller = Enroller(s, pipeline)
+    others = [p.name for p in sorted(root.iterdir()) if p.name.startswith("A") and p.name != "Alex_King"]
+    for name in ["Alex_King", *others]:
+        if enroller.scorer.identities() == 25:
+            break
+        judged = enroller.judge(name, image=load_bgr(sorted((root / name).glob("*.jpg"))[0]))
+        enroller.commit(name, [judged], command="test")  # a photo the quality gate refuses is skipped
+    assert "Alex_King" in enroller.scorer.gallery.names()
+    yield s
+    s.close()
+
+
+def test_a_claim_never_lowers_the_bar(pipeline, gallery25, lfw):
+    """An unenrolled face scoring between the 1:1 threshold and the 1:N one against Alex_King is unknown with
+    and without a badge claiming Alex_King (the claim used to decide at the lower 1:1 threshold)."""
+    stranger = load_bgr(lfw / "images" / "Barry_Collier" / "Barry_Collier_0001.jpg")
+    door = Door(pipeline, gallery25)
+    k = door.engine.identities
+    assert k == 25
+    verify = pipeline.embedder.manifest.threshold("verify").value
+    one_to_n = threshold_for(pipeline.embedder.manifest, k, 0.01)[0]
+    assert verify < one_to_n
+    [(_, d)] = door.show(stranger, 6)
+    assert d.decision == "unknown"
+    door.leave(5)
+    assert door.engine.claim("Alex_King")
+    [(_, d)] = door.show(stranger, 6)
+    assert (d.decision, d.claim) == ("unknown", "Alex_King")
+    assert d.threshold == pytest.approx(one_to_n) and verify <= d.score < one_to_n
+
+
+def test_a_claim_needs_the_claimed_identity_to_be_the_best_match(pipeline, store, faces):
+    """Even above the threshold, a face closer to another enrolled identity is not the badge holder."""
+    door = Door(pipeline, store)
+    door.engine.scorer.claim_threshold = lambda: -1.0  # any score passes: only the best-match rule can refuse
+    assert door.engine.claim("tony")
+    [(_, d)] = door.show(faces["colin"], 6)
+    assert d.decision == "unknown" and d.claim == "tony"

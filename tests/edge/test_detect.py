@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from edge.errors import ManyFacesError, NoFaceError
-from edge.vision.detect import Face, decode, detection_scale, nms, select_face
+from edge.vision.detect import Face, detection_scale, select_face
+from edge.vision.yunet import decode, nms
 
 
 def _raw(h: int, w: int) -> dict[str, np.ndarray]:

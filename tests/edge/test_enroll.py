@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -9,6 +10,11 @@ import pytest
 from PIL import Image
 
 from edge.cli import main
+from edge.models.registry import Registry
+from edge.store.db import Store
+
+# The embedder enrolment uses when none is named (the manifests choose: sface-int8 as shipped).
+DEFAULT = Registry().default_embedder()
 
 
 def _run(capsys, *argv) -> tuple[int, dict | list | str, str]:
@@ -130,11 +136,11 @@ def test_enroll_dir_summary_and_reembed(capsys, tmp_path, lfw):
     from edge.store.db import Store
 
     with Store(db) as store:
-        before = {tid: v for _, tid, v in store.templates("sface")}
-    code, out, _ = _run(capsys, "store", "reembed", "--store", db, "--embedder", "sface", "--json")
+        before = {tid: v for _, tid, v in store.templates(DEFAULT)}
+    code, out, _ = _run(capsys, "store", "reembed", "--store", db, "--embedder", DEFAULT, "--json")
     assert code == 0 and out["templates"] == len(before)
     with Store(db) as store:
-        after = [v for _, _, v in store.templates("sface")]
+        after = [v for _, _, v in store.templates(DEFAULT)]
     # Re-detected on the kept crop and re-aligned: the same face, so nearly the same template.
     best = [max(float(v @ w) for w in before.values()) for v in after]
     assert min(best) >= 0.98
@@ -151,11 +157,13 @@ def test_encrypted_store_needs_its_key(capsys, tmp_path, photos, monkeypatch):
     keydir = tmp_path / "keys"
     keydir.mkdir()
     (keydir / "store.key").write_text(os.urandom(32).hex())
+    (keydir / "store.key").chmod(0o600)
     db = tmp_path / "data" / "s.db"
     assert _run(capsys, "enroll", "--store", db, "--key-file", keydir / "store.key", "colin", photos["colin1"])[0] == 0
     code, _, err = _run(capsys, "store", "list", "--store", db)
     assert code == 2 and "key" in err and err.count("\n") == 1
     (keydir / "wrong.key").write_text(os.urandom(32).hex())
+    (keydir / "wrong.key").chmod(0o600)
     code, _, err = _run(capsys, "store", "list", "--store", db, "--key-file", keydir / "wrong.key")
     assert code == 2 and "key" in err
     code, out, _ = _run(capsys, "verify", "--store", db, "--key-file", keydir / "store.key", "--id", "colin",
@@ -178,3 +186,57 @@ def test_bench_identify_small(capsys, tmp_path, lfw):
         assert key in out
     assert out["gallery_size"] == 8 and set(out["dir_at_fpir"]) == {"0.01", "0.001"}
     assert out["probes"] == 2 * 8 * 2 and out["rank1"] >= 0.9
+
+
+def test_enrolment_is_idempotent_per_photo(tmp_path, lfw):
+    """Re-running enroll-dir stores nothing new: the gallery (and so the 1:N threshold) does not grow."""
+    from edge.cli import main
+
+    people = tmp_path / "people"
+    for name, files in {"Colin_Powell": ["Colin_Powell_0038.jpg", "Colin_Powell_0040.jpg"],
+                        "Tony_Blair": ["Tony_Blair_0006.jpg"]}.items():
+        (people / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(lfw / "images" / name / f, people / name / f)
+    db = tmp_path / "s.db"
+    for _ in range(3):
+        assert main(["enroll-dir", str(people), "--store", str(db)]) == 0
+    with Store(db) as store:
+        assert {i.name: i.templates for i in store.identities()} == {"Colin_Powell": {DEFAULT: 2},
+                                                                    "Tony_Blair": {DEFAULT: 1}}
+        assert len(store.templates(DEFAULT)) == 3
+    assert main(["enroll", "--store", str(db), "Tony_Blair", str(people / "Tony_Blair/Tony_Blair_0006.jpg")]) == 0
+
+
+def test_a_photo_of_someone_else_is_not_added_to_an_identity(tmp_path, lfw, capsys):
+    from edge.cli import main
+
+    db = tmp_path / "s.db"
+    colin = lfw / "images/Colin_Powell/Colin_Powell_0038.jpg"
+    aaron = lfw / "images/Aaron_Eckhart/Aaron_Eckhart_0001.jpg"
+    assert main(["enroll", "--store", str(db), "colin", str(colin)]) == 0
+    capsys.readouterr()
+    assert main(["enroll", "--store", str(db), "colin", str(aaron)]) == 2
+    assert "does not match the identity" in capsys.readouterr().out
+    # A new identity whose photos are two different people: the second is refused.
+    assert main(["enroll", "--store", str(db), "newbie", str(aaron), str(lfw / "images/Tony_Blair/Tony_Blair_0006.jpg")
+                 ]) == 0
+    with Store(db) as store:
+        assert store.identity("colin").templates == {DEFAULT: 1}
+        assert store.identity("newbie").templates == {DEFAULT: 1}
+    assert main(["enroll", "--store", str(db), "--force", "colin", str(aaron)]) == 0  # the operator insists
+
+
+def test_adding_a_photo_to_an_identity(tmp_path, lfw, capsys):
+    from edge.cli import main
+
+    db = tmp_path / "s.db"
+    root = lfw / "images/Colin_Powell"
+    assert main(["enroll", "--add", "--store", str(db), "colin", str(root / "Colin_Powell_0038.jpg")]) == 2
+    assert "no store" in capsys.readouterr().err  # --add never creates a store or a person
+    assert main(["enroll", "--store", str(db), "colin", str(root / "Colin_Powell_0038.jpg")]) == 0
+    assert main(["enroll", "--add", "--store", str(db), "colinn", str(root / "Colin_Powell_0040.jpg")]) == 2
+    assert "no enrolled identity 'colinn'" in capsys.readouterr().err
+    assert main(["enroll", "--add", "--store", str(db), "colin", str(root / "Colin_Powell_0040.jpg")]) == 0
+    with Store(db) as store:
+        assert store.identity("colin").templates == {DEFAULT: 2}

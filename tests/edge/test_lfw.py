@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edge.bench.lfw import (
+from edge.errors import FacegateError
+from edge.eval.lfw import (
     Pair,
     accuracy_at,
     best_threshold,
@@ -10,7 +11,6 @@ from edge.bench.lfw import (
     tar_at_far,
     threshold_at_far,
 )
-from edge.errors import FacegateError
 
 
 def test_read_pairs_both_formats(tmp_path):
@@ -60,7 +60,7 @@ def test_tar_at_far():
 @pytest.mark.slow
 def test_lfw_fold1_accuracy(lfw, pipeline, tmp_path):
     """LFW View 2 fold 1 through the device path, threshold from the manifest (calibrated on View 1)."""
-    from edge.bench.lfw import embed_paths, pair_scores
+    from edge.eval.lfw import embed_paths, pair_scores
 
     lines = (lfw / "pairs.txt").read_text().splitlines()
     (tmp_path / "fold1.txt").write_text("1\t300\n" + "\n".join(lines[1:601]) + "\n")

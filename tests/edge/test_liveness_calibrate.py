@@ -46,7 +46,7 @@ def test_calibration_writes_the_threshold_with_provenance(data, model_copy):
     assert p["bpcer_measured"] <= 0.05 and p["excluded_images"] > 7000
     assert p["excluded_pairs"][0]["file"] == "pairs.txt" and len(p["excluded_pairs"][0]["sha256"]) == 64
     # None of the calibration images is one View 2 names.
-    from edge.bench.lfw import images_named_by
+    from edge.eval.lfw import images_named_by
 
     view2 = images_named_by([lfw / "pairs.txt"])
     assert len(r["images"]) == 120 and not any(row["image"] in view2 for row in r["images"])

@@ -9,7 +9,7 @@ import pytest
 from edge.liveness import simulate
 from edge.liveness.challenge import PROMPTS, Challenge, ChallengeConfig, random_direction
 from edge.models.registry import Registry
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import make_detector, select_face
 from edge.vision.quality import pose
 
 FPS = 15.0
@@ -17,7 +17,7 @@ FPS = 15.0
 
 @pytest.fixture(scope="module")
 def detector():
-    return Detector(*Registry().open("yunet"))
+    return make_detector(Registry(), "yunet")
 
 
 @pytest.fixture(scope="module")

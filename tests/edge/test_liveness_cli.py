@@ -67,10 +67,10 @@ def test_bench_liveness_clips(state, data, tmp_path, capsys):
     """Synthetic clips through tracking, the temporal rule and the challenge: heads pass, pictures do not."""
     from edge.liveness import simulate
     from edge.models.registry import Registry
-    from edge.vision.detect import Detector, select_face
+    from edge.vision.detect import make_detector, select_face
 
     image = cv2.imread(str(data / "liveness" / "image_T1.jpg"))
-    face = select_face(Detector(*Registry().open("yunet")).detect(image), image.shape)
+    face = select_face(make_detector(Registry(), "yunet").detect(image), image.shape)
     for direction in ("left", "right"):
         turn = simulate.relief_clip(image, face.box, face.landmarks[2], frames=24, max_yaw_deg=40,
                                     direction=direction, seed=1)

@@ -60,12 +60,14 @@ class Door:
     """The daemon's engine on a fake clock at 15 fps, door profile."""
 
     def __init__(self, pipeline, store, check, gate: LivenessGate | None = None) -> None:
-        from edge.daemon import Engine
+        from edge.engine import Engine
+        from edge.match.factory import make_scorer
 
         self.t = 1000.0
         cfg = parse({"profile": "door"})
         policy = Policy(cfg.decision, AccessPolicy(cfg.access), liveness_required=True, clock=lambda: self.t)
-        self.engine = Engine(pipeline, policy, cfg, check, Metrics(), store, gate)
+        scorer = make_scorer(pipeline.registry, pipeline.manifest.name, store=store)
+        self.engine = Engine(pipeline, scorer, policy, cfg, Metrics(), check, gate)
         self.frames = 0
 
     def show(self, images) -> list[tuple[int, object]]:
@@ -150,7 +152,8 @@ def test_a_vetoed_track_stays_vetoed(check, samples, pipeline):
 def test_daemon_wiring(data, tmp_path, tmp_path_factory, samples):
     """liveness.model = "auto" finds the fusion; the door profile's challenge is on unless configured off;
     an enrolment from a file is recorded as an administrator's act."""
-    from edge.daemon import Daemon, LogSink
+    from edge.daemon import Daemon
+    from edge.sinks.log import LogSink
 
     models = build_models(tmp_path_factory.getbasetemp() / "liveness", data)
     frames = tmp_path / "frames"
@@ -158,7 +161,8 @@ def test_daemon_wiring(data, tmp_path, tmp_path_factory, samples):
     cv2.imwrite(str(frames / "a.jpg"), samples["T1"])
 
     def config(**sections) -> dict:
-        base = {"profile": "door", "camera": {"source": str(frames)}, "store": {"path": str(tmp_path / "s.db")},
+        base = {"profile": "door", "camera": {"source": str(frames)},
+                "store": {"path": str(tmp_path / "s.db"), "create": True},
                 "models": {"model_dir": str(models)}, "mqtt": {"enabled": False},
                 "health": {"listen": "127.0.0.1:0"}}
         return {**base, **sections}

@@ -54,8 +54,9 @@ def results(broker: Broker) -> Iterator[Subscriber]:
         yield sub
 
 
-def make(broker: Broker, tmp_path: Path, handlers: Handlers, secret: bytes | None = SECRET) -> Publisher:
-    pub = Publisher(settings_for(broker, tmp_path, command_secret=secret), handlers=handlers)
+def make(broker: Broker, tmp_path: Path, handlers: Handlers, secret: bytes | None = SECRET, **settings: Any
+         ) -> Publisher:
+    pub = Publisher(settings_for(broker, tmp_path, command_secret=secret, **settings), handlers=handlers)
     pub.start()
     assert pub.wait_connected(5)
     return pub
@@ -153,6 +154,7 @@ def test_delete_forgets_the_identity_everywhere(broker: Broker, results: Subscri
     state = "facegate/door1/state"
     try:
         with Subscriber(broker, [state], client_id="ha") as ha:
+            pub.publish_state({"status": "online"})
             pub.publish_event(sample_event("granted", "bob"))
             assert ha.wait_for(lambda msgs: msgs and msgs[-1].json()["last_identity"] == "bob")
             assert send(broker, results, "delete", sign_command(SECRET, "admin", 1, "delete", {"name": "bob"}))[
@@ -163,8 +165,8 @@ def test_delete_forgets_the_identity_everywhere(broker: Broker, results: Subscri
     assert handlers.calls == [("delete", "bob")]
 
 
-def test_claims_reach_the_callback(broker: Broker, tmp_path: Path) -> None:
-    pub = make(broker, tmp_path, Handlers())
+def test_unsigned_claims_reach_the_callback(broker: Broker, tmp_path: Path) -> None:
+    pub = make(broker, tmp_path, Handlers(), claims="unsigned")
     claims: list[str] = []
     pub.on_claim(claims.append)
     try:
@@ -175,3 +177,46 @@ def test_claims_reach_the_callback(broker: Broker, tmp_path: Path) -> None:
     finally:
         pub.stop()
     assert claims == ["alice", "bob", "zoë"]  # the malformed ones were ignored
+
+
+CLAIM_SECRET = b"badge-reader-secret-0123"
+
+
+def test_signed_claims_only_with_the_claim_secret_and_never_twice(broker: Broker, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    pub = make(broker, tmp_path, Handlers(), claim_secret=CLAIM_SECRET)  # claims = "signed" is the default
+    claims: list[str] = []
+    pub.on_claim(claims.append)
+    good = sign_command(CLAIM_SECRET, "reader1", 7, "claim", {"identity": "alice"}, device="door1")
+    try:
+        for payload in (b"mallory",  # unsigned: refused in signed mode
+                        sign_command(SECRET, "reader1", 8, "claim", {"identity": "mallory"}),  # the admin's secret
+                        sign_command(CLAIM_SECRET, "reader1", 9, "enroll", {"identity": "mallory"}),  # re-aimed
+                        good, good,  # the second is a replay
+                        b"[" * 100000 + b"]" * 100000,  # nested too deeply for json
+                        json.dumps({"signed": "{}", "hmac": "é" * 64}).encode(),  # non-ASCII MAC
+                        sign_command(CLAIM_SECRET, "reader1", 10, "claim", {"identity": "bob"}, device="door1")):
+            publish(broker, "facegate/door1/claim", payload)
+        assert wait_until(lambda: len(claims) >= 2, 5)
+        time.sleep(0.3)
+    finally:
+        pub.stop()
+    assert claims == ["alice", "bob"]
+    assert not [r for r in caplog.records if r.exc_info], "a malformed claim must not log a traceback"
+
+
+def test_malformed_commands_get_a_refusal_and_no_traceback(broker: Broker, results: Subscriber, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    handlers = Handlers()
+    pub = make(broker, tmp_path, handlers)
+    bad = [b"[" * 100000 + b"]" * 100000, json.dumps({"signed": "{}", "hmac": "ü" * 64}).encode(),
+           json.dumps({"signed": "\ud800", "hmac": "0" * 64}).encode(), b"\xff\xfe", b"{" * 50000]
+    try:
+        for payload in bad:
+            publish(broker, "facegate/door1/cmd/reload", payload)
+        msgs = results.wait_count(RESULTS, len(bad))
+    finally:
+        pub.stop()
+    assert [m.json()["status"] for m in msgs] == ["refused"] * len(bad)
+    assert handlers.calls == []
+    assert not [r for r in caplog.records if r.exc_info]

@@ -148,6 +148,7 @@ def test_overflow_drops_oldest_counts_and_reports(broker: Broker, tmp_path: Path
         broker.stop()
         pub = Publisher(settings_for(broker, tmp_path, outbox_limit=5))
         pub.start()
+        pub.publish_state({"status": "online"})  # the daemon's part: the publisher adds the outbox figures
         try:
             sent = [pub.publish_event(sample_event()) for _ in range(8)]
             assert (pub.dropped, pub.outbox_depth) == (3, 5)
@@ -170,7 +171,7 @@ import sys, time
 from pathlib import Path
 from edge.mqtt.publisher import Publisher
 from edge.mqtt.settings import MqttSettings
-pub = Publisher(MqttSettings(port=int(sys.argv[1]), outbox_path=Path(sys.argv[2]), keepalive=5))
+pub = Publisher(MqttSettings(port=int(sys.argv[1]), device="door1", outbox_path=Path(sys.argv[2]), keepalive=5))
 pub.start()
 print("connected" if pub.wait_connected(10) else "not connected", flush=True)
 time.sleep(120)

@@ -79,7 +79,7 @@ def test_daemon_ready_watchdog_sigterm_stopping(tmp_path, lfw):
     cv2.imwrite(str(folder / "b.png"), np.full((240, 320, 3), 100, np.uint8))
     config = tmp_path / "facegate.toml"
     config.write_text(f'profile = "kiosk"\n[camera]\nsource = "{folder}"\nfps = 15\nloop = true\n'
-                      f'[store]\npath = "{tmp_path / "s.db"}"\n[mqtt]\nenabled = false\n'
+                      f'[store]\npath = "{tmp_path / "s.db"}"\ncreate = true\n[mqtt]\nenabled = false\n'
                       f'[health]\nenabled = false\n[log]\nformat = "json"\n')
     address = f"@facegate-daemon-test-{os.getpid()}"
     with _listener(address) as s:

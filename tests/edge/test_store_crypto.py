@@ -19,6 +19,7 @@ def test_key_file_forms(tmp_path, content):
     path = tmp_path / "keys" / "store.key"
     path.parent.mkdir()
     path.write_bytes(content)
+    path.chmod(0o600)
     assert load_key(str(path)) == KEY
 
 
@@ -39,6 +40,7 @@ def test_no_key_means_none(monkeypatch):
 def test_bad_keys_are_refused(tmp_path, content):
     path = tmp_path / "k"
     path.write_bytes(content)
+    path.chmod(0o600)
     with pytest.raises(StoreError, match=r"not a store key|repeated byte"):
         load_key(str(path))
 
@@ -56,14 +58,27 @@ def test_empty_env_and_missing_file(monkeypatch, tmp_path):
         load_key(str(tmp_path / "absent.key"))
 
 
-def test_key_file_beside_store_refused(tmp_path):
-    (tmp_path / "store.key").write_text(new_key())
-    with pytest.raises(StoreError, match="beside the store"):
-        load_key(str(tmp_path / "store.key"), store=tmp_path / "facegate.db")
-    elsewhere = tmp_path / "secrets"
-    elsewhere.mkdir()
-    (elsewhere / "store.key").write_text(new_key())
-    assert len(load_key(str(elsewhere / "store.key"), store=tmp_path / "facegate.db") or b"") == 32
+def _key(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new_key())
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_key_file_in_the_store_folder_refused(tmp_path):
+    store = tmp_path / "data" / "facegate.db"
+    for inside in (tmp_path / "data" / "store.key", tmp_path / "data" / "keys" / "deep" / "store.key"):
+        with pytest.raises(StoreError, match="in the store's folder"):
+            load_key(_key(inside), store=store)
+    assert len(load_key(_key(tmp_path / "secrets" / "store.key"), store=store) or b"") == 32
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_key_file_others_can_read_is_refused(tmp_path, mode):
+    path = _key(tmp_path / "secrets" / "store.key")
+    os.chmod(path, mode)
+    with pytest.raises(StoreError, match="chmod 600"):
+        load_key(path)
 
 
 def test_seal_binds_to_row_and_key():

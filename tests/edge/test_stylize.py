@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.cli.stylize import register
 from edge.models.manifest import Manifest
 from edge.models.registry import Registry
 from edge.stylize import MagentaStylizer, fit_longer, installed_styles, load_rgb, save_rgb, tile_starts, tiled
-from edge.stylize_cli import add_commands
 
 
 def test_tile_starts_cover_the_image_with_the_overlap() -> None:
@@ -75,7 +75,7 @@ def test_stylize_command_with_a_style_image(data: Path, tmp_path: Path) -> None:
     if not folder.is_dir():
         pytest.skip(f"{folder} missing")
     parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     out = tmp_path / "styled.png"
     content = data / "lfw" / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
     args = parser.parse_args(["stylize", str(content), str(out), "--style-image", str(data / "style" / "udnie.jpg"),
@@ -120,7 +120,7 @@ def test_stylize_command_with_a_shipped_style(tmp_path: Path) -> None:
     photo = np.stack([xx / 130, yy / 90, 0.5 + 0.4 * np.sin(xx / 9) * np.cos(yy / 7)], axis=-1)
     save_rgb(photo, tmp_path / "photo.png")
     parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     out = tmp_path / "styled.png"
     args = parser.parse_args(["stylize", str(tmp_path / "photo.png"), str(out), "--style", style, "--json"])
     assert args.func(args) == 0

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from edge.errors import ModelError
+from edge.match.head import HeadIndex
 from edge.models.registry import Registry
 from edge.runtime.onnx import OnnxRuntime
-from edge.verifier import HeadMatcher, VerifierHead, head_identities, rescore, resolve_head, sigmoid
+from edge.verifier import VerifierHead, head_identities, resolve_head, sigmoid
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -55,20 +56,18 @@ def test_head_matcher_finds_the_enrolled_identity() -> None:
     rng = np.random.default_rng(3)
     head = VerifierHead(("e1", "e2"), (8, 4), {"prod": np.ones(12), "abs": -0.1 * np.ones(12)}, 0.0)
     gallery = {f"id{k}": {"e1": unit_rows(rng, 1, 8)[0], "e2": unit_rows(rng, 1, 4)[0]} for k in range(20)}
-    m = HeadMatcher(head)
+    m = HeadIndex(head)
     for name, v in gallery.items():
         m.add(name, v)
-    assert m.rows == 20
+    assert m.rows == 20 and m.identities == 20
     probes = [{e: v + 0.05 * rng.normal(size=v.shape) for e, v in gallery[n].items()} for n in ("id3", "id17")]
-    res = m.search(probes, k=3)
+    res = [m.search(p, k=3) for p in probes]
     assert [r[0].name for r in res] == ["id3", "id17"] and all(len(r) == 3 for r in res)
     assert res[0][0].score > res[0][1].score
     # Several templates per identity: the best row counts, the identity is listed once.
     m.add("id3", {"e1": -gallery["id3"]["e1"], "e2": -gallery["id3"]["e2"]})
-    names = [x.name for x in m.search(probes[:1], k=5)[0]]
-    assert names.count("id3") == 1
-    ranked = rescore(head, probes[0], [(n, {e: v[None] for e, v in gallery[n].items()}) for n in ("id1", "id3")])
-    assert ranked[0][0] == "id3"
+    names = [x.name for x in m.search(probes[0], k=5)]
+    assert names.count("id3") == 1 and m.identities == 20
 
 
 def test_bundle_round_trip_through_onnx_and_numpy(tmp_path: Path) -> None:
@@ -119,7 +118,7 @@ def test_head_identities_name_its_training_pairs(lfw: Path) -> None:
 
 def test_identify_bench_with_a_cosine_head_matches_the_plain_bench(lfw: Path, pipeline, tmp_path: Path) -> None:
     """A head whose logit is SFace's cosine must reproduce bench identify's DIR on the same identities."""
-    from edge.bench import identify
+    from edge.eval import identify
     from export.bundle import write_bundle
     from export.train.verifier import head_onnx
 
@@ -133,7 +132,7 @@ def test_identify_bench_with_a_cosine_head_matches_the_plain_bench(lfw: Path, pi
                 "extra": {"embedders": ["sface"], "dims": [128], "trained_on": {"pairs_file": "pairsDevTrain.txt"}}}
     bundle = write_bundle(tmp_path, manifest, head_onnx(head, tmp_path / "h.onnx"), {"crops": 0})
     # A small folder-per-person tree: 30 LFW identities not in DevTrain, each with ≥ 2 photos, plus 30 others.
-    from edge.bench.lfw import read_pairs
+    from edge.eval.lfw import read_pairs
 
     dev = {r.split("/")[0] for p in read_pairs(lfw / "pairsDevTrain.txt") for r in (p.a, p.b)}
     tree = tmp_path / "lfw" / "images"
@@ -149,3 +148,16 @@ def test_identify_bench_with_a_cosine_head_matches_the_plain_bench(lfw: Path, pi
     headed = identify.run(tree, pipeline, gallery_size=10, seeds=2, verifier=bundle)
     assert headed["dir_at_fpir"] == plain["dir_at_fpir"] and headed["rank1"] == pytest.approx(plain["rank1"])
     assert headed["model"].startswith("cos-head") and json.dumps(headed)
+
+
+def test_head_templates_mean_scores_the_mean_of_an_identitys_logits() -> None:
+    """decision.templates = "mean" under a head: an identity scores the mean of its photos' logits, not its best."""
+    rng = np.random.default_rng(4)
+    head = VerifierHead(("e1",), (8,), {"prod": np.ones(8)}, 0.0)  # the logit is the cosine
+    near, far = unit_rows(rng, 1, 8)[0], unit_rows(rng, 1, 8)[0]
+    probe = {"e1": near}
+    logits = [float(near @ near), float(near @ far)]
+    for templates, want in (("max", max(logits)), ("mean", sum(logits) / 2)):
+        m = HeadIndex(head, templates)
+        m.add("a", {"e1": np.stack([near, far])})
+        assert m.search(probe, k=1)[0].score == pytest.approx(want)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bench.lfw import images_named_by
 from edge.embed import Embedder
 from edge.errors import ModelError
+from edge.eval.lfw import images_named_by
 from edge.models.registry import Registry, sha256_file
 from export.bundle import (
     ExportError,

@@ -8,7 +8,7 @@ import pytest
 from edge.embed import to_input
 from edge.imageio import load_bgr
 from edge.models.registry import Registry
-from edge.vision.detect import Detector, select_face
+from edge.vision.detect import make_detector, select_face
 
 torch = pytest.importorskip("torch")
 # torch's exporter warns about its own pytree internals on every export: not ours to act on.
@@ -30,7 +30,7 @@ def export_cli(argv: list[str]) -> int:
 
 
 def _sample_faces(data):
-    detector = Detector(*Registry().open("yunet"))
+    detector = make_detector(Registry(), "yunet")
     for name, live in SAMPLES.items():
         image = load_bgr(data / "liveness" / name)
         yield name, live, image, select_face(detector.detect(image), image.shape, "largest")

@@ -74,7 +74,7 @@ def test_every_variant_meets_its_parity_targets(bundles):
 
 @pytest.mark.slow
 def test_calibration_is_held_out_from_the_pairs_and_the_parity_crops(bundles, lfw):
-    from edge.bench.lfw import images_named_by
+    from edge.eval.lfw import images_named_by
 
     out, _ = bundles
     view2 = images_named_by([lfw / "pairs.txt"])

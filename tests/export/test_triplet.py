@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edge.bench.lfw import read_pairs  # noqa: E402
+from edge.eval.lfw import read_pairs  # noqa: E402
 from export.nets.small_embed import ProjectionHead, SmallEmbed  # noqa: E402
 from export.train import triplet as T  # noqa: E402
 from export.train.data import Labelled, aligned_crops, augment, embeddings, list_people, pk_batches  # noqa: E402
@@ -184,7 +184,7 @@ def test_projection_cv_follows_the_fold_protocol(small_set, tmp_path: Path) -> N
     """Three synthetic folds of real pairs: no head sees the identities of the folds it scores."""
     images, rels, cache = small_set
     vecs = embeddings(images, rels, "sface", cache_dir=cache)
-    from edge.bench.lfw import Pair
+    from edge.eval.lfw import Pair
 
     people = sorted({r.split("/")[0] for r in vecs})
     pairs = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bench.lfw import Pair, read_pairs
+from edge.eval.lfw import Pair, read_pairs
 from edge.models.registry import Registry
 from edge.verifier import resolve_head
 from export.train import verifier as V

@@ -1,0 +1,154 @@
+"""`facegate run --check`: the pre-deploy check.
+
+It builds everything `facegate run` builds, short of opening the camera and connecting to the broker, and
+reports every problem at once (exit 2) instead of the first: models resolved and hash-checked, liveness present
+for the door profile, the face-unlock switch's file readable (door profile), the store readable (key present and
+right if encrypted), access rules naming enrolled identities, secrets readable and long enough, TLS files usable,
+the camera source present where it is a file, folder or device, the health port free. Each part is checked on
+its own so one broken part does not hide the next; when all pass, the whole daemon is built once more exactly as
+`run` builds it and closed again, so a configuration that passes the check is one that starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge.config import Config
+from edge.errors import FacegateError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def step(self, what: str, fn: Callable[[], T]) -> T | None:
+        """Run one check; its failure is recorded (never raised), with the part it concerns."""
+        try:
+            return fn()
+        except FacegateError as exc:
+            self.problems.append(str(exc))
+        except (OSError, ValueError) as exc:
+            self.problems.append(f"{what}: {exc}")
+        except Exception as exc:  # a bug, but the check must still report the rest
+            self.problems.append(f"{what}: internal error while checking ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _camera(cfg: Config) -> None:
+    from edge.config import ConfigError
+    from edge.sources import open_source
+
+    spec = cfg.camera.source.strip()
+    device = f"/dev/video{spec}" if spec.isdigit() else spec if spec.startswith("/dev/") else None
+    if device is not None and not os.path.exists(device):
+        raise ConfigError(f"camera.source: {device} does not exist (no camera attached, or another index)")
+    open_source(cfg.camera)  # files and folders must exist; nothing is opened yet
+
+
+def _store(cfg: Config, report: Report) -> None:
+    from edge.config import ConfigError
+    from edge.daemon import access_rule_findings, open_store
+    from edge.paths import state_dir
+
+    path = Path(cfg.store.path) if cfg.store.path else state_dir() / "facegate.db"
+    if not path.exists() and cfg.store.create:
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is None or not os.access(parent, os.W_OK):
+            raise ConfigError(f"store.path: cannot create {path} (no writable folder above it)")
+        report.warnings += [f"store.path: {path} does not exist yet; it is created empty at start (store.create)"]
+        return
+    with open_store(cfg) as store:
+        errors, warnings = access_rule_findings(cfg, store)
+        errors += _embedder_findings(cfg, store)
+    report.problems += errors
+    report.warnings += warnings
+
+
+def _embedder_findings(cfg: Config, store: Any) -> list[str]:
+    """A store whose templates were all made by another embedder than the one configured recognises nobody:
+    e.g. enrolled with fp32 "sface" before the default became its int8 twin."""
+    from edge.models.registry import Registry
+
+    counts: dict[str, int] = {}
+    for name, _, n in store.embedders():
+        counts[name] = counts.get(name, 0) + n
+    registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
+    embedder = cfg.models.embedder or registry.default_embedder()
+    if not counts or embedder in counts:
+        return []
+    held = ", ".join(f"{n} under {e}" for e, n in sorted(counts.items()))
+    return [f"models.embedder: the store holds templates {held} and none under {embedder!r}, so nobody would "
+            f"be recognised; run `facegate store reembed --embedder {embedder}` (needs kept crops) or re-enrol, "
+            f"or set models.embedder to one of {sorted(counts)}"]
+
+
+def _mqtt(cfg: Config) -> None:
+    from edge.mqtt.publisher import create
+
+    if not cfg.mqtt.enabled:
+        return
+    # Secrets read and measured, TLS files loaded into a context, the outbox folder writable: everything but
+    # the connection itself.
+    create(cfg).close()
+
+
+def _door(cfg: Config) -> None:
+    """The face-unlock switch's file: readable if it exists, and its folder writable (the switch is saved there
+    before it takes effect)."""
+    from edge.config import ConfigError
+    from edge.door import face_unlock_path, read_face_unlock
+
+    path = face_unlock_path(cfg.door)
+    read_face_unlock(path)
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if folder is None or not os.access(folder, os.W_OK):
+        raise ConfigError(f"door.face_unlock_path: cannot write {path} (no writable folder above it)")
+
+
+def _models(cfg: Config, registry: Any) -> None:
+    from edge.match.factory import make_scorer
+    from edge.pipeline import FacePipeline
+
+    extra = make_scorer(registry, cfg.models.embedder, cfg.models.verifier, fusion=cfg.models.fusion).embedders
+    FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder, threads=cfg.models.threads,
+                 min_face_px=cfg.models.min_face_px, extra_embedders=extra)
+
+
+def check(cfg: Config) -> Report:
+    from edge.daemon import Daemon, bind_health, resolve_liveness
+    from edge.decide import AccessPolicy
+    from edge.health import Metrics
+
+    report = Report()
+    from edge.models.registry import Registry
+
+    registry = report.step("models.model_dir", lambda: Registry(Path(cfg.models.model_dir) if cfg.models.model_dir
+                                                                 else None))
+    if registry is not None:
+        report.step("models", lambda: _models(cfg, registry))
+    if registry is not None and cfg.profile == "door":
+        report.step("liveness", lambda: resolve_liveness(cfg, registry))
+    if cfg.profile == "door":
+        report.step("door", lambda: _door(cfg))
+    report.step("store", lambda: _store(cfg, report))
+    report.step("access", lambda: AccessPolicy(cfg.access))
+    report.step("mqtt", lambda: _mqtt(cfg))
+    report.step("camera", lambda: _camera(cfg))
+    server = report.step("health", lambda: bind_health(cfg, Metrics(), dict))
+    if server is not None:
+        server.close()
+    if not report.problems:
+        # The parts pass on their own: now the daemon exactly as `run` builds it (camera and broker untouched;
+        # with store.create an empty store is created, as `run` would).
+        daemon = report.step("start", lambda: Daemon(cfg))
+        if daemon is not None:
+            daemon.close()
+    return report
+

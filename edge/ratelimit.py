@@ -1,0 +1,44 @@
+"""Rate-limited log lines: input that an outsider controls must not be able to flood the log.
+
+Anyone allowed to publish on a door's command or claim topic can send malformed messages as fast as the
+broker forwards them. Each is answered (cmd_result) and counted, but logged at most once per `interval`
+seconds per kind; the next line that gets through says how many were suppressed in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+
+class LogLimiter:
+    def __init__(self, logger: logging.Logger, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> bool:
+        """Log `message` (one line, never a traceback) unless `kind` was logged within the interval; True if
+        it was written."""
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return False
+            self._last[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += " (%d similar message(s) suppressed)"
+            args = (*args, suppressed)
+        self.logger.log(level, message, *args)
+        return True
+
+    def warning(self, kind: str, message: str, *args: object) -> bool:
+        return self.log(logging.WARNING, kind, message, *args)

@@ -1,0 +1,102 @@
+"""YuNet face detection, decoded in numpy from the graph's raw outputs (the "yunet" manifest).
+
+The graph returns, per stride s ∈ {8, 16, 32} and per anchor cell (row r, column c), a class and an
+objectness probability, a box (dx, dy, log w, log h) and five landmarks (dx, dy) in units of s.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge.models.manifest import Manifest
+from edge.runtime.base import Runtime
+from edge.vision.detect import Face, detection_scale
+
+
+def decode(outputs: dict[str, np.ndarray], input_hw: tuple[int, int], strides: tuple[int, ...],
+           score_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw YuNet outputs → (boxes (N,4) xyxy, landmarks (N,5,2), scores (N,)) above the threshold."""
+    _, w = input_hw
+    boxes, kps, scores = [], [], []
+    for s in strides:
+        cols = w // s
+        cls = np.clip(outputs[f"cls_{s}"].reshape(-1), 0.0, 1.0)
+        obj = np.clip(outputs[f"obj_{s}"].reshape(-1), 0.0, 1.0)
+        score = np.sqrt(cls * obj)
+        keep = np.nonzero(score >= score_threshold)[0]
+        if keep.size == 0:
+            continue
+        r, c = np.divmod(keep, cols)
+        b = outputs[f"bbox_{s}"].reshape(-1, 4)[keep]
+        cx, cy = (c + b[:, 0]) * s, (r + b[:, 1]) * s
+        bw, bh = np.exp(b[:, 2]) * s, np.exp(b[:, 3]) * s
+        boxes.append(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1))
+        k = outputs[f"kps_{s}"].reshape(-1, 10)[keep].reshape(-1, 5, 2)
+        kps.append((k + np.stack([c, r], axis=1)[:, None, :]) * s)
+        scores.append(score[keep])
+    if not scores:
+        return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(boxes), np.concatenate(kps), np.concatenate(scores)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best first."""
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+class YuNet:
+    """YuNet on any runtime. Settings not in the manifest come from the caller's configuration."""
+
+    def __init__(self, runtime: Runtime, manifest: Manifest, min_face_px: float = 40.0,
+                 score_threshold: float | None = None) -> None:
+        self.runtime = runtime
+        self.manifest = manifest
+        ex = manifest.extra
+        self.strides = tuple(int(s) for s in ex.get("strides", (8, 16, 32)))
+        self.score_threshold = float(score_threshold if score_threshold is not None
+                                     else ex.get("score_threshold", 0.6))
+        self.nms_threshold = float(ex.get("nms_threshold", 0.3))
+        self.top_k = int(ex.get("top_k", 5000))
+        self.detector_min_px = float(ex.get("min_face_px", 20))
+        self.min_side = int(ex.get("min_side", 320))
+        self.min_face_px = float(min_face_px)
+        self.stride = manifest.input.stride
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """All faces in a BGR uint8 image, best score first, at least `min_face_px` wide."""
+        h, w = image.shape[:2]
+        scale = detection_scale(w, h, self.min_face_px, self.detector_min_px, self.min_side)
+        small = image if scale == 1.0 else cv2.resize(
+            image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        sh, sw = small.shape[:2]
+        ph, pw = -(-sh // self.stride) * self.stride, -(-sw // self.stride) * self.stride
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :sh, :sw] = small.transpose(2, 0, 1)  # BGR 0–255, zero padding at right and bottom
+        raw = dict(zip(self.runtime.output_names, self.runtime.run({self.runtime.input_names[0]: blob}),
+                       strict=True))
+        boxes, kps, scores = decode(raw, (ph, pw), self.strides, self.score_threshold)
+        keep = nms(boxes, scores, self.nms_threshold, self.top_k)
+        inv = 1.0 / scale
+        faces = [Face(box=boxes[i] * inv, landmarks=kps[i] * inv, score=float(scores[i])) for i in keep]
+        return [f for f in faces if max(f.width, f.height) >= self.min_face_px]
+
+
+
+
+def create(runtime: Runtime, manifest: Manifest, min_face_px: float) -> YuNet:
+    return YuNet(runtime, manifest, min_face_px=min_face_px)

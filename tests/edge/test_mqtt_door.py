@@ -1,0 +1,135 @@
+"""Door commands are never late: a frozen broker gets no UNLOCK to deliver later, every command carries an
+expiry, and the start-up LOCK is sent after the broker accepted the connection. Real mosquitto, frozen with
+SIGSTOP as a hung or overloaded broker would be."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.mqtt.publisher import Publisher
+from tests.mqtt_broker import HOST, Broker, Subscriber, settings_for, wait_until
+
+DOOR = "facegate/door1/door/command"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+def _publisher(broker: Broker, tmp_path: Path, door_max_delay_ms: float = 1000.0, **kw: Any) -> Publisher:
+    pub = Publisher(settings_for(broker, tmp_path, discovery=False, **kw), door_max_delay_ms=door_max_delay_ms)
+    pub.start()
+    assert pub.wait_connected(5)
+    return pub
+
+
+class V5Subscriber:
+    """An MQTT 5 client that records the door topic with arrival times and message properties."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.messages: list[tuple[float, dict[str, Any], Any]] = []
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lock-controller", protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe(DOOR, qos=1)
+        self.client.on_subscribe = lambda *_: self._ready.set()
+        self.client.on_message = lambda _c, _u, m: self.messages.append(
+            (time.monotonic(), json.loads(m.payload), m.properties))
+        self.client.connect(HOST, broker.port)
+        self.client.loop_start()
+        assert self._ready.wait(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_no_unlock_reaches_the_door_late_from_a_frozen_broker(broker: Broker, tmp_path: Path) -> None:
+    pub = _publisher(broker, tmp_path, door_max_delay_ms=300)
+    lock = V5Subscriber(broker)
+    sent: list[tuple[float, bool]] = []
+    try:
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(3):  # three grants while the broker does not read its sockets
+                t = time.monotonic()
+                sent.append((t, pub.publish_door("UNLOCK", 5, decided_at=t)))
+                assert time.monotonic() - t < 1.0  # dropped within the budget (plus scheduling), not blocked
+            time.sleep(2.0)
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        time.sleep(1.5)  # whatever had been written to the frozen broker's socket arrives now
+        assert [ok for _, ok in sent] == [False, False, False]
+        assert pub.door_dropped == 3
+        assert lock.messages == []
+        # The broker is back: the next decision's UNLOCK goes through, on time and with its expiries.
+        t = time.monotonic()
+        assert pub.publish_door("UNLOCK", 5, decided_at=t)
+        assert wait_until(lambda: len(lock.messages) == 1, 5)
+        arrived, doc, props = lock.messages[0]
+        assert arrived - t < 0.3
+        assert doc["command"] == "UNLOCK" and doc["duration_s"] == 5
+        ts = dt.datetime.fromisoformat(doc["ts"])
+        valid_until = dt.datetime.fromisoformat(doc["valid_until"])
+        assert dt.timedelta(0) < valid_until - ts <= dt.timedelta(milliseconds=300)
+        assert props.MessageExpiryInterval == 1  # whole seconds, at least 1
+    finally:
+        lock.close()
+        pub.stop()
+
+
+def test_mqtt_3_1_1_still_works_with_valid_until_only(broker: Broker, tmp_path: Path) -> None:
+    pub = _publisher(broker, tmp_path, protocol="3.1.1")
+    try:
+        with Subscriber(broker, [DOOR]) as sub:
+            assert pub.publish_door("LOCK")
+            doc = sub.wait_count(DOOR, 1)[0].json()
+        assert doc["command"] == "LOCK" and "valid_until" in doc
+    finally:
+        pub.stop()
+
+
+def test_not_connected_drops_the_command(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "never-started")
+    pub = Publisher(settings_for(broker, tmp_path, discovery=False))
+    pub.start()
+    try:
+        assert not pub.publish_door("UNLOCK", 5)
+        assert pub.door_dropped == 1
+    finally:
+        pub.stop(flush_timeout=0.1)
+
+
+def test_the_start_up_lock_is_sent_once_connected(broker: Broker, tmp_path: Path, lfw: Path) -> None:
+    """The door profile owes the door a LOCK at start; it used to be published before CONNACK and lost."""
+    import shutil
+
+    from edge.config import parse
+    from edge.daemon import Daemon
+    from edge.demo_daemon import running
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    shutil.copy(lfw / "images/Aaron_Peirsol/Aaron_Peirsol_0001.jpg", folder / "01.jpg")
+    cfg = parse({"profile": "door", "liveness": {"model": "tests.edge.test_daemon:AlwaysLive", "challenge": False},
+                 "camera": {"source": str(folder), "fps": 10, "frames_per_image": 5},
+                 "store": {"path": str(tmp_path / "s.db"), "create": True},
+                 "mqtt": {"port": broker.port, "device": "door1", "discovery": False, "claims": "off",
+                          "outbox_path": str(tmp_path / "o.db"), "command_state_path": str(tmp_path / "c.json")},
+                 "health": {"enabled": False}})
+    with Subscriber(broker, [DOOR]) as sub, running(Daemon(cfg)):
+        got = sub.wait_for(lambda msgs: any(m.json()["command"] == "LOCK" for m in msgs), 10)
+    assert got
