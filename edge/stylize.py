@@ -136,6 +136,11 @@ def open_style_net(style: str, runtime: str = "onnxruntime", registry: Registry 
                    threads: int = 1) -> StyleNetRunner:
     reg = registry or Registry()
     name = style if style.startswith("style-") else bundle_name(style, runtime)
+    if name not in reg.names():
+        # Name the styles there are: the registry's own message would list every model of every task.
+        hint = "" if runtime == "onnxruntime" else " (LiteRT bundles come from `facegate style export`)"
+        raise ModelError(f"no {runtime} style {style!r}{hint}; installed styles: "
+                         f"{', '.join(installed_styles(reg)) or 'none'}")
     m = reg.manifest(name)
     if m.task != "stylize":
         raise ModelError(f"model {name!r} is a {m.task!r} model, not a style net")

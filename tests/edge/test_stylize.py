@@ -127,3 +127,14 @@ def test_stylize_command_with_a_shipped_style(tmp_path: Path) -> None:
     result = load_rgb(out)
     assert result.shape == (90, 130, 3)
     assert np.abs(result - load_rgb(tmp_path / "photo.png")).mean() > 0.05  # it did restyle the picture
+
+
+def test_an_unknown_style_names_the_installed_ones(tmp_path: Path) -> None:
+    from edge.errors import ModelError
+    from edge.stylize import open_style_net
+
+    reg = Registry(tmp_path / "models")
+    with pytest.raises(ModelError, match=r"installed styles: .*the_scream"):
+        open_style_net("no_such_style", registry=reg)
+    with pytest.raises(ModelError, match="LiteRT bundles come from `facegate style export`"):
+        open_style_net("the_scream", runtime="litert", registry=reg)
