@@ -2,8 +2,10 @@
 
 For each installed style (its bundle names the painting and the costs it was trained with) and each
 portrait C (the five held-out LFW portraits by default), one thread:
-    feedforward_ms    one pass of the bundle through the device code path (edge.stylize), after a warm-up
-                      pass, tiles and blending included
+    feedforward_ms    one pass of the bundle through the device code path (edge.stylize), tiles and
+                      blending included: the median of FF_PASSES timed passes after a warm-up pass (one
+                      sample of a ~0.5 s pass on a shared machine can catch a load spike several times its
+                      length, while the optimisation's seconds average over many steps)
     optimize_s        Adam from G = C at a fixed rate until J(G) ≤ J(feed-forward output), content features
                       included, the painting's Gram matrices excluded (they serve every photo); if J is
                       not reached in max_steps the time so far is taken, a lower bound (`optimize_reached`)
@@ -34,6 +36,8 @@ from export.style.images import load_image, save_grid
 from export.style.lossnet import LossNet, default_weights
 from export.style.optimize import descend, progress_bar, start_image
 from export.style.reference import content_key
+
+FF_PASSES = 3  # timed feed-forward passes per pair; their median is the pair's feedforward_ms
 
 
 def bench(styles: Sequence[str], contents: Sequence[Path], paintings: Path, size: int = 512, lr: float = 0.01,
@@ -73,9 +77,12 @@ def bench(styles: Sequence[str], contents: Sequence[Path], paintings: Path, size
             c = load_image(p, size=(size, size))
             rgb = c[0].permute(1, 2, 0).numpy()
             runner(rgb)  # warm-up: first-call allocations are not the network's speed
-            t0 = time.perf_counter()
-            y_rgb = runner(rgb)
-            ff_s = time.perf_counter() - t0
+            times = []
+            for _ in range(FF_PASSES):
+                t0 = time.perf_counter()
+                y_rgb = runner(rgb)
+                times.append(time.perf_counter() - t0)
+            ff_s = float(np.median(times))
             y = torch.from_numpy(np.ascontiguousarray(y_rgb.transpose(2, 0, 1)))[None].float()
             with torch.no_grad():
                 j_ff = cost(y, cost.content_target(c))
@@ -100,7 +107,8 @@ def bench(styles: Sequence[str], contents: Sequence[Path], paintings: Path, size
             "speedup": _mean(pairs, "optimize_s") / (_mean(pairs, "feedforward_ms") / 1000.0), "pairs": pairs}
     all_pairs = [q for r in results.values() for q in r["pairs"]]
     out = {
-        "size": size, "threads": 1, "runtime": runtime, "lr": lr, "steps": steps, "max_steps": max_steps,
+        "size": size, "threads": 1, "runtime": runtime, "feedforward_passes": FF_PASSES, "lr": lr,
+        "steps": steps, "max_steps": max_steps,
         "reference": "given" if reference is not None else "computed here",
         "contents": [content_key(p) for p in contents], "styles": results,
         "feedforward_ms": _mean(all_pairs, "feedforward_ms"), "optimize_s": _mean(all_pairs, "optimize_s"),

@@ -165,6 +165,7 @@ def test_bench_command_measures_what_it_says(trained: tuple[Path, Path], data: P
                  "--steps", "3", "--max-steps", "10", "--paintings", str(data / "style"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["reference"] == "computed here" and result["gram_nearest_correct"].endswith("/1")
+    assert result["feedforward_passes"] == 3  # the median of three timed passes, not one sample
     pair = result["styles"]["scream"]["pairs"][0]
     assert pair["speedup"] == pytest.approx(pair["optimize_s"] / (pair["feedforward_ms"] / 1000))
     assert pair["style_loss_ratio"] == pytest.approx(pair["style_feedforward"] / pair["style_after_steps"])
