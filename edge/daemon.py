@@ -26,12 +26,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from edge.config import CREDENTIAL_STORE_KEY, Config, ConfigError
 from edge.decide import DECISIONS, AccessPolicy, Decision, Policy
+from edge.decision_log import DecisionLog, open_decision_log
 from edge.engine import Engine
 from edge.errors import FacegateError
 from edge.health import HealthServer, Metrics
@@ -69,7 +70,8 @@ def clock_synced() -> bool:
 
 
 # -- the daemon -------------------------------------------------------------------------------------------------
-def open_store(cfg: Config) -> Store:
+def store_location(cfg: Config) -> tuple[Path, bytes | None]:
+    """The store's path and its key (key file, systemd credential, $FACEGATE_STORE_KEY; None: unencrypted)."""
     from edge.store.crypto import load_key
 
     path = Path(cfg.store.path) if cfg.store.path else state_dir() / "facegate.db"
@@ -78,7 +80,12 @@ def open_store(cfg: Config) -> Store:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         cred = Path(directory) / CREDENTIAL_STORE_KEY if directory else None
         key_file = str(cred) if cred is not None and cred.is_file() else None
-    return Store(path, key=load_key(key_file, store=path), create=cfg.store.create)
+    return path, load_key(key_file, store=path)
+
+
+def open_store(cfg: Config, create: bool | None = None, keep_crops: bool = False) -> Store:
+    path, key = store_location(cfg)
+    return Store(path, key=key, create=cfg.store.create if create is None else create, keep_crops=keep_crops)
 
 
 def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
@@ -151,9 +158,14 @@ class Daemon:
         self._started_t = time.monotonic()
         self._frames: deque[float] = deque(maxlen=64)  # capture times of recently processed frames (fps)
         self.health_server: HealthServer | None = None
+        self.web_server: Any = None  # the admin page, when [web] enabled (edge/web/server.py)
         self.store: Store | None = None  # type: ignore[assignment]
         self.sink: Any = None
         self.scorer: Any = None
+        self.decision_log: DecisionLog | None = None
+        # The admin page's door switch (set_face_unlock): off, a recognised face is denied and no UNLOCK is sent.
+        self.face_unlock = True
+        self._face_unlock_changed = False
         try:
             self._build(cfg, sink, liveness, source)
         except BaseException:
@@ -163,11 +175,21 @@ class Daemon:
     def _build(self, cfg: Config, sink: Any, liveness: LivenessCheck | None, source: Source | None) -> None:
         # The health port first: a taken port is a configuration error, found before anything is published.
         self.health_server = bind_health(cfg, self.metrics, self.health)
+        if cfg.web.enabled:
+            from edge.web.server import bind_web
+
+            self.web_server = bind_web(cfg)  # likewise a taken web port, or a missing [web] extra
         registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
         self.liveness = liveness if liveness is not None else resolve_liveness(cfg, registry)
         if cfg.profile == "kiosk":
             self.liveness = None  # every kiosk event says not_checked
-        self.store = open_store(cfg)
+        store_path, key = store_location(cfg)
+        self.store = Store(store_path, key=key, create=cfg.store.create)
+        self.decision_log = open_decision_log(cfg.web, key)
+        if self.decision_log is not None:
+            # Identities deleted while no daemon ran leave the log now; crops past their time go too.
+            self.decision_log.forget_absent(i.name for i in self.store.identities())
+            self.decision_log.purge_crops(cfg.web.keep_unknown_crops_h)
         for warning in check_access_rules(cfg, self.store):  # errors (a rule that misses by case) raise here
             log.warning("%s", warning)
         # The one scorer (edge/match): the embedder's cosine, or a verification head over its embedders.
@@ -181,13 +203,23 @@ class Daemon:
         live_gate = gate_for(cfg, self.liveness) if self.liveness is not None else None
         self.engine = Engine(self.pipeline, self.scorer, self.policy, cfg, self.metrics, self.liveness, live_gate)
         self.sink: EventSink = sink if sink is not None else make_sink(cfg, self, clock_synced)
-        self.engine.on_forget = self.sink.forget_identity  # a deletion seen in the store also empties the outbox
+        self.engine.on_forget = self._forget  # a deletion seen in the store also empties the outbox and the log
+        if self.decision_log is not None and cfg.web.keep_unknown_crops_h > 0:
+            self.engine.keep_crop = lambda d: d.decision == "unknown"
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
         self._describe_metrics()
+        if self.web_server is not None:
+            from edge.web.services import Services
+
+            self.web_server.mount(Services.of_daemon(self))
 
     def close(self) -> None:
         """Release what construction opened, for a daemon that will not run (`run --check`, a failed start)."""
+        if self.web_server is not None:
+            self.web_server.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
         if self.health_server is not None:
             self.health_server.close()
         if self.sink is not None:
@@ -198,6 +230,14 @@ class Daemon:
             self.store.close()
 
     # -- construction helpers -------------------------------------------------------------------------------------
+    def _forget(self, name: str) -> None:
+        self.sink.forget_identity(name)
+        if self.decision_log is not None:
+            try:
+                self.decision_log.forget(name)
+            except FacegateError as exc:
+                log.error("decision log: %s", exc)
+
     def _metadata(self, name: str) -> dict[str, Any] | None:
         ident = self.store.identity(name)
         return ident.metadata if ident else None
@@ -324,6 +364,16 @@ class Daemon:
         ok = self.store.delete(name, command="mqtt delete")
         return {"ok": ok, "name": name, **({} if ok else {"reasons": [f"unknown identity {name!r}"]})}
 
+    def set_face_unlock(self, enabled: bool, source: str = "admin page") -> bool:
+        """Suspend (False) or resume (True) face unlock: while suspended a recognised face is denied ("face unlock
+        suspended") and no UNLOCK is sent; the retained state says so. The one entry point for every switch
+        (the admin page's door page; a retained MQTT switch can call it too). Returns the new setting."""
+        if enabled != self.face_unlock:
+            self.face_unlock = enabled
+            self._face_unlock_changed = True  # the loop publishes the state before its next frame
+            log.warning("face unlock %s (%s)", "resumed" if enabled else "suspended", source)
+        return self.face_unlock
+
     def claim(self, name: str) -> None:
         if self.engine.claim(name):
             self.sink.publish_prompt("look at the camera")
@@ -342,7 +392,7 @@ class Daemon:
     def _state(self, problems: list[str]) -> dict[str, Any]:
         return {"status": "online" if not problems else "degraded", "healthy": not problems, "problems": problems,
                 "profile": self.cfg.profile, "liveness": self.liveness_mode, "identities": self.engine.identities,
-                "door": "locked"}
+                "door": "locked", "face_unlock": "on" if self.face_unlock else "off"}
 
     def run(self) -> int:
         self._install_signals()
@@ -356,6 +406,8 @@ class Daemon:
         self.capture.start()
         if self.health_server is not None:
             self.health_server.start()
+        if self.web_server is not None:
+            self.web_server.start()
         ping_every = watchdog_interval()
         self.notifier.ready(f"profile {self.cfg.profile}, liveness {self.liveness_mode}, "
                             f"{self.engine.identities} identities")
@@ -371,9 +423,11 @@ class Daemon:
                     last_ping = now
                 if now - last_store >= STORE_CHECK_S:
                     self._check_store()
+                    self._purge_crops()
                     last_store = now
                 problems = self.problems()
-                if problems != last_problems or now - last_state_t >= STATE_EVERY_S:
+                if problems != last_problems or now - last_state_t >= STATE_EVERY_S or self._face_unlock_changed:
+                    self._face_unlock_changed = False
                     if problems != last_problems and problems:
                         log.warning("unhealthy (no grants): %s", "; ".join(problems))
                     self.sink.publish_state(self._state(problems))
@@ -409,7 +463,26 @@ class Daemon:
         for d in decisions:
             self._announce(d)
 
+    def _purge_crops(self) -> None:
+        if self.decision_log is None:
+            return
+        try:
+            self.decision_log.purge_crops(self.cfg.web.keep_unknown_crops_h)
+        except FacegateError as exc:
+            log.error("decision log: %s", exc)
+
+    def _log_decision(self, d: Decision, event: dict[str, Any], crop: bytes | None) -> None:
+        if self.decision_log is None:
+            return
+        try:
+            self.decision_log.add(event, margin=d.margin, candidate=d.candidate, crop=crop)
+        except FacegateError as exc:  # the door does not wait on the admin page's log
+            log.error("decision log: %s", exc)
+
     def _announce(self, d: Decision) -> None:
+        crop = self.engine.take_crop(d.track)
+        if d.decision == "granted" and not self.face_unlock:
+            d = replace(d, decision="denied", reason="face unlock suspended")
         granted = d.decision == "granted"
         if granted and self.cfg.profile == "door":
             # First: the door is what the person waits for. Dropped, not sent late, if the broker is not
@@ -417,6 +490,7 @@ class Daemon:
             self.sink.publish_door("UNLOCK", self.cfg.door.unlock_s, decided_at=time.monotonic())
         latency = (time.monotonic() - d.t_capture) * 1e3
         event = self.sink.publish_event(d.event(self.scorer.name, latency))
+        self._log_decision(d, event, crop)
         self.sink.publish_prompt(PROMPTS[d.decision])
         self.metrics.inc("decisions_total", decision=d.decision)
         self.metrics.histogram("decision_latency_ms").observe(latency)
@@ -430,11 +504,15 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping("finishing")
         self.capture.stop()
+        if self.web_server is not None:
+            self.web_server.stop()
         try:
             self.sink.stop(flush_timeout=5.0)
         finally:
             if self.health_server is not None:
                 self.health_server.stop()
+            if self.decision_log is not None:
+                self.decision_log.close()
             self.store.close()
             self.notifier.close()
         log.info("facegate stopped")

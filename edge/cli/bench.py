@@ -10,6 +10,7 @@ from pathlib import Path
 from edge.cli.common import (
     YES,
     bounded,
+    config_option,
     emit,
     json_option,
     pct,
@@ -176,6 +177,27 @@ def cmd_planar(args: argparse.Namespace) -> int:
     return YES
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    try:
+        from edge.bench import web
+    except ModuleNotFoundError as exc:
+        raise FacegateError(f"bench web needs the web extra: pip install 'facegate[web]' ({exc.name} is missing)") \
+            from None
+    try:
+        r = web.run(args.people, args.decisions, args.repeat, args.seed, settings(args))
+    except ModuleNotFoundError as exc:
+        raise FacegateError(f"bench web needs the web extra: pip install 'facegate[web]' ({exc.name} is missing)") \
+            from None
+    lines = [f"{r['people']} people, {r['decisions']} decisions logged; server time per request over {r['repeat']} "
+             "requests (median / p95 / max), round trip median:"]
+    lines += [f"  {label:<20} {p['server_ms_median']:7.2f} / {p['server_ms_p95']:7.2f} / {p['server_ms_max']:7.2f} ms"
+              f"   {p['round_trip_ms_median']:7.2f} ms   {p['path']}" for label, p in r["pages"].items()]
+    lines.append(f"worst {r['server_ms_max_overall']:.2f} ms: {'within' if r['within_target'] else 'over'} the "
+                 f"{r['target_ms']:.0f} ms target")
+    emit(args, r, "\n".join(lines))
+    return YES
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="accuracy and speed benchmarks (JSON with --json)").add_subparsers(
         dest="bench_command", required=True, metavar="BENCH")
@@ -272,6 +294,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     liveness_model_options(p)
     p.set_defaults(func=cmd_liveness)
     _planar_parser(bench)
+
+    p = bench.add_parser("web", help="the admin page's people page on a large store: server time per request "
+                                     "(needs [web])")
+    p.add_argument("--people", type=bounded(int, 1, 10_000_000), default=10_000,
+                   help="identities in the scratch store (default 10000)")
+    p.add_argument("--decisions", type=bounded(int, 0, 10_000_000), default=10_000,
+                   help="decisions in the scratch decision log (default 10000)")
+    p.add_argument("--repeat", type=bounded(int, 1, 10_000), default=20, help="requests per page (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    config_option(p)
+    json_option(p)
+    p.set_defaults(func=cmd_web)
 
 
 def _planar_parser(bench: argparse._SubParsersAction) -> None:
