@@ -91,6 +91,11 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
+def _reason(text: str) -> str:
+    """An enrolment refusal as the page words it: the CLI's "--force" is the page's checkbox."""
+    return text.replace("use --force", "tick “skip the checks”")
+
+
 def png_uri(image: np.ndarray | None, max_side: int = 0) -> str:
     """A BGR image as a data: URI (PNG), scaled down to `max_side` if given."""
     if image is None:
@@ -126,7 +131,7 @@ def _safe_next(url: str | None) -> str:
 def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starlette:
     cfg = services.cfg.web
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters.update(when=_when, num=_num, urlq=lambda s: quote(str(s), safe=""))
+    templates.env.filters.update(when=_when, num=_num, urlq=lambda s: quote(str(s), safe=""), reason=_reason)
     limiter = limiter or LoginLimiter(cfg.login_attempts, cfg.login_window_s)
     jobs = Jobs()
     pending: OrderedDict[str, Pending] = OrderedDict()
@@ -413,7 +418,7 @@ def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starl
 
         ids, judged = await run_in_threadpool(commit)
         if not ids:
-            reasons = sorted({r for j in judged for r in j.reasons})
+            reasons = sorted({_reason(r) for j in judged for r in j.reasons})
             raise Refused(409, "nothing was stored: " + ("; ".join(reasons) or "no photo was accepted"))
         return RedirectResponse(f"/person?name={quote(p.name, safe='')}&done=enrolled", 303)
 
@@ -543,7 +548,8 @@ def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starl
         if not ids:
             ctx = await run_in_threadpool(decisions_context, request)
             return render(request, "decisions.html", s, 409, nav="decisions", **ctx,
-                          error=f"decision {row_id} was not assigned to {name}: " + "; ".join(judged.reasons))
+                          error=f"decision {row_id} was not assigned to {name}: "
+                          + "; ".join(map(_reason, judged.reasons)))
         return RedirectResponse(f"/person?name={quote(name, safe='')}&done=assigned", 303)
 
     async def decision_explain(request: Request) -> Response:
