@@ -190,8 +190,9 @@ class Services:
                 "target_bpcer": prov.get("target_bpcer")}
 
     def face_unlock(self) -> bool | None:
-        """The daemon's face-unlock switch (None: the page does not run inside the daemon)."""
-        return None if self.daemon is None else bool(self.daemon.face_unlock)
+        """The daemon's face-unlock switch (None: the page does not run inside the daemon, or the daemon's
+        profile has no door)."""
+        return None if self.daemon is None else self.daemon.face_unlock
 
     def set_face_unlock(self, enabled: bool, account: str) -> bool:
         if self.daemon is None:

@@ -33,6 +33,7 @@ from edge.web.services import Services
 from edge.web.uploads import check_person_name
 
 PASSWORD = "a long enough password"
+EMBEDDER = Registry().default_embedder()  # what the pipeline fixture embeds with (the manifests choose it)
 PAGES = ["/people", "/person?name=x", "/enrol", "/identify", "/decisions", "/door", "/audit", "/jobs/x",
          "/decisions/crop?id=1", "/person/crop?name=x&id=1", "/decisions/explain?id=1&name=x"]
 
@@ -54,7 +55,7 @@ class Site:
                           "web": {"accounts_path": str(tmp_path / "accounts.db"),
                                   "decisions_path": str(tmp_path / "decisions.db"), "keep_crops": True, **web}})
         self.store = Store(tmp_path / "s.db", key=key, keep_crops=True)
-        scorer = make_scorer(Registry(), "sface", "", self.store, 0.01, "", "mean")
+        scorer = make_scorer(Registry(), pipeline.embedder.manifest.name, "", self.store, 0.01, "", "mean")
         accounts = Accounts(tmp_path / "accounts.db")
         accounts.create("admin", PASSWORD)
         self.log = DecisionLog(tmp_path / "decisions.db", key=key)
@@ -185,7 +186,7 @@ def test_enrolment_shows_each_photo_with_its_crop_and_verdict_before_storing(sit
     token = re.search(r'name="token" value="([^"]+)"', r.text).group(1)
     r = site.client.post("/enrol/commit", data={"csrf": site.csrf, "token": token})
     assert r.status_code == 303 and r.headers["location"] == "/person?name=colin&done=enrolled"
-    assert site.store.identity("colin").templates == {"sface": 1}
+    assert site.store.identity("colin").templates == {EMBEDDER: 1}
     assert site.store.audit()[-1]["command"] == "web: enrol by admin"
     r = site.client.post("/enrol/commit", data={"csrf": site.csrf, "token": token})
     assert r.status_code == 410  # a preview is used once
@@ -211,7 +212,7 @@ def test_adding_a_photo_to_a_person_must_match_them(site, photos):
     r, _ = site.enrol("colin", photos["tony1"], add="1")
     assert "does not match the identity: it does not look like 'colin''s enrolled photos" in html.unescape(r.text)
     _, commit = site.enrol("colin", photos["colin2"], add="1")
-    assert commit.status_code == 303 and site.store.identity("colin").templates == {"sface": 2}
+    assert commit.status_code == 303 and site.store.identity("colin").templates == {EMBEDDER: 2}
     r, _ = site.enrol("nobody", photos["colin3"], add="1")
     assert r.status_code == 400 and "no enrolled identity is named" in r.text
 
@@ -299,7 +300,7 @@ def test_bulk_enrolment_from_a_zip_runs_the_enrol_loop_with_progress(site, photo
     assert "· done" in page.text and 'http-equiv="refresh"' not in page.text
     assert "4 of 4 images" in page.text and "Enrolled 3 of 4 images as 2 identities" in page.text
     assert "unreadable image" in page.text
-    assert {i.name: i.templates["sface"] for i in site.store.identities()} == {"colin": 2, "tony": 1}
+    assert {i.name: i.templates[EMBEDDER] for i in site.store.identities()} == {"colin": 2, "tony": 1}
     assert site.store.audit()[-1]["command"] == "web: bulk enrol by admin (team.zip)"
 
 
@@ -425,7 +426,7 @@ def test_decisions_filter_and_an_unknown_face_is_assigned_to_a_person(site, phot
     assert r.status_code == 400 and "may not hold" in r.text
     r = site.client.post("/decisions/assign", data={"csrf": site.csrf, "id": str(row), "name": "colin"})
     assert r.status_code == 303 and r.headers["location"] == "/person?name=colin&done=assigned"
-    assert site.store.identity("colin").templates == {"sface": 1}
+    assert site.store.identity("colin").templates == {EMBEDDER: 1}
     assert site.log.crop(row) is None and site.log.get(row)["assigned"] == "colin"
     assert site.store.audit()[-1]["command"] == f"web: assign decision {row} by admin"
     assert site.client.get(f"/decisions/crop?id={row}").status_code == 404
@@ -462,7 +463,7 @@ def test_a_kept_crop_is_explained_against_a_person(site, photos, pipeline):
 
 def test_the_door_page_without_a_daemon_says_where_the_switch_works(site):
     r = site.client.get("/door")
-    assert r.status_code == 200 and "sface" in r.text and "yunet" in r.text
+    assert r.status_code == 200 and EMBEDDER in r.text and "yunet" in r.text
     assert "runs on its own" in r.text and "no daemon answered" in r.text
     r = site.client.post("/door/face-unlock", data={"csrf": site.csrf, "enabled": "off"})
     assert r.status_code == 409 and "only when the page runs inside it" in r.text

@@ -142,7 +142,8 @@ def test_without_keep_unknown_crops_no_face_is_kept(tmp_path, clip):
 
 
 def test_the_door_switch_suspends_face_unlock_in_the_running_daemon(tmp_path, clip):
-    cfg = parse(_config(tmp_path, clip, profile="door", door={"unlock_s": 3},
+    door = {"unlock_s": 3, "face_unlock_path": str(tmp_path / "face-unlock.json")}
+    cfg = parse(_config(tmp_path, clip, profile="door", door=door,
                         camera={"loop": True, "frames_per_image": 12},
                         liveness={"model": "tests.edge.test_daemon:AlwaysLive", "challenge": False},
                         decision={"cooldown_s": 0.5}))
@@ -164,14 +165,14 @@ def test_the_door_switch_suspends_face_unlock_in_the_running_daemon(tmp_path, cl
         # Suspended from the page: the daemon is told through its one method, and says so in its state.
         status, _, headers = browser.request("/door/face-unlock", {"csrf": browser.csrf, "enabled": "off"})
         assert status == 303 and headers["location"] == "/door" and daemon.face_unlock is False
-        assert wait_until(lambda: any(r["kind"] == "state" and r["state"].get("face_unlock") == "off"
+        assert wait_until(lambda: any(r["kind"] == "state" and r["state"].get("face_unlock") is False
                                       for r in records()), 10)
         mark = len(records())
         assert wait_until(lambda: any(r["kind"] == "event" and r["event"]["identity"] == "colin"
                                       for r in records()[mark:]), 60)
         after = records()[mark:]
         colin = [r["event"] for r in after if r["kind"] == "event" and r["event"]["identity"] == "colin"]
-        assert colin[0]["decision"] == "denied" and colin[0]["reason"] == "face unlock suspended"
+        assert colin[0]["decision"] == "denied" and colin[0]["reason"] == "face unlock disabled"
         assert not any(r.get("command") == "UNLOCK" for r in after)
         _, html, _ = browser.request("/door")
         assert 'id="resume"' in html and "suspended" in html
