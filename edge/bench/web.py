@@ -36,7 +36,7 @@ def _fill(store: Any, embedder: Any, n: int, seed: int) -> None:
     store.enroll_many(items, command="bench web (synthetic templates)")
 
 
-def _fill_log(log: Any, n_people: int, n: int, seed: int) -> None:
+def _fill_log(log: Any, n_people: int, n: int, seed: int, model: str) -> None:
     rng = np.random.default_rng(seed + 1)
     now = time.time()
     for i in tqdm(range(n), desc="decisions", unit="ev", disable=None, leave=False):
@@ -44,7 +44,7 @@ def _fill_log(log: Any, n_people: int, n: int, seed: int) -> None:
         granted = rng.random() < 0.7
         log.add({"decision": "granted" if granted else "unknown", "identity": who if granted else None,
                  "score": float(rng.uniform(0.3, 0.9)), "threshold": 0.41, "door": "front", "device": "bench",
-                 "latency_ms": float(rng.uniform(20, 80)), "frames": 5, "reason": "", "model": "sface",
+                 "latency_ms": float(rng.uniform(20, 80)), "frames": 5, "reason": "", "model": model,
                  "liveness": {"verdict": "not_checked", "score": None}, "event_id": f"bench-{i}"},
                 margin=float(rng.uniform(0, 0.3)), candidate=who, ts=now - (n - i))
 
@@ -82,7 +82,7 @@ def run(people: int = 10_000, decisions: int = 10_000, repeat: int = 20, seed: i
         _fill(services.store, services.pipeline.manifest, people, seed)
         fill_s = time.perf_counter() - t
         if services.decision_log is not None and decisions:
-            _fill_log(services.decision_log, people, decisions, seed)
+            _fill_log(services.decision_log, people, decisions, seed, services.pipeline.manifest.name)
         services.scorer.gallery.load()  # K for the thresholds the other pages show
         services.accounts.create("bench", "bench-password-" + str(seed))
         cookie = f"facegate_session={services.accounts.login('bench')}"

@@ -126,8 +126,8 @@ class Services:
         with self._explain_lock:
             if self._explainer is None:
                 m = self.cfg.models
-                pipe = FacePipeline(self.registry, detector=m.detector, embedder=m.embedder, threads=m.threads,
-                                    min_face_px=m.min_face_px)
+                pipe = FacePipeline(self.registry, detector=m.detector, embedder=self.pipeline.embedder.manifest.name,
+                                    threads=m.threads, min_face_px=m.min_face_px)
                 self._explainer = MatchExplainer(pipe)
             ex = self._explainer
             probe = ex.kept_view(*read_face_crop(crop_png))
@@ -158,7 +158,9 @@ class Services:
     def models(self) -> list[dict[str, Any]]:
         """The configured models with the hash and source of each manifest."""
         m = self.cfg.models
-        names = [m.detector, m.embedder, *([m.verifier] if m.verifier else []), *([m.fusion] if m.fusion else [])]
+        # The embedders the pipeline runs (models.embedder "" is the manifests' default; a fusion adds members).
+        embedders = [e.manifest.name for e in self.pipeline.embedders]
+        names = [m.detector, *embedders, *([m.verifier] if m.verifier else []), *([m.fusion] if m.fusion else [])]
         out = []
         for name in dict.fromkeys(names):
             try:
@@ -179,6 +181,10 @@ class Services:
         if self.daemon is not None and self.daemon.liveness is None:
             return {"mode": "none"}
         names = installed(self.registry)
+        if self.daemon is not None and self.daemon.liveness_mode not in (*names, FUSED_NAME):
+            # A check loaded by "module:Class" (liveness.model): it has no manifest, so no threshold to show.
+            return {"mode": f"{self.daemon.liveness_mode}: a check without a manifest, so no threshold or "
+                            f"calibration to show"}
         if not names:
             return {"mode": "not installed", "error": "facegate models install minifasnet [--file …]"}
         name = FUSED_NAME if FUSED_NAME in names else names[0]
