@@ -1,7 +1,7 @@
 """The admin page inside `facegate run`: the daemon writes the decision log the page shows (unknown faces'
 crops only when asked, sealed with the store key), the page's door switch suspends face unlock in the running
-daemon, and a deletion made on the page erases the person from the log. Real models, real LFW photos played
-as a camera, a real uvicorn server on loopback."""
+daemon, a deletion made on the page erases the person from the log, and `run --check` asks for an account.
+Real models, real LFW photos played as a camera, a real uvicorn server on loopback."""
 
 import http.cookiejar
 import json
@@ -204,3 +204,14 @@ def test_decisions_show_on_the_page_and_a_deletion_there_reaches_the_daemon_and_
         time.sleep(1.0)  # the loop keeps playing colin's photo: now an unknown face, never him
         assert log.query(person="colin")[0] == 0
         assert all(r["identity"] is None for r in log.query()[1])
+
+
+def test_run_check_asks_for_an_account_when_the_page_is_enabled(tmp_path, clip):
+    from edge.preflight import check
+
+    cfg = parse(_config(tmp_path, clip))
+    problems = check(cfg).problems
+    assert any("no account in" in p and "facegate web --create-admin NAME" in p for p in problems), problems
+    assert not (tmp_path / "accounts.db").exists()  # the check reads, it creates nothing
+    Accounts(tmp_path / "accounts.db").create("admin", PASSWORD)
+    assert check(cfg).problems == []
