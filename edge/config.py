@@ -25,6 +25,7 @@ from typing import Any
 from edge.errors import FacegateError
 from edge.mqtt.settings import MqttSettings
 from edge.vision.quality import QualityGate
+from edge.vision.rescue import RESCUE_MODES
 
 PROFILES = ("door", "kiosk")
 DEFAULT_CONFIG_NAME = "facegate.toml"
@@ -60,6 +61,9 @@ class ModelsConfig:
     verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
     threads: int = 1
     min_face_px: float = 40.0
+    # When the first detection pass finds no face: look again at full resolution, turned, below the score
+    # threshold (edge/vision/rescue.py). photos | always | off; "photos" spares camera frames, mostly empty.
+    rescue: str = "photos"
     model_dir: str = ""  # default: <state dir>/models
 
 
@@ -177,6 +181,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": PROFILES,
     "decision.tailgating": ("deny", "allow"),
+    "models.rescue": RESCUE_MODES,
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),
     "log.level": ("debug", "info", "warning", "error"),

@@ -35,7 +35,7 @@ Embed = Callable[[np.ndarray], np.ndarray | None]  # BGR image → embedding, or
 
 def ours(pipeline: FacePipeline, policy: str) -> Embed:
     def run(img: np.ndarray) -> np.ndarray | None:
-        faces = pipeline.detector.detect(img)
+        faces = pipeline.detect(img)  # the rescue runs as configured (on LFW's portraits it never has to)
         if not faces:
             return None
         face = select_face(faces, img.shape, policy)
@@ -115,6 +115,45 @@ def _time(fn: Embed, images: list[np.ndarray], label: str) -> tuple[float, int]:
     return float(np.median(times)), no_face
 
 
+def faceless_frames(images: list[np.ndarray], count: int = 30, size: tuple[int, int] = (640, 480),
+                    block: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Camera-sized frames with no face: real images enlarged to `size` and cut into `block`-px squares put back
+    in random order (a face's structure gone, its colours and edges kept). What a door sees most of the time."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    out = []
+    for img in images[:count]:
+        big = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        tiles = big[:h - h % block, :w - w % block].reshape(h // block, block, w // block, block, 3).swapaxes(1, 2)
+        tiles = tiles.reshape(-1, block, block, 3)[rng.permutation((h // block) * (w // block))]
+        out.append(np.ascontiguousarray(tiles.reshape(h // block, w // block, block, block, 3).swapaxes(1, 2)
+                                        .reshape(h - h % block, w - w % block, 3)))
+    return out
+
+
+def rescue_cost(pipeline: FacePipeline, frames: list[np.ndarray]) -> dict[str, Any]:
+    """Detection cost on faceless frames without and with the rescue pass (edge/vision/rescue.py): what
+    `models.rescue = "always"` would add to each empty frame at a door, and how many faces it would invent."""
+    saved = pipeline.rescue_mode
+    result: dict[str, Any] = {"frames": len(frames), "frame_size": list(frames[0].shape[1::-1]) if frames else None}
+    try:
+        for mode, key in (("off", "first_pass"), ("always", "with_rescue")):
+            pipeline.rescue_mode = mode
+            pipeline.detect(frames[0], frame=True)  # warm-up
+            times, found = [], 0
+            for f in tqdm(frames, desc=f"empty frames, rescue {mode}", unit="frame", file=sys.stderr, disable=None):
+                t = time.perf_counter()
+                found += bool(pipeline.detect(f, frame=True))
+                times.append((time.perf_counter() - t) * 1e3)
+            result[f"{key}_ms"] = round(float(np.median(times)), 3)
+            result[f"{key}_frames_with_a_face"] = found
+    finally:
+        pipeline.rescue_mode = saved
+    if result.get("first_pass_ms"):
+        result["ratio"] = round(result["with_rescue_ms"] / result["first_pass_ms"], 2)
+    return result
+
+
 def _liveness_timing(registry: Registry, images: list[np.ndarray]) -> dict[str, Any] | None:
     """The passive liveness check's cost per face (both crops, both nets, fusion) and the challenge's tracking
     cost, when a liveness model is installed; None otherwise."""
@@ -126,8 +165,8 @@ def _liveness_timing(registry: Registry, images: list[np.ndarray]) -> dict[str, 
     return {**time_passive(images, threads=1, registry=registry), "challenge_tracking": time_tracking(images)}
 
 
-def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = "central",
-        peers: bool = True, registry: Registry | None = None) -> dict[str, Any]:
+def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = "best",
+        peers: bool = True, registry: Registry | None = None, rescue: str = "photos") -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
     registry = registry or Registry()
@@ -138,7 +177,7 @@ def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = 
             images.append(load_bgr(p))
         except ImageError:
             continue
-    pipeline = FacePipeline(registry, embedder=model, threads=1)
+    pipeline = FacePipeline(registry, embedder=model, threads=1, rescue=rescue)
     result: dict[str, Any] = {"images": len(images), "threads": 1, "model": model,
                               "detector_input": "native size, padded to the stride"}
     result["ours_ms"], ours_nf = _time(ours(pipeline, policy), images, "ours")
@@ -157,6 +196,8 @@ def run(images_dir: Path, limit: int = 200, model: str = "sface", policy: str = 
             result["face_recognition_ms"], no_face["face_recognition"] = _time(fr, images, "face_recognition")
             ratios["face_recognition"] = result["face_recognition_ms"] / result["ours_ms"]
     result["ratios"] = {k: (round(v, 2) if v is not None else None) for k, v in ratios.items()}
+    result["rescue"] = pipeline.rescue_mode
+    result["rescue_cost"] = rescue_cost(pipeline, faceless_frames(images))
     result["liveness"] = _liveness_timing(registry, images[:60])
     result["no_face"] = no_face
     for k in ("ours_ms", "naive_ms", "face_recognition_ms"):

@@ -62,10 +62,13 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from edge.bench import speed
 
     result = speed.run(args.images, limit=args.limit, model=args.model, policy=args.policy,
-                       peers=not args.no_peers)
+                       peers=not args.no_peers, rescue=args.rescue)
     ratios = ", ".join(f"{k} {v}×" for k, v in result.get("ratios", {}).items() if v is not None)
+    rc = result["rescue_cost"]
     emit(args, result, f"ours {result['ours_ms']} ms per image ({result['images']} images, one thread)"
-                       + (f"; {ratios} faster than the peers" if ratios else ""))
+                       + (f"; {ratios} faster than the peers" if ratios else "")
+                       + f"; an empty {rc['frame_size'][0]}×{rc['frame_size'][1]} frame: detection "
+                         f"{rc['first_pass_ms']} ms, {rc['with_rescue_ms']} ms with the rescue pass")
     return YES
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.imageio import load_bgr
-from edge.vision.detect import select_face
+from edge.vision.detect import Face, select_face
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,14 @@ def pair_identities(pairs: Iterable[Pair]) -> set[str]:
     """The identities (image folders) a list of pairs names."""
     return {r.split("/")[0] for p in pairs for r in (p.a, p.b)}
 
-def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", desc: str = "embedding",
-                every: bool = False) -> tuple[dict[str, Any], list[str]]:
+def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "best", desc: str = "embedding",
+                every: bool = False, chosen: dict[str, tuple[Face, int]] | None = None,
+                ) -> tuple[dict[str, Any], list[str]]:
     """Embed each image once; returns (embeddings by relative path, paths with no usable face).
 
     With `every`, each value is a probe, {embedder: vector} for every embedder the pipeline carries (the face
     is detected once, each embedder aligns it with its own template; what a Scorer takes); otherwise the
-    primary embedder's vector.
+    primary embedder's vector. `chosen`, when given, receives each image's chosen face and how many were found.
     """
     embeddings: dict[str, Any] = {}
     no_face: list[str] = []
@@ -85,10 +86,13 @@ def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", 
     for rel in tqdm(rels, desc=desc, unit="img", file=sys.stderr, disable=None):
         try:
             image = load_bgr(Path(root) / rel)
-            face = select_face(pipeline.detect(image), image.shape, policy)
+            faces = pipeline.detect(image)
+            face = select_face(faces, image.shape, policy)
         except (NoFaceError, ImageError):
             no_face.append(rel)
             continue
+        if chosen is not None:
+            chosen[rel] = (face, len(faces))
         probe = pipeline.embed(image, [face], None if every else [primary])[0]
         embeddings[rel] = probe if every else probe[primary]
     return embeddings, no_face
