@@ -57,8 +57,10 @@ class CameraConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     detector: str = "yunet"
-    embedder: str = "sface"
+    embedder: str = ""  # "" = the registry's default embedder (sface-int8 as shipped; "sface" is fp32)
     verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
+    # A score fusion (task "fusion", edge/match/fusion.py): its members' normalised cosines, combined; "" = none.
+    fusion: str = ""
     threads: int = 1
     min_face_px: float = 40.0
     # When the first detection pass finds no face: look again at full resolution, turned, below the score
@@ -92,6 +94,12 @@ class DecisionConfig:
     n: int = 5
     fpir: float = 0.01  # … above the 1:N threshold for this false-positive identification rate
     max_frames: int = 30  # a track undecided after this many observations is decided "unknown"
+    # Each observation scores the fusion of the track's best frames so far (by detector confidence, sharpness and
+    # pose; edge/match/track.py): this many. 1 scores every frame on its own.
+    track_frames: int = 3
+    # An identity's score over its enrolment photos: "mean" of the photos' scores, or the best one ("max").
+    # With several photos per person "max" gives each impostor several chances at the 1:N threshold.
+    templates: str = "mean"
     cooldown_s: float = 10.0  # one event per identity within this time (one walk-up, one event)
     claim_window_s: float = 10.0  # a badge claim narrows decisions to 1:1 for this long
     tailgating: str = "deny"  # deny | allow: a grant while another unrecognised live face is in view
@@ -106,6 +114,9 @@ class DoorConfig:
     # A door command the broker has not been shown responsive for within this long after its decision is
     # dropped, never sent late; each command also carries valid_until = sent + the rest of this budget.
     max_delay_ms: float = 1000.0
+    # The face-unlock switch (Home Assistant, facegate/<device>/face_unlock/set) is kept here across restarts;
+    # "" = <state dir>/face-unlock.json. No file: face unlock is on.
+    face_unlock_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "profile": PROFILES,
     "decision.tailgating": ("deny", "allow"),
     "models.rescue": RESCUE_MODES,
+    "decision.templates": ("mean", "max"),
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),
     "log.level": ("debug", "info", "warning", "error"),
@@ -193,17 +205,14 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "camera.stale_s": (0.1, None), "models.threads": (1, 64), "models.min_face_px": (8, None),
     "liveness.threads": (1, 64), "liveness.challenge_yaw_deg": (10, 35), "liveness.challenge_timeout_s": (1, 60),
     "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
-    "decision.max_frames": (1, 10000), "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
+    "decision.max_frames": (1, 10000), "decision.track_frames": (1, 20),
+    "decision.cooldown_s": (0, None), "decision.claim_window_s": (0.1, 3600),
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
     "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.keepalive": (5, 3600),
     "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
-
-
-def _type_name(tp: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret"})

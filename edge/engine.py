@@ -28,12 +28,17 @@ from edge.health import Metrics
 from edge.liveness import LivenessCheck
 from edge.liveness.temporal import LivenessGate
 from edge.match import Scorer, accept
-from edge.pipeline import FacePipeline
+from edge.match.track import TrackProbe, frame_quality
+from edge.pipeline import FacePipeline, FaceRecord
+from edge.ratelimit import LogLimiter
 from edge.sources import Frame
 from edge.vision.detect import Face
 from edge.vision.track import Tracker
 
 log = logging.getLogger("facegate.engine")
+# Faces refused by the quality gate, at debug level: at most one line per reason every 10 s (a face held at the
+# wrong angle would otherwise log every frame).
+gate_log = LogLimiter(log)
 
 
 class Engine:
@@ -59,6 +64,9 @@ class Engine:
         # The primary embedder's 1:1 threshold also tells one person from the next within a track.
         self.split_threshold = pipeline.embedder.manifest.threshold("verify").value
         self.face_present = False
+        # Why no face in view could be used on the last frame (a quality-gate reason code, edge/vision/quality.py),
+        # or None when one passed or none is in view: the daemon tells the person what to do about it.
+        self.blocking_reason: str | None = None
         self.lock = threading.Lock()  # inference and tracking: the loop and enrolment commands share the models
         self.on_forget: Callable[[str], None] | None = None  # the daemon erases the name from its outbox too
         self._pseudonyms: dict[str, str] = {}
@@ -81,7 +89,7 @@ class Engine:
         for track in self.tracker.tracks.values():
             window = track.state.get("window")
             if window and any(name in (o.identity, o.candidate) for o in window):
-                for key in ("window", "decided", "eligible_at", "observations"):
+                for key in ("window", "decided", "eligible_at", "observations", "probe"):
                     track.state.pop(key, None)
         self.policy.forget(name)
         self._pseudonyms.pop(name, None)
@@ -129,10 +137,11 @@ class Engine:
         self.hist["quality"].observe((now - t) * 1e3 - embed_ms)  # align and the quality gate
         self.hist["embed"].observe(embed_ms)
         t = now
+        self.blocking_reason = self._gate_report(records)
         assigned, _ = self.tracker.update(faces, frame.t_capture)  # in face order: assigned[i] is records[i]
         if self.live_gate is not None:
             self.live_gate.frame(assigned, frame.image, frame.t_capture)  # a challenge follows turned faces too
-        pending: list[tuple[Any, Face, dict[str, np.ndarray], Any]] = []
+        pending: list[tuple[Any, Face, dict[str, np.ndarray], Any, float]] = []
         for (track, face), record in zip(assigned, records, strict=True):
             if not record.passed:
                 continue
@@ -150,20 +159,23 @@ class Engine:
                 t = self._timed("liveness", t)
                 if live is None:
                     continue  # its liveness challenge is under way: nothing to decide on yet
-            pending.append((track, face, dict(record.embeddings), live))
+            pending.append((track, face, dict(record.embeddings), live, frame_quality(record.quality)))
         # The scorer's other embedders run only here, for faces still to decide, in one batch per embedder.
         missing = [e for e in self.scorer.embedders if e != self.primary]
         if pending and missing:
             t = time.perf_counter()
-            extra = self.pipeline.embed(frame.image, [face for _, face, _, _ in pending], missing)
-            for (_, _, probe, _), more in zip(pending, extra, strict=True):
+            extra = self.pipeline.embed(frame.image, [face for _, face, _, _, _ in pending], missing)
+            for (_, _, probe, _, _), more in zip(pending, extra, strict=True):
                 probe.update(more)
             self._timed("embed", t)
         claim = self.policy.claimed
         decisions = []
-        for track, _, probe, live in pending:
+        for track, _, probe, live, quality in pending:
             t = time.perf_counter()
-            result = self.scorer.claim(probe, claim) if claim is not None else self.scorer.identify(probe)
+            # The track's best frames so far (edge/match/track.py): each observation scores their mean scores.
+            best = track.state.setdefault("probe", TrackProbe(self.cfg.decision.track_frames)).add(quality, probe)
+            result = (self.scorer.claim_track(best, claim) if claim is not None
+                      else self.scorer.identify_track(best))
             obs = Observation(result.identity, result.candidate, result.score, result.threshold, live,
                               frame.t_capture, result.margin)
             t = self._timed("match", t)
@@ -177,6 +189,23 @@ class Engine:
         self.face_present = bool(faces)
         return decisions
 
+    def _gate_report(self, records: list[FaceRecord]) -> str | None:
+        """Count the quality gate's refusals by reason (facegate_quality_rejections_total), log them at debug
+        (rate-limited), and return the reason that keeps every face in view from a decision: the first one of
+        the first refused face, or None when a face passed (or none is in view)."""
+        first = None
+        for record in records:
+            if record.passed or record.quality is None:
+                continue
+            codes = self.gate.codes(record.quality)
+            for code in codes:
+                self.metrics.inc("quality_rejections_total", reason=code)
+            if codes:
+                gate_log.log(logging.DEBUG, f"quality:{codes[0]}", "face not used for a decision: %s",
+                             "; ".join(record.reasons))
+                first = first or codes[0]
+        return None if any(r.passed for r in records) else first
+
     def faces(self, image: np.ndarray) -> list[Face]:
         with self.lock:
-            return self.pipeline.detector.detect(image)
+            return self.pipeline.detect(image, frame=True)

@@ -54,12 +54,13 @@ class FaceRecord:
 
 
 class FacePipeline:
-    def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str = "sface",
+    def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str | None = None,
                  threads: int = 1, min_face_px: float = 40.0, extra_embedders: Sequence[str] = (),
                  rescue: str = "photos") -> None:
         if rescue not in RESCUE_MODES:
             raise ValueError(f"rescue must be one of {RESCUE_MODES}, not {rescue!r}")
         self.registry = registry or Registry()
+        embedder = embedder or self.registry.default_embedder()  # "" or None: what the manifests choose
         self.detector: Detector = make_detector(self.registry, detector, threads=threads, min_face_px=min_face_px)
         # When the first detection pass finds nothing: look again (edge/vision/rescue.py) on photos, on every
         # frame too, or never. `rescued` counts the faces' finds by step, for the benchmarks.

@@ -16,7 +16,7 @@ from edge.vision.detect import Face, select_face
 from edge.vision.quality import assess
 
 
-def _kept_crops(store: Store, name: str, embedders: list[str]) -> list[bytes]:
+def kept_crops(store: Store, name: str, embedders: list[str]) -> list[bytes]:
     """The identity's kept crops: they sit beside the templates of the embedder that was primary at enrolment."""
     error: FacegateError | None = None
     for embedder in embedders:
@@ -40,7 +40,7 @@ def reembed(store: Store, pipeline: FacePipeline, embedder: str) -> dict[str, An
     items: dict[str, list[TemplateIn]] = {}
     identities = store.identities()
     for ident in tqdm(identities, desc="re-embedding", unit="identity", file=sys.stderr, disable=None):
-        kept = _kept_crops(store, ident.name, list(ident.templates))
+        kept = kept_crops(store, ident.name, list(ident.templates))
         templates = []
         for data in kept:
             img, landmarks = read_face_crop(data)

@@ -7,7 +7,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge.cli.common import YES, bounded, emit, json_option, pct, pipeline, recognition_options, scorer
+from edge.cli.common import (
+    YES,
+    bounded,
+    emit,
+    json_option,
+    pct,
+    pipeline,
+    recognition_options,
+    registry,
+    scorer,
+    settings,
+)
 from edge.errors import FacegateError
 
 
@@ -38,6 +49,41 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return YES
 
 
+def cmd_door(args: argparse.Namespace) -> int:
+    from edge.eval import door
+    from edge.match.factory import make_scorer
+
+    reg = registry(args)
+    specs = [s.strip() for s in args.scorers.split(",") if s.strip()]
+    scorers = {}
+    for spec in specs:  # "sface", "dlib-resnet", or "fusion:NAME" / "head:NAME"
+        kind, _, name = spec.partition(":")
+        if kind == "fusion":
+            scorers[spec] = make_scorer(reg, args.model, fusion=name, fpir=args.fpir)
+        elif kind == "head":
+            scorers[spec] = make_scorer(reg, args.model, verifier=name, fpir=args.fpir)
+        else:
+            scorers[spec] = make_scorer(reg, spec, fpir=args.fpir)
+    members = list(dict.fromkeys(e for s in scorers.values() for e in s.embedders))
+    from edge.pipeline import FacePipeline
+
+    pipe = FacePipeline(reg, detector=args.detector, embedder=members[0], extra_embedders=members[1:],
+                        threads=args.threads, min_face_px=args.min_face)
+    r = door.run(args.images, pipe, scorers, gallery_sizes=args.gallery_size, enrol=args.enrol,
+                 probes_per_track=args.frames, seeds=args.seeds, exclude_pairs=args.exclude_pairs or (),
+                 only_pairs=args.only_pairs, policy=args.policy,
+                 templates=args.templates or settings(args).decision.templates)
+    lines = [f"{c['scorer']:<22} K={c['gallery_size']:<5} e={c['enrol_photos']} m={c['track_frames']}: "
+             + (c["skipped"] if "skipped" in c else
+                f"rank-1 {c['rank1']:.4f}, DIR@FPIR 1% {c['dir_at_fpir']['0.01']:.4f}, 0.1% "
+                f"{c['dir_at_fpir']['0.001']:.4f}; at {c['operating_threshold']:.3f}: FNIR {c['fnir']:.4f} FPIR "
+                f"{c['fpir']:.4f} ({c['known_tracks']} known, {c['unknown_tracks']} unknown tracks)")
+             for c in r["cells"]]
+    lines.append("ms per face: " + ", ".join(f"{k} {v}" for k, v in r["ms_per_face"].items()))
+    emit(args, r, "\n".join(lines))
+    return YES
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -60,16 +106,30 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_speed(args: argparse.Namespace) -> int:
     from edge.bench import speed
+    from edge.bench.frames import parse_size
 
-    result = speed.run(args.images, limit=args.limit, model=args.model, policy=args.policy,
-                       peers=not args.no_peers, rescue=args.rescue)
+    settings(args)
+    fusion = tuple(m.strip() for m in (args.fusion_embedders or "").split(",") if m.strip())
+    result = speed.run(args.images, limit=args.limit, model=args.model or None, policy=args.policy,
+                       peers=not args.no_peers, registry=registry(args), fusion=fusion, min_face_px=args.min_face,
+                       frames=parse_size(args.frames) if args.frames else None, rescue=args.rescue)
     ratios = ", ".join(f"{k} {v}×" for k, v in result.get("ratios", {}).items() if v is not None)
-    rc = result["rescue_cost"]
-    emit(args, result, f"ours {result['ours_ms']} ms per image ({result['images']} images, one thread)"
+    stages = result["stages_ms"]
+    embed = ", ".join(f"embed {k} {v}" for k, v in stages["embed"].items())
+    emit(args, result, f"ours {result['ours_ms']} ms per image ({result['images']} {result['workload']['kind']}, "
+                       f"one thread): decode {stages['decode']}, detect {stages['detect']}, {embed}"
+                       + (f", liveness {stages['liveness']}" if stages["liveness"] is not None else "")
+                       + (f"; fused {result['ours_fused_ms']}" if "ours_fused_ms" in result else "")
                        + (f"; {ratios} faster than the peers" if ratios else "")
-                       + f"; an empty {rc['frame_size'][0]}×{rc['frame_size'][1]} frame: detection "
-                         f"{rc['first_pass_ms']} ms, {rc['with_rescue_ms']} ms with the rescue pass")
+                       + _rescue_line(result["rescue"]["empty_frames"]))
     return YES
+
+
+def _rescue_line(rc: dict) -> str:
+    if not rc.get("frames"):
+        return ""
+    return (f"; an empty {rc['frame_size'][0]}x{rc['frame_size'][1]} frame: detect {rc['first_pass_ms']} ms, "
+            f"{rc['with_rescue_ms']} ms with the rescue pass")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -114,6 +174,25 @@ def cmd_liveness(args: argparse.Namespace) -> int:
     return YES
 
 
+def cmd_planar(args: argparse.Namespace) -> int:
+    import sys
+
+    from edge.bench import planar
+    from edge.imageio import sample_images
+
+    paths = [*sample_images(args.images, limit=args.limit), *args.image]
+    r = planar.run(paths, seed=args.seed, progress=sys.stderr.isatty())
+    lines = [f"OpenCV {r['opencv']}, {r['faces']} faces, seed {r['seed']}; planar iff ≥ {r['planar_share']:.0%} of "
+             f"the points on one homography (points kept at conditioning ≥ {r['min_condition']:g})"]
+    for kind, k in r["kinds"].items():
+        lines.append(f"{kind}: {k['correct']} of {k['clips']} judged {k['expected']} ({k['no_verdict']} no verdict); "
+                     f"some frame said the opposite in {k['some_frame_opposite']}; inliers of the deciding fit min "
+                     f"{k['inliers_min']:.3f}, median {k['inliers_median']:.3f}"
+                     + (f"; wrong: {', '.join(Path(w).name for w in k['wrong'])}" if k["wrong"] else ""))
+    emit(args, r, "\n".join(lines))
+    return YES
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="accuracy and speed benchmarks (JSON with --json)").add_subparsers(
         dest="bench_command", required=True, metavar="BENCH")
@@ -136,6 +215,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     recognition_options(p, policy="central", verifier="score with a trained verification head")
     p.set_defaults(func=cmd_identify)
 
+    p = bench.add_parser("door", help="walk-up benchmark: galleries of K with e photos each, tracks of m frames, "
+                                      "known and unknown (DIR at FPIR, FNIR/FPIR per cell and scorer)")
+    p.add_argument("--images", type=Path, required=True, help="folder-per-person tree (LFW)")
+    p.add_argument("--scorers", default="sface,fusion:fused",
+                   help="comma-separated: an embedder name, fusion:NAME or head:NAME (default: sface,fusion:fused)")
+    p.add_argument("--gallery-size", type=bounded(int, 1), nargs="+", default=[100], metavar="K")
+    p.add_argument("--enrol", type=bounded(int, 1, 10), nargs="+", default=[1, 3], metavar="E",
+                   help="enrolment photos per identity (default: 1 3)")
+    p.add_argument("--frames", type=bounded(int, 1, 20), nargs="+", default=[1, 3, 5], metavar="M",
+                   help="distinct photos per probe track (default: 1 3 5)")
+    p.add_argument("--seeds", type=bounded(int, 1), default=10)
+    p.add_argument("--fpir", type=bounded(float, 1e-6, 0.5), default=0.01,
+                   help="target FPIR of each scorer's operating threshold")
+    p.add_argument("--exclude-pairs", type=Path, action="append", metavar="FILE",
+                   help="also leave out the identities of this pairs file (those a scorer was calibrated on "
+                        "always are)")
+    p.add_argument("--templates", choices=("max", "mean"),
+                   help="an identity's score over its enrolment photos: the best, or the mean (default: "
+                        "decision.templates)")
+    p.add_argument("--only-pairs", type=Path, metavar="FILE",
+                   help="draw only from the identities of this pairs file (a development run, e.g. View 1)")
+    recognition_options(p, policy="central")
+    p.set_defaults(func=cmd_door)
+
     p = bench.add_parser("search", help="gallery search: the matcher against faiss, one thread")
     p.add_argument("--n", type=bounded(int, 1), nargs="+", default=[10_000, 100_000, 1_000_000],
                    help="gallery sizes")
@@ -147,10 +250,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     recognition_options(p, policy="central")
     p.set_defaults(func=cmd_search)
 
-    p = bench.add_parser("speed", help="ms per image, decoded image → embedding, ours vs peers, one thread")
+    p = bench.add_parser("speed", help="ms per image by stage (decode, detect, align, embed per model, liveness), "
+                         "ours vs two peers in the same run, one thread")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--limit", type=bounded(int, 1), default=200, help="images to time (default: 200)")
     p.add_argument("--no-peers", action="store_true", help="time only our pipeline")
+    p.add_argument("--frames", metavar="WxH", help="synthetic door frames of this size (e.g. 640x480, 1280x720), "
+                   "one LFW portrait each at a door camera's face size, instead of the LFW photos")
+    p.add_argument("--fusion-embedders", metavar="MODELS", help="comma-separated embedders run on every face "
+                   "besides --model (e.g. dlib-resnet-int8): the fused setting's cost, ours_fused_ms and ratios")
     recognition_options(p, policy="central")
     p.set_defaults(func=cmd_speed)
 
@@ -185,6 +293,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=bounded(int, 1), default=5, help="clips: n (default 5)")
     liveness_model_options(p)
     p.set_defaults(func=cmd_liveness)
+    _planar_parser(bench)
+
+
+def _planar_parser(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("planar", help="the planar-motion check on synthetic replays, torn prints and turning "
+                                        "reliefs of the faces in a folder (a regression aid)")
+    p.add_argument("--images", type=Path, required=True, help="folder of face images (searched recursively)")
+    p.add_argument("--image", type=Path, action="append", default=[], metavar="FILE",
+                   help="one more face image (repeatable), e.g. $FACEGATE_DATA/liveness/image_T1.jpg")
+    p.add_argument("--limit", type=bounded(int, 1), default=20,
+                   help="at most this many images from --images, evenly spread (default: 20)")
+    p.add_argument("--seed", type=int, default=20,
+                   help="first seed; kind i of face k uses seed + 25 i + k (default: 20)")
+    json_option(p)
+    p.set_defaults(func=cmd_planar)
 
 
 def liveness_model_options(p: argparse.ArgumentParser) -> None:

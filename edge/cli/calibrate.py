@@ -33,6 +33,44 @@ def cmd_embedder(args: argparse.Namespace) -> int:
     return YES
 
 
+def cmd_fusion(args: argparse.Namespace) -> int:
+    import json
+
+    from edge.errors import FacegateError
+    from edge.eval.calibrate import calibrate_fusion
+
+    reg = registry(args)
+    members = tuple(m.strip() for m in args.members.split(",") if m.strip())
+    weights = {}
+    for item in (args.weights or "").split(","):
+        if item.strip():
+            name, _, value = item.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise FacegateError(f"--weights: {item!r} is not NAME=NUMBER") from None
+    r = calibrate_fusion(args.name, members, args.images, args.pairs, args.far, registry=reg, fpir=args.fpir,
+                         weights=weights)
+    written = None
+    if not args.dry_run:
+        if args.name in reg.names():
+            written = str(reg.write_override(args.name, r))
+        else:
+            from edge.atomic import atomic_write_bytes
+
+            path = reg.model_dir / args.name / "manifest.json"
+            manifest = {"name": args.name, "task": "fusion", "licence": "Apache-2.0",
+                        "source": {"recipe": "facegate calibrate fusion"}, **r}
+            atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+            written = str(path)
+    v = r["thresholds"]["verify"]
+    stats = ", ".join(f"{m} μ {s['mu']:.4f} σ {s['sigma']:.4f}" for m, s in r["extra"]["stats"].items())
+    emit(args, {**r, "written_to": written},
+         f"{args.name}: {stats}; verify threshold {v['value']:.4f} at FAR {v['provenance']['far_measured']:.2e}, "
+         f"FRR {v['provenance']['frr_measured']:.4f}" + (f"; written to {written}" if written else "; dry run"))
+    return YES
+
+
 def cmd_liveness(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -66,6 +104,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_option(p)
     json_option(p)
     p.set_defaults(func=cmd_embedder)
+
+    p = group.add_parser("fusion", help="a score fusion of several embedders: impostor statistics per member and "
+                                        "the fused score's 1:1 threshold and 1:N tail")
+    p.add_argument("--name", default="fused", help="the fusion's model name (default: fused)")
+    p.add_argument("--members", default="sface,dlib-resnet", help="comma-separated embedders (default: "
+                                                                   "sface,dlib-resnet)")
+    p.add_argument("--weights", help="NAME=W,… relative weights (default: equal)")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--pairs", type=Path, required=True, help="LFW-format pairs file (use View 1, never View 2)")
+    p.add_argument("--far", type=bounded(float, 1e-9, 0.5), default=1e-3)
+    p.add_argument("--fpir", type=bounded(float, 1e-6, 0.5), default=0.01)
+    p.add_argument("--dry-run", action="store_true", help="print, do not write the manifest")
+    config_option(p)
+    json_option(p)
+    p.set_defaults(func=cmd_fusion)
 
     p = group.add_parser("liveness", help="the passive check's live threshold from bona fide faces (a target BPCER)")
     p.add_argument("--live", type=Path, required=True,

@@ -62,7 +62,8 @@ def config_option(p: argparse.ArgumentParser) -> None:
 def recognition_options(p: argparse.ArgumentParser, policy: str = "largest", verifier: str | None = None) -> None:
     """--config, the models (defaults from the configuration), --policy, --json."""
     config_option(p)
-    p.add_argument("--model", help="embedder model name (default: models.embedder, sface)")
+    p.add_argument("--model", help="embedder model name (default: models.embedder, else the manifests' default: "
+                   "sface-int8; sface is fp32)")
     p.add_argument("--detector", help="detector model name (default: models.detector, yunet)")
     p.add_argument("--threads", type=bounded(int, 1, 64), help="inference threads (default: models.threads, 1)")
     p.add_argument("--min-face", type=bounded(float, 8), metavar="PX",
@@ -77,6 +78,9 @@ def recognition_options(p: argparse.ArgumentParser, policy: str = "largest", ver
         p.add_argument("--verifier", metavar="HEAD",
                        help=f"{verifier} (installed name or bundle folder; default: models.verifier, else the "
                             "embedder's cosine)")
+        p.add_argument("--fusion", metavar="NAME",
+                       help="score with a fusion of several embedders (e.g. fused: sface + dlib-resnet; "
+                            "default: models.fusion)")
     json_option(p)
 
 
@@ -100,6 +104,7 @@ def settings(args: argparse.Namespace) -> Any:
         m = cfg.models
         for attr, value in (("model", m.embedder), ("detector", m.detector), ("threads", m.threads),
                             ("min_face", m.min_face_px), ("rescue", m.rescue), ("verifier", m.verifier or None),
+                            ("fusion", m.fusion or None),
                             ("fpir", cfg.decision.fpir), ("store", Path(cfg.store.path) if cfg.store.path else None),
                             ("key_file", cfg.store.key_file or None)):
             if getattr(args, attr, None) is None:
@@ -128,9 +133,14 @@ def pipeline(args: argparse.Namespace):
     from edge.pipeline import FacePipeline
 
     settings(args)
-    extra = head(args).embedders if getattr(args, "verifier", None) else ()
+    extra: tuple[str, ...] = ()
+    if getattr(args, "verifier", None):
+        extra = tuple(head(args).embedders)
+    elif getattr(args, "fusion", None):
+        extra = tuple(registry(args).manifest(args.fusion).extra.get("members", ()))
     return FacePipeline(registry(args), detector=args.detector, embedder=args.model, threads=args.threads,
-                        min_face_px=args.min_face, extra_embedders=tuple(extra), rescue=args.rescue)
+                        min_face_px=args.min_face, extra_embedders=extra,
+                        rescue=args.rescue)
 
 
 def scorer(args: argparse.Namespace, store: Any = None):
@@ -138,8 +148,10 @@ def scorer(args: argparse.Namespace, store: Any = None):
     from edge.match.factory import make_scorer
 
     settings(args)
+    cfg = settings(args)
+    templates = "max" if getattr(args, "verifier", None) else cfg.decision.templates
     return make_scorer(registry(args), args.model, getattr(args, "verifier", None) or "", store,
-                       getattr(args, "fpir", None) or 0.01)
+                       getattr(args, "fpir", None) or 0.01, getattr(args, "fusion", None) or "", templates)
 
 
 def open_store(args: argparse.Namespace, create: bool = False):

@@ -41,7 +41,10 @@ def _report_judged(args: argparse.Namespace, name: str, judged) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    with open_store(args, create=True) as store:
+    with open_store(args, create=not args.add) as store:
+        if args.add and store.identity(args.name) is None:
+            raise FacegateError(f"--add: no enrolled identity {args.name!r} (a typo would start a new person; "
+                                "leave out --add to enrol someone new)")
         judged = _enroller(args, store).enroll(args.name, args.images, force=args.force,
                                                command=" ".join(["enroll", args.name, *map(str, args.images)]),
                                                display_name=args.display_name)
@@ -111,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="enrol even if a photo matches another identity or does not match this one")
     p.add_argument("--keep-crops", action="store_true", help="keep face crops (for re-embedding later)")
+    p.add_argument("--add", action="store_true",
+                   help="add photos to an enrolled identity (refused if NAME is not enrolled; each photo must "
+                        "match it at the 1:1 threshold unless --force)")
     store_options(p)
     recognition_options(p, policy="single", verifier="also store templates of every embedder this head reads")
     p.set_defaults(func=cmd_enroll)

@@ -76,7 +76,7 @@ def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: in
                             "is too large")
     files = {n: f for n, f in people}
     rels = [f"{n}/{p.name}" for n, fs in people for p in fs]
-    probes_by_rel, no_face = embed_paths(pipeline, images, rels, policy=policy, every=True)
+    probes_by_rel, no_face = embed_paths(pipeline, images, rels, policy=policy, every=True, cache=True)
     threshold, details = identify_threshold(scorer.manifest, gallery_size, fpir)
 
     known_scores, known_correct, unknown_scores = [], [], []

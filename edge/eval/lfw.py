@@ -7,6 +7,7 @@ Rows are "Name i j" (same person) or "Name1 i Name2 j" (different people).
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +62,23 @@ def read_pairs(path: Path) -> list[Pair]:
 
 
 
+# LFW View 2 (pairs.txt, md5 from the LFW site): the test set. Nothing is calibrated, fitted or tuned on it.
+VIEW2_MD5 = "9f1ba174e4e1c508ff7cdf10ac338a7d"
+
+
+def refuse_test_set(pairs_file: Path, purpose: str = "calibrate") -> None:
+    """A calibration or fit must never see the test set: refuse LFW View 2 by content (any name, any copy)."""
+    import hashlib
+
+    try:
+        digest = hashlib.md5(Path(pairs_file).read_bytes(), usedforsecurity=False).hexdigest()
+    except OSError as exc:
+        raise FacegateError(f"{pairs_file}: cannot read pairs file ({exc.strerror})") from None
+    if digest == VIEW2_MD5:
+        raise FacegateError(f"{pairs_file} is LFW View 2, the test set: {purpose} on View 1 (pairsDevTrain.txt) "
+                            "and keep View 2 for reporting")
+
+
 def images_named_by(pairs_files: Iterable[Path]) -> set[str]:
     """The relative image paths (Name/Name_NNNN.jpg) LFW-format pairs files name: a test set's images, to be
     kept out of calibration, fitting and sampling."""
@@ -72,30 +90,91 @@ def pair_identities(pairs: Iterable[Pair]) -> set[str]:
     return {r.split("/")[0] for p in pairs for r in (p.a, p.b)}
 
 def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "best", desc: str = "embedding",
-                every: bool = False, chosen: dict[str, tuple[Face, int]] | None = None,
+                every: bool = False, cache: bool = False, chosen: dict[str, tuple[Face, int]] | None = None,
                 ) -> tuple[dict[str, Any], list[str]]:
     """Embed each image once; returns (embeddings by relative path, paths with no usable face).
 
     With `every`, each value is a probe, {embedder: vector} for every embedder the pipeline carries (the face
     is detected once, each embedder aligns it with its own template; what a Scorer takes); otherwise the
-    primary embedder's vector. `chosen`, when given, receives each image's chosen face and how many were found.
+    primary embedder's vector. With `cache`, results are kept in the state directory, keyed by the models'
+    sha256, the face policy and the image folder, so a second benchmark over the same images embeds only what
+    it has not seen (an evaluation convenience; the device never reads it). `chosen`, when given,
+    receives each fresh image's chosen face and how many were found (never from the cache).
     """
+    primary = pipeline.embedder.manifest.name
+    store = _ProbeCache(pipeline, root, policy) if cache else None
     embeddings: dict[str, Any] = {}
     no_face: list[str] = []
-    primary = pipeline.embedder.manifest.name
-    for rel in tqdm(rels, desc=desc, unit="img", file=sys.stderr, disable=None):
+    todo = rels
+    if store is not None:
+        embeddings, no_face, todo = store.lookup(rels)
+    fresh: dict[str, Any] = {}
+    fresh_none: list[str] = []
+    for rel in tqdm(todo, desc=desc, unit="img", file=sys.stderr, disable=None):
         try:
             image = load_bgr(Path(root) / rel)
             faces = pipeline.detect(image)
             face = select_face(faces, image.shape, policy)
         except (NoFaceError, ImageError):
-            no_face.append(rel)
+            fresh_none.append(rel)
             continue
         if chosen is not None:
             chosen[rel] = (face, len(faces))
-        probe = pipeline.embed(image, [face], None if every else [primary])[0]
-        embeddings[rel] = probe if every else probe[primary]
+        fresh[rel] = pipeline.embed(image, [face], None if (every or store is not None) else [primary])[0]
+    if store is not None and (fresh or fresh_none):
+        store.save(fresh, fresh_none)
+    embeddings.update(fresh)
+    no_face += fresh_none
+    if not every:
+        embeddings = {r: p[primary] for r, p in embeddings.items()}
     return embeddings, no_face
+
+
+class _ProbeCache:
+    """Probes of one image folder under one pipeline (detector + embedders, by sha256) and face policy."""
+
+    def __init__(self, pipeline, root: Path, policy: str) -> None:
+        import hashlib
+
+        from edge.paths import state_dir
+
+        parts = [pipeline.detector.manifest.sha256, policy, str(Path(root).resolve()),
+                 str(getattr(pipeline.detector, "min_face_px", "")), getattr(pipeline, "rescue_mode", "")]
+        parts += [f"{e.manifest.name}:{e.manifest.sha256}:{e.manifest.flip_average}" for e in pipeline.embedders]
+        key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        self.path = state_dir() / "cache" / f"probes-{key}.npz"
+        self.names = [e.manifest.name for e in pipeline.embedders]
+
+    def _load(self) -> tuple[dict[str, Any], set[str]]:
+        if not self.path.is_file():
+            return {}, set()
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                rels = [str(r) for r in z["rels"]]
+                vectors = {n: z[f"v_{n}"] for n in self.names}
+                none = {str(r) for r in z["no_face"]}
+        except (OSError, KeyError, ValueError):
+            return {}, set()  # a damaged cache is recomputed
+        return {r: {n: vectors[n][i] for n in self.names} for i, r in enumerate(rels)}, none
+
+    def lookup(self, rels: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
+        have, none = self._load()
+        hit = {r: have[r] for r in rels if r in have}
+        missed = [r for r in rels if r not in have and r not in none]
+        return hit, [r for r in rels if r in none], missed
+
+    def save(self, fresh: dict[str, Any], fresh_none: list[str]) -> None:
+        from edge.atomic import atomic_write_bytes
+
+        have, none = self._load()
+        have.update(fresh)
+        none |= set(fresh_none)
+        rels = sorted(have)
+        buf = io.BytesIO()
+        np.savez(buf, rels=np.array(rels), no_face=np.array(sorted(none)),
+                 **{f"v_{n}": np.stack([have[r][n] for r in rels]) if rels else np.zeros((0, 1), np.float32)
+                    for n in self.names})
+        atomic_write_bytes(self.path, buf.getvalue())
 
 
 def pair_scores(pairs: list[Pair], embeddings: dict[str, np.ndarray]) -> np.ndarray:

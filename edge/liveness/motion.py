@@ -1,7 +1,8 @@
 """The planar-motion check: does the face region move as one plane (a photo, a screen) or not (a head)?
 
-Corners are found in the face box (cv2.goodFeaturesToTrack), followed frame to frame with pyramidal
-Lucas–Kanade (cv2.calcOpticalFlowPyrLK, kept only when tracking back lands where it started), and a
+Corners are found in the face box (cv2.goodFeaturesToTrack), kept only where the tracker's own window sees
+gradients in two directions (`well_conditioned`: a point on an edge slides along it), followed frame to frame
+with pyramidal Lucas–Kanade (cv2.calcOpticalFlowPyrLK, kept only when tracking back lands where it started), and a
 homography is fitted with RANSAC between the points where they started and where they are now
 (cv2.findHomography). Every view of a plane is a homography of every other view, so a photo or a screen,
 however it is tilted, bent by perspective or moved, leaves almost every point within a pixel or two of the fit.
@@ -39,6 +40,11 @@ PLANAR_SHARE = 0.85  # ≥ 85 % of the points on one homography: planar
 MIN_TILT = 0.05  # planar needs the plane to have turned: 1 - cos 18° of foreshortening
 MIN_POINTS = 12  # fewer tracked points: no verdict
 MAX_POINTS = 120
+# Smaller / larger eigenvalue of the gradients' structure tensor over the tracking window, below which a point
+# lies on an edge: Lucas–Kanade then recovers only the motion across the edge, and the point lags along it
+# frame after frame (the aperture problem) — on a turning photo, far off the plane's homography.
+MIN_CONDITION = 0.1
+CANDIDATES = 3  # corners asked for per point kept, so that the conditioning filter still leaves MAX_POINTS
 FB_TOLERANCE = 0.004  # forward–backward tracking error that drops a point, in face widths (≥ 0.5 px)
 WINDOW = (21, 21)
 LCN_SIGMA = 4.0
@@ -91,6 +97,34 @@ def face_points(grey_image: np.ndarray, box: np.ndarray, max_points: int = MAX_P
     spacing = max(3.0, (x2 - x1) / 30.0)
     pts = cv2.goodFeaturesToTrack(grey_image, max_points, 0.01, spacing, mask=mask, blockSize=5)
     return np.zeros((0, 2), np.float32) if pts is None else pts.reshape(-1, 2).astype(np.float32)
+
+
+def well_conditioned(image: np.ndarray, points: np.ndarray, window: int = WINDOW[0],
+                     min_condition: float = MIN_CONDITION) -> np.ndarray:
+    """Which `points` (N, 2, pixel coordinates of `image`) the tracker can follow in both directions: a bool mask.
+
+    The test is the one Lucas–Kanade's own equations pass or fail: the 2×2 matrix of summed gradient products
+    over the tracking window must not be close to singular relative to its size (smaller / larger eigenvalue
+    ≥ `min_condition`). goodFeaturesToTrack ranks by the smaller eigenvalue over a small block alone, which
+    lets a strong edge through — the hairline or the jaw against the background — and on such a point the
+    tracker slides along the edge as the picture turns.
+    """
+    if not len(points):
+        return np.zeros(0, bool)
+    h, w = image.shape[:2]
+    # Only the part of the image the points' windows cover (the structure tensor of the whole region would
+    # cost more than a frame of tracking).
+    half = window // 2 + 2
+    x0 = max(0, int(points[:, 0].min()) - half)
+    y0 = max(0, int(points[:, 1].min()) - half)
+    x1 = min(w, int(points[:, 0].max()) + half + 1)
+    y1 = min(h, int(points[:, 1].max()) + half + 1)
+    eig = cv2.cornerEigenValsAndVecs(image[y0:y1, x0:x1], window, 3)
+    xi = np.clip(np.rint(points[:, 0]).astype(int) - x0, 0, x1 - x0 - 1)
+    yi = np.clip(np.rint(points[:, 1]).astype(int) - y0, 0, y1 - y0 - 1)
+    l1, l2 = eig[yi, xi, 0], eig[yi, xi, 1]  # OpenCV does not order the two
+    large = np.maximum(l1, l2)
+    return (large > 0) & (np.minimum(l1, l2) >= min_condition * large)
 
 
 def planar_fit(start: np.ndarray, now: np.ndarray, face_width: float, tolerance: float = TOLERANCE,
@@ -153,7 +187,10 @@ class PointTracker:
         self.offset = np.array(self.roi[:2], np.float32)
         self.width = x2 - x1
         self.prev = self._prepare(g)
-        self.start = face_points(g, box)
+        # Conditioning is judged on the image the tracker follows (blurred, contrast-normalised), not the raw one.
+        candidates = face_points(g, box, MAX_POINTS * CANDIDATES)
+        keep = well_conditioned(self.prev, candidates - self.offset)
+        self.start = candidates[keep][:MAX_POINTS]  # goodFeaturesToTrack returns the strongest first
         self.now = self.start.copy()
         self.lost = 0
 

@@ -14,7 +14,8 @@ ort.set_default_logger_severity(3)
 
 
 class OnnxRuntime:
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path | bytes, threads: int = 1) -> None:
+        """`path`: the model file, or a serialised model built in memory (e.g. with extra outputs)."""
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(1, threads)
         so.inter_op_num_threads = 1
@@ -22,9 +23,11 @@ class OnnxRuntime:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            source = path if isinstance(path, bytes) else str(path)
+            self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+            what = "the model built in memory" if isinstance(path, bytes) else path
+            raise ModelError(f"{what}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 
