@@ -163,12 +163,12 @@ class FacePipeline:
         """The face's embedding under every configured embedder, each aligned with its own template."""
         return self.embed(image, [face])[0]
 
-    def probe(self, image: np.ndarray, policy: str = "largest") -> tuple[Face, dict[str, np.ndarray]]:
+    def probe(self, image: np.ndarray, policy: str = "best") -> tuple[Face, dict[str, np.ndarray]]:
         """The chosen face of an image and its probe (embeddings under every configured embedder)."""
         face = select_face(self.detect(image), image.shape, policy)
         return face, self.embed_all(image, face)
 
-    def embed_one(self, image: np.ndarray, policy: str = "largest") -> tuple[Face, np.ndarray]:
+    def embed_one(self, image: np.ndarray, policy: str = "best") -> tuple[Face, np.ndarray]:
         """The chosen face of an image and its primary embedding; NoFaceError / ManyFacesError otherwise."""
         face = select_face(self.detect(image), image.shape, policy)
         return face, self.embed_faces(image, [face])[0]

@@ -217,7 +217,7 @@ def _median(values: Sequence[float]) -> float | None:
     return round(float(np.median(values)), 3) if len(values) else None
 
 
-def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: str = "central",
+def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: str = "best",
         peers: bool = True, registry: Registry | None = None, fusion: Sequence[str] = (),
         frames: tuple[int, int] | None = None, min_face_px: float = 40.0, seed: int = 0,
         rescue: str = "photos") -> dict[str, Any]:

@@ -59,7 +59,7 @@ def config_option(p: argparse.ArgumentParser) -> None:
                         "$CONFIGURATION_DIRECTORY/facegate.toml, else built-in defaults)")
 
 
-def recognition_options(p: argparse.ArgumentParser, policy: str = "largest", verifier: str | None = None) -> None:
+def recognition_options(p: argparse.ArgumentParser, policy: str = "best", verifier: str | None = None) -> None:
     """--config, the models (defaults from the configuration), --policy, --json."""
     config_option(p)
     p.add_argument("--model", help="embedder model name (default: models.embedder, else the manifests' default: "

@@ -19,10 +19,14 @@ So the rescue runs when the first pass finds no face, or none scoring at least t
    another.
 3. `low_score`: no orientation has a face at the usual threshold: the same orientations' faces down to the
    manifest's `rescue_score_threshold`, the best orientation again.
+4. `enlarged`: still nothing: the four orientations once more with the image enlarged twice (bicubic), down to
+   the same low threshold. Faces a little over the detector's smallest size, tilted and in the dark are read
+   only at twice their size (the wild set's last misses, docs/wild.md).
 
 Steps 1 and 3 share one detector run per orientation (a face's score does not depend on the threshold, and
 non-maximum suppression drops a face only for a higher-scoring one), so a rescue costs at most four
-full-resolution runs, and nothing when the first pass finds a face it is sure of. Faces found in a turned
+full-resolution runs when it finds a face, four more on an image enlarged twice (about 16 times the pixels)
+when it finds none, and nothing when the first pass finds a face it is sure of. Faces found in a turned
 image are mapped back to the image's own coordinates, landmarks included, so alignment is unchanged: the
 similarity transform to the template turns the face upright.
 
@@ -35,12 +39,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 
 from edge.vision.detect import Detector, Face, FullResolution
 
 RESCUE_MODES = ("off", "photos", "always")
-STEPS = ("kept", "full", "rotated", "low_score")
+STEPS = ("kept", "full", "rotated", "low_score", "enlarged")
+ENLARGE = 2.0  # the last look's scale
 
 
 def unrotate(points: np.ndarray, k: int, width: int, height: int) -> np.ndarray:
@@ -69,11 +75,12 @@ def unrotate_face(face: Face, k: int, width: int, height: int) -> Face:
 
 
 def decide(first: list[Face], look: Callable[[int], list[Face]], usual: float, sure: float,
-           full: bool) -> tuple[list[Face], str | None]:
+           full: bool, enlarged: Callable[[int], list[Face]] | None = None) -> tuple[list[Face], str | None]:
     """The rescue's choice (module docstring) given the first pass's faces and `look(k)`: the faces of the
-    image turned k quarter turns, in the image's coordinates, best first, down to the rescue's low threshold.
-    Returns (faces, step), ([], None) when nothing is found. Kept apart from the detector so the steps can be
-    replayed on cached looks when tuning."""
+    image turned k quarter turns, in the image's coordinates, best first, down to the rescue's low threshold;
+    `enlarged(k)` the same on the image enlarged (the last step, skipped when None). Returns (faces, step),
+    ([], None) when nothing is found. Kept apart from the detector so the steps can be replayed on cached looks
+    when tuning."""
     if first:
         upright = first
     else:
@@ -87,7 +94,10 @@ def decide(first: list[Face], look: Callable[[int], list[Face]], usual: float, s
         upright_won = any(best[0] is f for f in upright)
         return best, ("kept" if first else "full") if upright_won else "rotated"
     best = _best_view(views)
-    return (best, "low_score") if best else ([], None)
+    if best:
+        return best, "low_score"
+    best = _best_view([enlarged(k) for k in range(4)]) if enlarged is not None else []
+    return (best, "enlarged") if best else ([], None)
 
 
 def _best_view(views: list[list[Face]]) -> list[Face]:
@@ -113,10 +123,14 @@ class Rescue:
         """Whether the first pass's faces call for the rescue: none, or none the detector is sure of."""
         return not first or max(f.score for f in first) < self.sure
 
-    def look(self, image: np.ndarray, k: int) -> list[Face]:
-        """Faces in the image turned k quarter turns, in the image's own coordinates, best first: at full
-        resolution down to the low score and the detector's reliable size when it offers that, else its
-        ordinary pass."""
+    def look(self, image: np.ndarray, k: int, scale: float = 1.0) -> list[Face]:
+        """Faces in the image turned k quarter turns (and enlarged by `scale`), in the image's own coordinates,
+        best first: at full resolution down to the low score and the detector's reliable size when it offers
+        that, else its ordinary pass."""
+        if scale != 1.0:
+            h, w = image.shape[:2]
+            big = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+            return [_scaled(f, 1.0 / scale) for f in self.look(big, k)]
         turned = np.ascontiguousarray(np.rot90(image, k)) if k else image
         if self.full:
             det: FullResolution = self.detector  # type: ignore[assignment]
@@ -128,4 +142,11 @@ class Rescue:
 
     def run(self, image: np.ndarray, first: list[Face]) -> tuple[list[Face], str | None]:
         """(faces, the step that chose them) after a first pass that found `first`; ([], None) if none."""
-        return decide(first, lambda k: self.look(image, k), self.usual, self.sure, self.full)
+        return decide(first, lambda k: self.look(image, k), self.usual, self.sure, self.full,
+                      (lambda k: self.look(image, k, ENLARGE)) if self.full else None)
+
+
+def _scaled(face: Face, s: float) -> Face:
+    """A face found in an image resized by 1/s, in the image's own coordinates."""
+    return Face(box=(face.box * s).astype(np.float32), landmarks=(face.landmarks * s).astype(np.float32),
+                score=face.score)

@@ -47,6 +47,11 @@ def test_decide_steps_in_order():
     faces, step = decide([], lambda k: low[k], usual=0.6, sure=0.9, full=True)
     assert step == "low_score" and faces[0] is low[1][0]
     assert decide([], lambda k: [], usual=0.6, sure=0.9, full=True) == ([], None)
+    # Nothing at all at the image's size: the enlarged image's best orientation, the last resort.
+    big = {0: [], 1: [], 2: [_f(0.7)], 3: [_f(0.4)]}
+    faces, step = decide([], lambda k: [], usual=0.6, sure=0.9, full=True, enlarged=lambda k: big[k])
+    assert step == "enlarged" and faces[0] is big[2][0]
+    assert decide([], lambda k: [], usual=0.6, sure=0.9, full=True, enlarged=lambda k: []) == ([], None)
 
 
 class CountingDetector:
@@ -77,7 +82,8 @@ def test_rescue_costs_nothing_when_the_first_pass_is_sure():
     rescue = Rescue(det)
     assert rescue.needed([]) and rescue.needed([_f(0.7)])
     assert rescue.run(np.zeros((64, 48, 3), np.uint8), []) == ([], None)
-    assert det.full_calls == 4  # upright at full resolution, then three turns: no more
+    # Upright at full resolution, three turns, then the four orientations enlarged twice: no more.
+    assert det.full_calls == 8
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +142,17 @@ def test_tiny_face_is_rescued_at_full_resolution(portrait, pipelines):
     cx, cy = (faces[0].box[0] + faces[0].box[2]) / 2, (faces[0].box[1] + faces[0].box[3]) / 2
     assert abs(cx - 400) < 8 and abs(cy - 200) < 8
     assert 20 <= faces[0].width <= 40
+
+
+def test_face_under_the_detectors_size_is_found_enlarged(portrait, pipelines):
+    scene = _scene(portrait, 14, (400, 200))  # under YuNet's 20 px even at full resolution
+    pipe = pipelines["photos"]
+    before = pipe.rescued.copy()
+    faces = pipe.detect(scene)
+    assert (pipe.rescued - before) == {"enlarged": 1}
+    cx, cy = (faces[0].box[0] + faces[0].box[2]) / 2, (faces[0].box[1] + faces[0].box[3]) / 2
+    assert abs(cx - 400) < 6 and abs(cy - 200) < 6  # mapped back to the image's own coordinates
+    assert 10 <= faces[0].width <= 20
 
 
 def test_frames_are_spared_unless_configured(portrait, pipelines):
