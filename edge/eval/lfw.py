@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.imageio import load_bgr
+from edge.match.base import accept_all
 from edge.vision.detect import Face, select_face
 
 
@@ -190,7 +191,7 @@ def pair_scores(pairs: list[Pair], embeddings: dict[str, np.ndarray]) -> np.ndar
 def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
     """Fraction right when 'same' means score ≥ threshold; unscored (NaN) pairs are always wrong."""
     with np.errstate(invalid="ignore"):
-        predicted = scores >= threshold
+        predicted = accept_all(scores, threshold)
     right = (predicted == same) & ~np.isnan(scores)
     return float(right.mean()) if len(scores) else 0.0
 
