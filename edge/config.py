@@ -25,6 +25,7 @@ from typing import Any
 from edge.errors import FacegateError
 from edge.mqtt.settings import MqttSettings
 from edge.vision.quality import QualityGate
+from edge.vision.rescue import RESCUE_MODES
 
 PROFILES = ("door", "kiosk")
 DEFAULT_CONFIG_NAME = "facegate.toml"
@@ -62,6 +63,9 @@ class ModelsConfig:
     fusion: str = ""
     threads: int = 1
     min_face_px: float = 40.0
+    # When the first detection pass finds no face: look again at full resolution, turned, below the score
+    # threshold (edge/vision/rescue.py). photos | always | off; "photos" spares camera frames, mostly empty.
+    rescue: str = "photos"
     model_dir: str = ""  # default: <state dir>/models
 
 
@@ -211,6 +215,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": PROFILES,
     "decision.tailgating": ("deny", "allow"),
+    "models.rescue": RESCUE_MODES,
     "decision.templates": ("mean", "max"),
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),

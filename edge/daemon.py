@@ -210,6 +210,7 @@ class Daemon:
                                   cfg.models.fusion, cfg.decision.templates)
         self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
                                      threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
+                                     rescue=cfg.models.rescue,
                                      extra_embedders=self.scorer.embedders)
         self.access = AccessPolicy(cfg.access, metadata=self._metadata)
         self.policy = Policy(cfg.decision, self.access, liveness_required=self.liveness is not None)

@@ -134,7 +134,7 @@ class Engine:
     def _process(self, frame: Frame, problems: list[str]) -> list[Decision]:
         start = t = time.perf_counter()
         self.gallery.follow()  # before anything is decided on this frame
-        faces = self.pipeline.detect(frame.image)
+        faces = self.pipeline.detect(frame.image, frame=True)
         t = self._timed("detect", t)
         records = self.pipeline.analyse(frame.image, self.gate, embedders=[self.primary], faces=faces)
         embed_ms = self.pipeline.timings.last_embed_ms
@@ -219,4 +219,4 @@ class Engine:
 
     def faces(self, image: np.ndarray) -> list[Face]:
         with self.lock:
-            return self.pipeline.detector.detect(image)
+            return self.pipeline.detect(image, frame=True)

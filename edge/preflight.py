@@ -145,7 +145,7 @@ def _models(cfg: Config, registry: Any) -> None:
 
     extra = make_scorer(registry, cfg.models.embedder, cfg.models.verifier, fusion=cfg.models.fusion).embedders
     FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder, threads=cfg.models.threads,
-                 min_face_px=cfg.models.min_face_px, extra_embedders=extra)
+                 min_face_px=cfg.models.min_face_px, rescue=cfg.models.rescue, extra_embedders=extra)
 
 
 def check(cfg: Config) -> Report:

@@ -113,7 +113,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     fusion = tuple(m.strip() for m in (args.fusion_embedders or "").split(",") if m.strip())
     result = speed.run(args.images, limit=args.limit, model=args.model or None, policy=args.policy,
                        peers=not args.no_peers, registry=registry(args), fusion=fusion, min_face_px=args.min_face,
-                       frames=parse_size(args.frames) if args.frames else None)
+                       frames=parse_size(args.frames) if args.frames else None, rescue=args.rescue)
     ratios = ", ".join(f"{k} {v}×" for k, v in result.get("ratios", {}).items() if v is not None)
     stages = result["stages_ms"]
     embed = ", ".join(f"embed {k} {v}" for k, v in stages["embed"].items())
@@ -121,8 +121,16 @@ def cmd_speed(args: argparse.Namespace) -> int:
                        f"one thread): decode {stages['decode']}, detect {stages['detect']}, {embed}"
                        + (f", liveness {stages['liveness']}" if stages["liveness"] is not None else "")
                        + (f"; fused {result['ours_fused_ms']}" if "ours_fused_ms" in result else "")
-                       + (f"; {ratios} faster than the peers" if ratios else ""))
+                       + (f"; {ratios} faster than the peers" if ratios else "")
+                       + _rescue_line(result["rescue"]["empty_frames"]))
     return YES
+
+
+def _rescue_line(rc: dict) -> str:
+    if not rc.get("frames"):
+        return ""
+    return (f"; an empty {rc['frame_size'][0]}x{rc['frame_size'][1]} frame: detect {rc['first_pass_ms']} ms, "
+            f"{rc['with_rescue_ms']} ms with the rescue pass")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -214,7 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder-per-person tree (Name/Name_NNNN.jpg)")
     p.add_argument("--pairs", type=Path, required=True, help="LFW-format pairs file")
     p.add_argument("--plot", type=Path, help="write a ROC curve PNG here")
-    recognition_options(p, policy="central", verifier="score pairs with a trained verification head")
+    recognition_options(p, policy="best", verifier="score pairs with a trained verification head")
     p.set_defaults(func=cmd_pairs)
 
     p = bench.add_parser("identify", help="open-set 1:N identification (rank-1, DIR at FPIR, FNIR/FPIR)")
@@ -226,7 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-pairs", type=Path,
                    help="leave out the identities of this pairs file (default: the 1:N calibration file, "
                         "when found beside the images folder)")
-    recognition_options(p, policy="central", verifier="score with a trained verification head")
+    recognition_options(p, policy="best", verifier="score with a trained verification head")
     p.set_defaults(func=cmd_identify)
 
     p = bench.add_parser("door", help="walk-up benchmark: galleries of K with e photos each, tracks of m frames, "
@@ -250,7 +258,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "decision.templates)")
     p.add_argument("--only-pairs", type=Path, metavar="FILE",
                    help="draw only from the identities of this pairs file (a development run, e.g. View 1)")
-    recognition_options(p, policy="central")
+    recognition_options(p, policy="best")
     p.set_defaults(func=cmd_door)
 
     p = bench.add_parser("search", help="gallery search: the matcher against faiss, one thread")
@@ -261,7 +269,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real", type=bounded(int, 1), default=2000, help="how many real images to embed (default 2000)")
     p.add_argument("--queries", type=bounded(int, 1), default=1000)
     p.add_argument("--seed", type=int, default=0)
-    recognition_options(p, policy="central")
+    recognition_options(p, policy="best")
     p.set_defaults(func=cmd_search)
 
     p = bench.add_parser("speed", help="ms per image by stage (decode, detect, align, embed per model, liveness), "
@@ -273,7 +281,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "one LFW portrait each at a door camera's face size, instead of the LFW photos")
     p.add_argument("--fusion-embedders", metavar="MODELS", help="comma-separated embedders run on every face "
                    "besides --model (e.g. dlib-resnet-int8): the fused setting's cost, ours_fused_ms and ratios")
-    recognition_options(p, policy="central")
+    recognition_options(p, policy="best")
     p.set_defaults(func=cmd_speed)
 
     p = bench.add_parser("daemon", help="decision latency (capture → MQTT subscriber), fps, drops, RSS")
