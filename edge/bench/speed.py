@@ -99,7 +99,7 @@ class Ours:
         return True
 
 
-def naive(registry: Registry, policy: str, workdir: Path) -> Embed:
+def naive(registry: Registry, policy: str, workdir: Path, threads: int = 1) -> Embed:
     import onnx
     import onnxruntime as ort
 
@@ -110,7 +110,7 @@ def naive(registry: Registry, policy: str, workdir: Path) -> Embed:
     minimal = workdir / "sface_dangling_dropped.onnx"
     onnx.save(drop_dangling_inputs(onnx.load(str(emb_path))), str(minimal))
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = max(1, threads)  # the same thread budget as ours
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     session = ort.InferenceSession(str(minimal), so, providers=["CPUExecutionProvider"])
@@ -220,19 +220,22 @@ def _median(values: Sequence[float]) -> float | None:
 def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: str = "best",
         peers: bool = True, registry: Registry | None = None, fusion: Sequence[str] = (),
         frames: tuple[int, int] | None = None, min_face_px: float = 40.0, seed: int = 0,
-        rescue: str = "photos") -> dict[str, Any]:
+        rescue: str = "photos", threads: int = 1) -> dict[str, Any]:
+    """`threads`: onnxruntime intra-op threads of every model session (ours and the naive peer's); the
+    stages run one after another, so N threads never oversubscribe N cores. dlib (face_recognition) and
+    OpenCV's own work stay single-threaded."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
     registry = registry or Registry()
     model = model or registry.default_embedder()
     encoded = _workload(Path(images_dir), limit, frames, seed)
-    pipeline = FacePipeline(registry, embedder=model, threads=1, min_face_px=min_face_px,
+    pipeline = FacePipeline(registry, embedder=model, threads=threads, min_face_px=min_face_px,
                             extra_embedders=tuple(f for f in fusion if f != model), rescue=rescue)
     native = None
     if frames is not None and hasattr(pipeline.detector, "min_side"):
         from edge.vision.detect import make_detector
 
-        native = make_detector(registry, "yunet", threads=1, min_face_px=min_face_px)
+        native = make_detector(registry, "yunet", threads=threads, min_face_px=min_face_px)
         native.min_side = 10 ** 6  # type: ignore[attr-defined]  # never shrink: the policy's baseline
     ours = Ours(pipeline, policy, _liveness(registry), native)
     ours.frames = frames is not None
@@ -242,7 +245,7 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
     notes: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if peers:
-            pipes["naive"] = naive(registry, policy, Path(tmp))
+            pipes["naive"] = naive(registry, policy, Path(tmp), threads)
             fr = face_recognition_peer()
             if fr is None:
                 notes["face_recognition"] = "dlib-bin / face-recognition-models not installed (dev extra)"
@@ -274,6 +277,7 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
                     found = clocks[name].timed("total", lambda p=pipes[name], x=img: p(x)) is not None
                 no_face[name] += not found
     result = _report(pipeline, clocks, decode, no_face, notes, len(decoded), frames)
+    result["threads"] = threads
     result["rescue"] = {"mode": rescue, "steps": {k: v for k, v in pipeline.rescued.items()},
                         "empty_frames": rescue_cost(pipeline, faceless_frames(decoded))}
     if native is not None:
@@ -298,7 +302,7 @@ def _report(pipeline: FacePipeline, clocks: dict[str, Clock], decode: Clock, no_
     result: dict[str, Any] = {
         "workload": ({"kind": "lfw", "images": n} if frames is None else
                      {"kind": "door frames", "size": f"{frames[0]}x{frames[1]}", "images": n}),
-        "images": n, "threads": 1, "model": primary, "fusion": names if len(names) > 1 else [],
+        "images": n, "model": primary, "fusion": names if len(names) > 1 else [],
         "detector_input": _detector_input(pipeline, frames),
     }
     for key, cpu in (("stages_ms", False), ("stages_cpu_ms", True)):

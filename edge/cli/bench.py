@@ -113,7 +113,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     fusion = tuple(m.strip() for m in (args.fusion_embedders or "").split(",") if m.strip())
     result = speed.run(args.images, limit=args.limit, model=args.model or None, policy=args.policy,
                        peers=not args.no_peers, registry=registry(args), fusion=fusion, min_face_px=args.min_face,
-                       frames=parse_size(args.frames) if args.frames else None, rescue=args.rescue)
+                       frames=parse_size(args.frames) if args.frames else None, rescue=args.rescue,
+                       threads=args.threads or 1)
     ratios = ", ".join(f"{k} {v}×" for k, v in result.get("ratios", {}).items() if v is not None)
     stages = result["stages_ms"]
     embed = ", ".join(f"embed {k} {v}" for k, v in stages["embed"].items())

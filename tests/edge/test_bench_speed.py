@@ -72,3 +72,24 @@ def test_fusion_adds_the_second_embedders_cost_and_its_ratios(capsys, lfw):
     assert set(data["ratios"]) >= {"naive", "naive_fused", "face_recognition", "face_recognition_fused"}
     assert data["ratios"]["naive_fused"] < data["ratios"]["naive"]
     assert data["naive_ms"] > 0 and set(data["no_face"]) == {"ours", "naive", "face_recognition"}
+
+
+def test_threads_reach_every_onnxruntime_session(capsys, lfw):
+    """--threads is the intra-op thread count of our sessions (and the naive peer's), reported in the JSON."""
+    from edge.bench import speed
+
+    data = _bench(capsys, "--images", lfw / "images", "--limit", 2, "--no-peers", "--threads", 2)
+    assert data["threads"] == 2
+    seen = []
+    real = speed.FacePipeline
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("threads"))
+        return real(*args, **kwargs)
+
+    speed.FacePipeline = spy
+    try:
+        speed.run(lfw / "images", limit=1, peers=False, threads=3)
+    finally:
+        speed.FacePipeline = real
+    assert seen == [3]
