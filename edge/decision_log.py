@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
+from edge.sqlitefile import open_private_wal
 from edge.store.crypto import Cipher
 
 SCHEMA = (
@@ -69,18 +70,10 @@ class DecisionLog:
         self.limit = limit
         self._cipher = Cipher(key) if key is not None else None
         self._lock = threading.Lock()
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # names of people: owner-only
+        # No fsync per decision (the door's frame loop writes here): a power cut may lose the last few rows,
+        # never corrupt the file. The events themselves are made durable by the MQTT outbox.
+        self._conn = open_private_wal(self.path, "NORMAL", "decision log", DecisionLogError)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA secure_delete=ON")
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise DecisionLogError(f"decision log {self.path}: cannot switch to WAL mode (got {mode!r})")
-            # No fsync per decision (the door's frame loop writes here): a power cut may lose the last few rows,
-            # never corrupt the file. The events themselves are made durable by the MQTT outbox.
-            self._conn.execute("PRAGMA synchronous=NORMAL")
             with self._tx() as conn:
                 for statement in SCHEMA:
                     conn.execute(statement)

@@ -13,7 +13,6 @@ write-ahead log afterwards.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.mqtt import MqttError
+from edge.sqlitefile import open_private_wal
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -58,19 +58,8 @@ class Outbox:
         self.device = device
         self.limit = limit
         self._lock = threading.Lock()
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # names of people: owner-only
+        self._conn = open_private_wal(self.path, "FULL", "outbox", MqttError)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise MqttError(f"outbox {self.path}: cannot open ({exc})") from None
-        try:
-            self._conn.execute("PRAGMA secure_delete=ON")
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise MqttError(f"outbox {self.path}: cannot switch to WAL mode (got {mode!r})")
-            self._conn.execute("PRAGMA synchronous=FULL")
             with self._tx() as conn:
                 for statement in SCHEMA:
                     conn.execute(statement)
