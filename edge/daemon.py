@@ -70,6 +70,8 @@ def clock_synced() -> bool:
 
 # -- the daemon -------------------------------------------------------------------------------------------------
 def open_store(cfg: Config) -> Store:
+    """The store [store] names. A fleet door's store is created when missing: the hub fills it, and until then
+    the door fails secure (a "gallery" problem)."""
     from edge.store.crypto import load_key
 
     path = Path(cfg.store.path) if cfg.store.path else state_dir() / "facegate.db"
@@ -78,7 +80,7 @@ def open_store(cfg: Config) -> Store:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         cred = Path(directory) / CREDENTIAL_STORE_KEY if directory else None
         key_file = str(cred) if cred is not None and cred.is_file() else None
-    return Store(path, key=load_key(key_file, store=path), create=cfg.store.create)
+    return Store(path, key=load_key(key_file, store=path), create=cfg.store.create or cfg.fleet.enabled)
 
 
 def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
@@ -154,6 +156,7 @@ class Daemon:
         self.store: Store | None = None  # type: ignore[assignment]
         self.sink: Any = None
         self.scorer: Any = None
+        self.fleet: Any = None  # edge.fleet.door.DoorSync in fleet mode
         try:
             self._build(cfg, sink, liveness, source)
         except BaseException:
@@ -182,6 +185,12 @@ class Daemon:
         self.engine = Engine(self.pipeline, self.scorer, self.policy, cfg, self.metrics, self.liveness, live_gate)
         self.sink: EventSink = sink if sink is not None else make_sink(cfg, self, clock_synced)
         self.engine.on_forget = self.sink.forget_identity  # a deletion seen in the store also empties the outbox
+        if cfg.fleet.enabled:
+            from edge.fleet.door import DoorSync
+
+            # The models this door scores with: entries of other models are refused, never mixed in.
+            models = {e: registry.manifest(e).sha256 for e in self.scorer.embedders}
+            self.fleet = DoorSync(cfg, models=models)
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
         self._describe_metrics()
@@ -190,6 +199,8 @@ class Daemon:
         """Release what construction opened, for a daemon that will not run (`run --check`, a failed start)."""
         if self.health_server is not None:
             self.health_server.close()
+        if self.fleet is not None:
+            self.fleet.stop()
         if self.sink is not None:
             self.sink.close()
         if self.scorer is not None and self.scorer.gallery is not None:
@@ -256,6 +267,10 @@ class Daemon:
             out.append(f"models: {self._model_error}")
         if self._store_error:
             out.append(f"store: {self._store_error}")
+        if self.fleet is not None:
+            gallery = self.fleet.problem()  # fleet.max_gallery_age_s: fail secure on an old gallery
+            if gallery:
+                out.append(gallery)
         return out
 
     def health(self) -> dict[str, Any]:
@@ -263,7 +278,9 @@ class Daemon:
         return {"healthy": not problems, "problems": problems, "profile": self.cfg.profile,
                 "liveness": self.liveness_mode, "fps": round(self.fps(), 2),
                 "mqtt_connected": bool(self.sink.connected), "outbox_depth": self.sink.outbox_depth,
-                "identities": self.engine.identities, "frames": asdict(self.capture.stats)}
+                "identities": self.engine.identities, "frames": asdict(self.capture.stats),
+                **({"fleet": {k: v for k, v in self.fleet.status().items() if k != "refused"}}
+                   if self.fleet is not None else {})}
 
     def _check_store(self) -> None:
         try:
@@ -352,6 +369,8 @@ class Daemon:
             # published before that, it was lost in 2 of 3 starts.
             self.sink.on_connected(lambda n: n == 1 and self.sink.publish_door("LOCK"))
         self.sink.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self._started_t = time.monotonic()
         self.capture.start()
         if self.health_server is not None:
@@ -431,6 +450,9 @@ class Daemon:
         self.notifier.stopping("finishing")
         self.capture.stop()
         try:
+            if self.fleet is not None:
+                self.fleet.stop()
+                self.fleet = None
             self.sink.stop(flush_timeout=5.0)
         finally:
             if self.health_server is not None:

@@ -75,6 +75,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE templates ADD COLUMN image_sha256 TEXT",
         "CREATE INDEX templates_by_image ON templates(identity_id, embedder, image_sha256)",
     ),
+    (
+        # Fleet mode (edge/fleet, edge/store/fleet.py): an identity written from the hub's gallery carries the
+        # hub's id for it; each gallery entry the door holds (refused ones too) is kept with the revision and
+        # digest it came with, so the door's gallery hash is computed from what it stores.
+        "ALTER TABLE identities ADD COLUMN fleet_id TEXT",
+        "CREATE UNIQUE INDEX identities_by_fleet_id ON identities(fleet_id) WHERE fleet_id IS NOT NULL",
+        """CREATE TABLE fleet_entries (
+            fleet_id TEXT PRIMARY KEY,
+            rev INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            status TEXT NOT NULL)""",
+    ),
 ]
 
 KEY_CHECK = b"facegate store key check"
