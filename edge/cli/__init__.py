@@ -18,7 +18,8 @@ from edge.errors import FacegateError
 # imports the heavy parts (models, numpy work) only inside its handlers, so start-up stays cheap.
 GROUPS: tuple[str, ...] = ("edge.cli.faces", "edge.cli.people", "edge.cli.store", "edge.cli.run", "edge.cli.doctor",
                            "edge.cli.liveness", "edge.cli.calibrate", "edge.cli.models", "edge.cli.bench",
-                           "edge.cli.explain", "edge.cli.stylize", "edge.cli.demo")
+                           "edge.cli.explain", "edge.cli.stylize", "edge.cli.demo", "edge.cli.hub", "edge.cli.fleet",
+                           "edge.cli.collect")
 # Groups that need PyTorch: handed to export/ (the [export] extra), the only place edge/ imports it.
 TORCH_GROUPS = ("export", "train", "style")
 

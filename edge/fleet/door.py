@@ -356,7 +356,8 @@ class DoorSync:
         doc = {"v": 1, "device": self.device, "site": self.site, "epoch": s.epoch, "rev": s.rev, "hash": s.hash,
                "count": s.count, "status": "ok" if not refused else "refused_entries",
                "refused": dict(sorted(refused.items())[:100]), "refused_total": len(refused),
-               "refusals": dict(self.refusals), "age_s": self.age(), "ts": time.time()}
+               "refusals": dict(self.refusals), "age_s": self.age(), "batches_applied": self.applied_batches,
+               "snapshots": self.snapshots, "ts": time.time()}
         if self.link is not None:
             self.link.publish(f"{self.prefix}/{self.site}/ack/{self.device}", json.dumps(doc), retain=True)
         return doc

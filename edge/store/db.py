@@ -391,6 +391,26 @@ class Store:
             events.append(("enroll", name, added))
         return ids
 
+    def enroll_many(self, people: list[tuple[str, list[TemplateIn]]], command: str) -> int:
+        """Enrol many new identities in one transaction (a gallery imported at once; the fleet benchmark's
+        10,000): all of them or none. Returns how many templates were stored."""
+        now = time.time()
+        stored = 0
+        with self._write() as (conn, events):
+            for name, templates in people:
+                name = _check_text(name, "identity name")
+                if conn.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone():
+                    raise StoreError(f"enroll_many: {name!r} is already enrolled")
+                cur = conn.execute("INSERT INTO identities(name, display_name, metadata, created, pseudonym) "
+                                   "VALUES (?, NULL, '{}', ?, ?)", (name, now, secrets.token_hex(6)))
+                ids, added = self._insert_templates(conn, int(cur.lastrowid or 0), name, templates, now)
+                if not ids:
+                    raise StoreError(f"nothing to enrol for {name!r}: no templates")
+                stored += len(ids)
+                events.append(("enroll", name, added))
+            self._audit(conn, "enroll", None, command, {"identities": len(people), "templates": stored})
+        return stored
+
     def delete(self, name: str, command: str) -> bool:
         """Remove `name` with its templates and crops; False if unknown. The bytes leave the disk files too."""
         with self._erase() as (conn, events):
