@@ -113,6 +113,7 @@ class DoorSync:
                                                    f"{self.prefix}/{self.site}/manifest"],
                              persistent=True, on_connect=self._wake.set)
         self._ack_due = True
+        self._closed = False
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         f = self.cfg.fleet
@@ -194,7 +195,10 @@ class DoorSync:
 
     def _refuse(self, exc: Refused, what: str) -> None:
         self.refusals[exc.reason] += 1
-        limited.warning(f"refused:{exc.reason}", "fleet: %s refused: %s (%s)", what, exc.reason, exc.detail)
+        # A genuine batch the door already holds (it arrived after the same revision came over HTTP) is routine;
+        # anything else is worth a warning.
+        level = logging.INFO if exc.reason == "old" else logging.WARNING
+        limited.log(level, f"refused:{exc.reason}", "fleet: %s refused: %s (%s)", what, exc.reason, exc.detail)
 
     def handle_batch(self, payload: bytes) -> bool:
         """Apply a batch from the broker if it is the next revision; True if applied."""
@@ -400,6 +404,9 @@ class DoorSync:
                 time.sleep(0.5)
 
     def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=15)

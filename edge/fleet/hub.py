@@ -56,27 +56,65 @@ class Source:
 
     name: str
     display_name: str | None
-    metadata: dict[str, Any]
+    metadata_text: str
     models: dict[str, str] = field(default_factory=dict)  # embedder → model sha256 (of its first template)
     ids: dict[str, list[int]] = field(default_factory=dict)  # embedder → template ids
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return json.loads(self.metadata_text)
+
+    def key(self) -> tuple[Any, ...]:
+        """Cheap to build and compare: what the signature is computed from."""
+        return (self.name, self.display_name, self.metadata_text,
+                tuple((e, self.models[e], tuple(self.ids[e])) for e in sorted(self.ids)))
 
     def signature(self) -> str:
         return hashlib.sha256(canonical([self.name, self.display_name, self.metadata, self.models,
                                          self.ids]).encode()).hexdigest()
 
 
-def view(store: Store) -> dict[str, Source]:
-    """fleet id (the identity's pseudonym) → Source, for every identity with templates. An identity with
-    templates of one embedder from two model files publishes only those of the first file seen (and says so)."""
+# The hub's change log in its own store: triggers note the pseudonym of every identity whose row or templates
+# change, whoever commits (this process, `facegate enroll`, `store delete`), so a change to one of 10,000
+# people is found without reading the other 9,999. Created by the hub in the hub's store only; the hub deletes
+# the rows it has published.
+CHANGE_LOG = (
+    "CREATE TABLE IF NOT EXISTS fleet_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, pseudonym TEXT)",
+    "CREATE TRIGGER IF NOT EXISTS fleet_changes_ti AFTER INSERT ON templates BEGIN INSERT INTO "
+    "fleet_changes(pseudonym) SELECT pseudonym FROM identities WHERE id = NEW.identity_id; END",
+    "CREATE TRIGGER IF NOT EXISTS fleet_changes_td AFTER DELETE ON templates BEGIN INSERT INTO "
+    "fleet_changes(pseudonym) SELECT pseudonym FROM identities WHERE id = OLD.identity_id; END",
+    "CREATE TRIGGER IF NOT EXISTS fleet_changes_tu AFTER UPDATE ON templates BEGIN INSERT INTO "
+    "fleet_changes(pseudonym) SELECT pseudonym FROM identities WHERE id IN (OLD.identity_id, NEW.identity_id); END",
+    "CREATE TRIGGER IF NOT EXISTS fleet_changes_id AFTER DELETE ON identities BEGIN INSERT INTO "
+    "fleet_changes(pseudonym) VALUES (OLD.pseudonym); END",
+    "CREATE TRIGGER IF NOT EXISTS fleet_changes_iu AFTER UPDATE ON identities BEGIN INSERT INTO "
+    "fleet_changes(pseudonym) VALUES (OLD.pseudonym), (NEW.pseudonym); END",
+)
+FULL_CHECK_S = 600.0  # the whole store is compared with the journal this often too (and at start)
+
+
+def view(store: Store, scope: set[str] | None = None) -> dict[str, Source]:
+    """fleet id (the identity's pseudonym) → Source, for every identity with templates (or those in `scope`).
+    An identity with templates of one embedder from two model files publishes only those of the first file seen
+    (and says so)."""
+    sql = ("SELECT i.pseudonym, i.name, i.display_name, i.metadata, t.embedder, t.manifest_sha256, t.id "
+           "FROM identities i JOIN templates t ON t.identity_id = i.id")
+    order = " ORDER BY i.id, t.embedder, t.id"
     with store._lock:
-        rows = store._conn.execute(
-            "SELECT i.pseudonym, i.name, i.display_name, i.metadata, t.embedder, t.manifest_sha256, t.id "
-            "FROM identities i JOIN templates t ON t.identity_id = i.id ORDER BY i.id, t.embedder, t.id").fetchall()
+        if scope is None:
+            rows = store._conn.execute(sql + order).fetchall()
+        else:
+            ids, rows = sorted(scope), []
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                rows += store._conn.execute(f"{sql} WHERE i.pseudonym IN ({','.join('?' * len(chunk))}){order}",
+                                            chunk).fetchall()
     out: dict[str, Source] = {}
     for fid, name, display, meta, embedder, sha, tid in rows:
         src = out.get(fid)
         if src is None:
-            src = out[fid] = Source(name, display, json.loads(meta))
+            src = out[fid] = Source(name, display, meta)
         model = src.models.setdefault(embedder, sha)
         if model != sha:
             log.warning("identity %s has %s templates of two model files; only those of %s… are published (run "
@@ -124,9 +162,19 @@ class Hub:
         # Changes through this process's own connection do not move its data_version: its listeners say so.
         self._dirty = threading.Event()
         self._unsubscribe = self.store.subscribe(lambda *_: self._dirty.set())
+        with self.store._write() as (conn, _):
+            for statement in CHANGE_LOG:
+                conn.execute(statement)
+        self._seen_seq = 0
+        self._full_at = -1e9  # the first sync compares everything
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.published: list[tuple[str, int, float]] = []  # (site, rev, time committed) of recent batches
+        self.published: list[tuple[str, int, float]] = []
+        # In-memory copies (loaded from the journal once, kept in step after each commit) and each identity's
+        # signature by its cheap key: a change to one of 10,000 people costs a store read, not 10,000 hashes.
+        self._signatures: dict[str, tuple[tuple[Any, ...], str]] = {}
+        self._sources: dict[str, dict[str, str]] = {}
+        self._digests: dict[str, dict[str, str]] = {}  # (site, rev, time committed) of recent batches
         self.on_batch: Callable[[NewBatch], None] | None = None
         self.link: Link | None = None
         if connect:
@@ -145,34 +193,71 @@ class Hub:
                 return []
             self._version = version
             self._dirty.clear()
-            current = view(self.store)
+            with self.store._lock:
+                changes = self.store._conn.execute("SELECT seq, pseudonym FROM fleet_changes WHERE seq > ? "
+                                                   "ORDER BY seq", (self._seen_seq,)).fetchall()
+            full = force or time.monotonic() - self._full_at > FULL_CHECK_S
+            if not changes and not full:
+                return []
+            top = changes[-1][0] if changes else self._seen_seq
+            scope = None if full else {p for _, p in changes if p}
+            if full:
+                self._full_at = time.monotonic()
+            current = view(self.store, scope)
+            signatures = {}
+            for fid, src in current.items():
+                key = src.key()
+                known = self._signatures.get(fid)
+                signatures[fid] = known[1] if known is not None and known[0] == key else src.signature()
+                self._signatures[fid] = (key, signatures[fid])
+            for fid in (set(self._signatures) if scope is None else scope) - set(current):
+                self._signatures.pop(fid, None)
             made: list[NewBatch] = []
             cache: dict[str, dict[str, tuple[str, np.ndarray]]] = {}  # templates read once for every site
             for site in self.cfg.hub.sites:
-                batch = self._batch(site, current, cache)
+                batch = self._batch(site, current, signatures, cache, scope)
                 if batch is not None:
                     made.append(batch)
             if made:
-                self.journal.commit(made, self.cfg.hub.keep_batches)
+                try:
+                    self.journal.commit(made, self.cfg.hub.keep_batches)
+                except BaseException:
+                    self._sources, self._digests = {}, {}  # reloaded from the journal on the next sync
+                    raise
                 for b in made:
+                    for fid, sig in b.signatures.items():
+                        if sig is None:
+                            self._sources[b.site].pop(fid, None)
+                        else:
+                            self._sources[b.site][fid] = sig
+                    for fid in b.deletes:
+                        self._digests[b.site].pop(fid, None)
+                    self._digests[b.site].update((fid, digest) for fid, (_, digest) in b.upserts.items())
                     log.info("hub: %s rev %d: %d upserts, %d deletions, %d identities", b.site, b.rev,
                              len(b.upserts), len(b.deletes), b.count)
                     self.published.append((b.site, b.rev, b.ts))
                     self._publish(b)
                 del self.published[:-10000]
+            if top > self._seen_seq:
+                with self.store._write() as (conn, _):  # published (or nothing to publish): forget them
+                    conn.execute("DELETE FROM fleet_changes WHERE seq <= ?", (top,))
+                self._seen_seq = top
             return made
 
-    def _batch(self, site: str, current: dict[str, Source],
-               cache: dict[str, dict[str, tuple[str, np.ndarray]]]) -> NewBatch | None:
-        known = self.journal.sources(site)
-        signatures = {fid: src.signature() for fid, src in current.items()}
-        gone = sorted(set(known) - set(current))
+    def _batch(self, site: str, current: dict[str, Source], signatures: dict[str, str],
+               cache: dict[str, dict[str, tuple[str, np.ndarray]]], scope: set[str] | None) -> NewBatch | None:
+        if site not in self._sources:
+            self._sources[site] = self.journal.sources(site)
+            self._digests[site] = self.journal.entry_digests(site)
+        known = self._sources[site]
+        signatures = dict(signatures)
+        gone = sorted((set(known) if scope is None else scope & set(known)) - set(current))
         changed = sorted(fid for fid, sig in signatures.items() if known.get(fid) != sig)
         if not gone and not changed:
             return None
         state = self.journal.site(site)
         rev, ts = state.rev + 1, time.time()
-        digests = self.journal.entry_digests(site)
+        digests = self._digests[site]
         h, count = state.hash, state.count
         entries: list[dict[str, Any]] = []
         upserts: dict[str, tuple[str, str]] = {}
@@ -182,14 +267,9 @@ class Hub:
                 h, count = hash_sub(h, site, fid, digests[fid]), count - 1
         for fid in changed:
             src = current[fid]
-            templates = cache.get(fid)
-            if templates is None:
-                templates = cache[fid] = {}
-                for embedder, ids in src.ids.items():
-                    wanted = set(ids)
-                    rows = [v for _, tid, v in self.store.templates(embedder, src.name) if tid in wanted]
-                    if rows:
-                        templates[embedder] = (src.models[embedder], np.stack(rows))
+            if fid not in cache:
+                self._read(current, changed, cache)
+            templates = cache[fid]
             if not templates:  # deleted between the view and this read: the next poll sends its tombstone
                 signatures.pop(fid)
                 continue
@@ -206,6 +286,26 @@ class Hub:
         sigs: dict[str, str | None] = {fid: None for fid in gone}
         sigs.update({fid: signatures[fid] for fid in changed if fid in signatures})
         return NewBatch(site, rev, ts, h, count, sign(self.key, doc), upserts, gone, sigs)
+
+    def _read(self, current: dict[str, Source], changed: list[str],
+              cache: dict[str, dict[str, tuple[str, np.ndarray]]]) -> None:
+        """The current templates of the changed identities into `cache`: one identity's rows at a time for a few,
+        one pass over each embedder's templates for many (a first publication of 10,000 people)."""
+        todo = [fid for fid in changed if fid not in cache]
+        by_id: dict[int, np.ndarray] = {}
+        if len(todo) > 50:
+            for embedder in {e for fid in todo for e in current[fid].ids}:
+                by_id.update((tid, v) for _, tid, v in self.store.templates(embedder))
+        for fid in todo:
+            src = current[fid]
+            templates: dict[str, tuple[str, np.ndarray]] = {}
+            for embedder, ids in src.ids.items():
+                if len(todo) <= 50:
+                    by_id.update((tid, v) for _, tid, v in self.store.templates(embedder, src.name))
+                rows = [by_id[t] for t in ids if t in by_id]
+                if rows:
+                    templates[embedder] = (src.models[embedder], np.stack(rows))
+            cache[fid] = templates
 
     # -- publishing --------------------------------------------------------------------------------------------
     def manifest(self, site: str) -> bytes:
@@ -285,6 +385,12 @@ class Hub:
         finally:
             self.close()
         return 0
+
+    @property
+    def url(self) -> str:
+        """The HTTP(S) address doors catch up from (once started)."""
+        host, port = self.http.address  # type: ignore[union-attr]
+        return f"{'https' if self.cfg.hub.tls_cert else 'http'}://{host}:{port}"
 
     def stop(self) -> None:
         self._stop.set()

@@ -72,11 +72,18 @@ def state(store: Store) -> FleetState:
                       count=int(rows.get("fleet_count") or 0), confirmed=float(rows.get("fleet_confirmed") or 0.0))
 
 
-def entries(store: Store) -> dict[str, tuple[int, str, str]]:
-    """fleet id → (revision, digest, status) of every entry the door holds."""
+def entries(store: Store, ids: list[str] | None = None) -> dict[str, tuple[int, str, str]]:
+    """fleet id → (revision, digest, status) of every entry the door holds (or of those among `ids`)."""
+    sql = "SELECT fleet_id, rev, digest, status FROM fleet_entries"
     with store._lock:
-        return {fid: (rev, digest, status) for fid, rev, digest, status in store._conn.execute(
-            "SELECT fleet_id, rev, digest, status FROM fleet_entries")}
+        if ids is None:
+            return {fid: (rev, digest, status) for fid, rev, digest, status in store._conn.execute(sql)}
+        out = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out.update((fid, (rev, digest, status)) for fid, rev, digest, status in store._conn.execute(
+                f"{sql} WHERE fleet_id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
 
 
 def refused(store: Store) -> dict[str, str]:
@@ -130,7 +137,7 @@ def apply(store: Store, site: str, epoch: str, rev: int, expected_hash: str, ts:
     erased = False
     with store._write() as (conn, _):
         current = state(store) if not replace_all else FleetState(site=site, epoch=epoch)
-        held = {fid: (r, d, s) for fid, (r, d, s) in entries(store).items()}
+        held = entries(store) if replace_all else entries(store, [c.fleet_id for c in changes])
         h, count = (current.hash, current.count) if not replace_all else (EMPTY_HASH, 0)
         if replace_all:
             listed = {c.fleet_id for c in changes}
