@@ -197,7 +197,8 @@ class HubConfig:
     tls_client_ca: str = ""  # https: require client certificates signed by this CA
     poll_s: float = 0.05  # how often the hub looks for committed changes in its store
     manifest_interval_s: float = 10.0  # the retained, signed manifest is re-published this often (freshness)
-    max_delta_bytes: int = 262144  # a batch larger than this is announced by the manifest and pulled over HTTP
+    # A batch larger than this is announced by the manifest only, and not kept: doors behind it load a snapshot.
+    max_delta_bytes: int = 262144
     keep_batches: int = 100000  # batches kept for catch-up; a door further behind loads a snapshot
     topic_prefix: str = "facegate-fleet"
 

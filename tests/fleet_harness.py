@@ -7,6 +7,7 @@ decides on a synced gallery uses real photos).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,3 +116,81 @@ def wait(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class Proxy:
+    """A TCP forwarder on loopback between a bridge and its remote broker: cut() is the network link going down
+    (every connection dropped, new ones refused), restore() brings it back on the same port."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self._socket, self._threading = socket, threading
+        self.target = target_port
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            self.port = s.getsockname()[1]
+        self._conns: list[Any] = []
+        self._listener: Any = None
+        self._lock = threading.Lock()
+
+    def _pump(self, a: Any, b: Any) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def _accept(self, listener: Any) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = self._socket.create_connection((HOST, self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def restore(self) -> Proxy:
+        listener = self._socket.socket()
+        listener.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, self.port))
+        listener.listen(16)
+        self._listener = listener
+        self._threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(self._socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+def bridge_lines(remote_port: int, site: str, name: str) -> str:
+    """mosquitto bridge configuration of a site broker towards the hub's broker (as deploy/FLEET.md shows)."""
+    return "\n".join([f"connection {name}", f"address {HOST}:{remote_port}", "cleansession false",
+                      f"remote_clientid bridge-{site}", "restart_timeout 1 2", "keepalive_interval 5",
+                      f"topic facegate-fleet/{site}/records in 1", f"topic facegate-fleet/{site}/manifest in 1",
+                      f"topic facegate-fleet/{site}/ack/+ out 1", "topic facegate/+/event out 1"]) + "\n"

@@ -220,7 +220,7 @@ class Hub:
                     made.append(batch)
             if made:
                 try:
-                    self.journal.commit(made, self.cfg.hub.keep_batches)
+                    self.journal.commit(made, self.cfg.hub.keep_batches, self.cfg.hub.max_delta_bytes)
                 except BaseException:
                     self._sources, self._digests = {}, {}  # reloaded from the journal on the next sync
                     raise

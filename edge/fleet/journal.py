@@ -148,15 +148,21 @@ class Journal:
                 "SELECT site, device, ack, received FROM doors ORDER BY site, device")]
 
     # -- writes ------------------------------------------------------------------------------------------------
-    def commit(self, batches: list[NewBatch], keep_batches: int) -> bool:
+    def commit(self, batches: list[NewBatch], keep_batches: int, keep_bytes: int) -> bool:
         """Record the batches (one per site, all or none); returns whether anything was erased (the caller
-        empties the WAL then)."""
+        empties the WAL then). A batch larger than `keep_bytes` (a first publication, an imported folder) is not
+        kept for catch-up: a door behind it loads a snapshot, about as large, and a later revocation of one of
+        its people does not have to erase megabytes first."""
         erased = False
         with self.tx() as conn:
             for b in batches:
                 floor = self.site(b.site).floor
-                conn.execute("INSERT INTO batches(site, rev, ts, envelope) VALUES (?, ?, ?, ?)",
-                             (b.site, b.rev, b.ts, b.envelope))
+                kept = len(b.envelope) <= keep_bytes
+                if kept:
+                    conn.execute("INSERT INTO batches(site, rev, ts, envelope) VALUES (?, ?, ?, ?)",
+                                 (b.site, b.rev, b.ts, b.envelope))
+                else:
+                    floor = b.rev
                 for fid in b.deletes:
                     conn.execute("DELETE FROM entries WHERE site = ? AND fleet_id = ?", (b.site, fid))
                     revs = [r for (r,) in conn.execute(
@@ -172,8 +178,9 @@ class Journal:
                 for fid, (entry, digest) in b.upserts.items():
                     conn.execute("INSERT OR REPLACE INTO entries(site, fleet_id, rev, entry, digest) "
                                  "VALUES (?, ?, ?, ?, ?)", (b.site, fid, b.rev, entry, digest))
-                    conn.execute("INSERT OR IGNORE INTO batch_ids(site, fleet_id, rev) VALUES (?, ?, ?)",
-                                 (b.site, fid, b.rev))
+                    if kept:
+                        conn.execute("INSERT OR IGNORE INTO batch_ids(site, fleet_id, rev) VALUES (?, ?, ?)",
+                                     (b.site, fid, b.rev))
                 for fid, sig in b.signatures.items():
                     if sig is None:
                         conn.execute("DELETE FROM sources WHERE site = ? AND fleet_id = ?", (b.site, fid))
