@@ -78,6 +78,24 @@ def site_key(cfg: Config) -> bytes:
                       "this key or the credential facegate.site-key")
 
 
+def check(cfg: Config) -> None:
+    """What fleet mode needs, short of connecting (`facegate run --check`): the hub's public key, the site key
+    (readable, private), the TLS files for an https hub, and the models whose templates the door accepts."""
+    f = cfg.fleet
+    if not f.enabled:
+        return
+    load_public_key(f.public_key, f.public_key_file)
+    site_key(cfg)
+    if f.hub_url.startswith("https://"):
+        try:
+            context = ssl.create_default_context(cafile=f.hub_ca or None)
+            if f.hub_cert:
+                context.load_cert_chain(f.hub_cert, f.hub_key)
+        except (OSError, ValueError) as exc:
+            raise FleetError(f"fleet.hub_ca / hub_cert: unusable TLS files ({exc})") from None
+    door_models(cfg)
+
+
 class DoorSync:
     def __init__(self, cfg: Config, models: dict[str, str] | None = None, connect: bool = True) -> None:
         from edge.daemon import open_store
@@ -158,7 +176,9 @@ class DoorSync:
             self._persisted_confirmed = ts
 
     # -- applying ----------------------------------------------------------------------------------------------
-    def _changes(self, doc: dict[str, Any]) -> list[fstore.Change]:
+    def _changes(self, doc: dict[str, Any], held: dict[str, tuple[int, str, str]] | None = None) -> list[fstore.Change]:
+        """The entries of a batch or snapshot, checked, and opened where they are to be used; an entry the door
+        already holds at the same revision and digest (most of a snapshot) is not opened again."""
         changes = []
         seen: set[str] = set()
         for raw in doc["entries"]:
@@ -167,6 +187,9 @@ class DoorSync:
                 raise Refused("malformed", f"entry {entry['id']} twice in one {doc['kind']}")
             seen.add(entry["id"])
             digest = entry_digest(entry)
+            if held is not None and held.get(entry["id"], (0, "", ""))[:2] == (entry["rev"], digest):
+                changes.append(fstore.Change(entry["id"], entry["rev"], digest, "held"))
+                continue
             if entry["op"] == "delete":
                 if doc["kind"] == "snapshot":
                     raise Refused("malformed", "a tombstone in a snapshot")
@@ -225,7 +248,7 @@ class DoorSync:
 
     def _apply(self, doc: dict[str, Any], replace_all: bool = False) -> bool:
         try:
-            changes = self._changes(doc)
+            changes = self._changes(doc, fstore.entries(self.store) if replace_all else None)
         except Refused as exc:
             self._refuse(exc, f"{doc['kind']} rev {doc['rev']}")
             return False

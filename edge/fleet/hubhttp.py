@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from edge.config import ConfigError
-from edge.fleet.records import VERSION, sign
+from edge.fleet.records import VERSION, canonical, sign_text
 
 if TYPE_CHECKING:
     from edge.fleet.hub import Hub
@@ -116,10 +116,15 @@ class _Server(ThreadingHTTPServer):
             # between is caught by the hash check on the door, which then asks again.
             with self.hub.journal._lock:
                 state = self.hub.journal.site(site)
-                entries = [json.loads(e) for e in self.hub.journal.entries(site)]
-            doc = {"v": VERSION, "kind": "snapshot", "site": site, "epoch": self.hub.journal.epoch, "rev": state.rev,
-                   "ts": time.time(), "hash": state.hash, "count": state.count, "entries": entries}
-            body = sign(self.hub.key, doc)
+                entries = self.hub.journal.entries(site)
+            # The entries are stored as canonical JSON already: spliced into the canonical text of the rest (keys
+            # in sorted order: count, entries, epoch, …) rather than parsed and written again, 10,000 times.
+            head = canonical({"v": VERSION, "kind": "snapshot", "site": site, "epoch": self.hub.journal.epoch,
+                              "rev": state.rev, "ts": time.time(), "hash": state.hash, "count": state.count})
+            count_part, rest = head[1:].split(",", 1)
+            assert count_part.startswith('"count":')
+            text = "{" + count_part + ',"entries":[' + ",".join(entries) + "]," + rest
+            body = sign_text(self.hub.key, "snapshot", text)
             self._snapshots[site] = (state.rev, body)
             return body
 

@@ -66,8 +66,11 @@ def _message(kind: str, text: str) -> bytes:
 
 def sign(key: Ed25519PrivateKey, doc: dict[str, Any]) -> bytes:
     """The envelope of `doc` (whose "kind" says what it is), as bytes to publish or serve."""
-    kind = doc["kind"]
-    text = canonical(doc)
+    return sign_text(key, doc["kind"], canonical(doc))
+
+
+def sign_text(key: Ed25519PrivateKey, kind: str, text: str) -> bytes:
+    """The envelope of a document already written as JSON text (the text signed is exactly this one)."""
     sig = key.sign(_message(kind, text))
     return canonical({"kind": kind, "signed": text, "sig": base64.b64encode(sig).decode()}).encode()
 

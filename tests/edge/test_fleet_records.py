@@ -132,3 +132,53 @@ def test_the_door_store_applies_batches_whole_or_not_at_all(tmp_path) -> None:
     assert vectors("p1", 2)[0].tobytes() not in raw  # the deleted person's templates left the files
     with Store(path, create=False) as store:  # what a restart reads back
         assert fstore.state(store).rev == 3
+
+
+def test_the_documents_follow_the_published_schema(tmp_path) -> None:
+    """deploy/FLEET.md points to edge/fleet/fleet.schema.json: real envelopes, batches, manifests, snapshots and
+    acknowledgements validate against it, and a document that breaks it does not."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from pathlib import Path
+
+    from edge.fleet.door import DoorSync
+    from edge.fleet.hub import Hub
+    from tests.fleet_harness import door_config, enrol, hub_config, make_keys
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "edge/fleet/fleet.schema.json").read_text())
+    defs = schema["$defs"]
+
+    def check(doc: dict, name: str) -> None:
+        jsonschema.validate(doc, {**defs[name], "$defs": defs})
+
+    keys = make_keys(tmp_path, ["a"])
+    hub = Hub(hub_config(tmp_path, keys, 1, ["a"]), connect=False)
+    try:
+        enrol(hub.store, "alice")
+        enrol(hub.store, "bob")
+        hub.sync_now()
+        hub.store.delete("bob", command="t")
+        (batch,) = hub.sync_now()
+        for env, kind in ((batch.envelope, "batch"), (hub.manifest("a"), "manifest")):
+            outer = json.loads(env)
+            check(outer, "envelope")
+            check(json.loads(outer["signed"]), kind)
+        hub.start()
+        d = DoorSync(door_config(tmp_path, keys, 1, "a", "door1", hub.url), connect=False)
+        try:
+            assert d.poll() and d.state.count == 1
+            check(d.ack(), "ack")
+        finally:
+            d.stop()
+        import urllib.request
+
+        with urllib.request.urlopen(hub.url + "/v1/sites/a/snapshot", timeout=10) as r:
+            outer = json.loads(r.read())
+        check(outer, "envelope")
+        snap = json.loads(outer["signed"])
+        check(snap, "snapshot")
+        with pytest.raises(jsonschema.ValidationError):
+            check({**snap, "hash": "xyz"}, "snapshot")
+        with pytest.raises(jsonschema.ValidationError):
+            check({**snap["entries"][0], "name": "alice"}, "upsert")  # no name beside the sealed body
+    finally:
+        hub.close()
