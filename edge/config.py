@@ -59,7 +59,7 @@ class CameraConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     detector: str = "yunet"
-    embedder: str = "sface"
+    embedder: str = ""  # "" = the registry's default embedder (sface-int8 as shipped; "sface" is fp32)
     verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
     # A score fusion (task "fusion", edge/match/fusion.py): its members' normalised cosines, combined; "" = none.
     fusion: str = ""
@@ -113,6 +113,9 @@ class DoorConfig:
     # A door command the broker has not been shown responsive for within this long after its decision is
     # dropped, never sent late; each command also carries valid_until = sent + the rest of this budget.
     max_delay_ms: float = 1000.0
+    # The face-unlock switch (Home Assistant, facegate/<device>/face_unlock/set) is kept here across restarts;
+    # "" = <state dir>/face-unlock.json. No file: face unlock is on.
+    face_unlock_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -267,10 +270,6 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
-
-
-def _type_name(tp: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret", "collect.dsn"})

@@ -4,9 +4,15 @@ Threads: the capture thread (newest frame only), the decision loop (the caller's
 one), the MQTT client's own thread (commands arrive there), and the /healthz + /metrics server.
 
 Fail-secure: no grant while the camera, the models or the store are unhealthy — such a grant is turned
-into `denied` with the reason, and the door is never sent UNLOCK. The lock controller keeps the door
+into `denied` with the reason, and the door is never sent UNLOCK. A store that cannot be followed (deleted,
+replaced or damaged under the daemon: edge/match/gallery.py) stops decisions altogether until it can be read
+again, since a deletion the daemon cannot see must not be granted. The lock controller keeps the door
 locked unless it receives UNLOCK, and relocks on its own after the UNLOCK's duration (deploy/INTEGRATION.md),
 so a daemon that stops, hangs (the systemd watchdog restarts it) or loses its broker leaves the door locked.
+The door profile's door (commands, retained door state, the face-unlock switch) is edge/door.py.
+
+The retained state says "starting" (healthy: null) until the first frame has been processed: before that
+nothing is known about the camera or the models.
 
 SIGTERM: the current frame is finished, STOPPING is sent to systemd, the publisher flushes its outbox and
 publishes offline, the store is closed.
@@ -21,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -32,6 +39,7 @@ from typing import Any
 
 from edge.config import CREDENTIAL_STORE_KEY, Config, ConfigError
 from edge.decide import DECISIONS, AccessPolicy, Decision, Policy
+from edge.door import DISABLED_REASON, DoorControl
 from edge.engine import Engine
 from edge.errors import FacegateError
 from edge.health import HealthServer, Metrics
@@ -44,13 +52,16 @@ from edge.pipeline import FacePipeline
 from edge.sdnotify import Notifier, watchdog_interval
 from edge.sinks import EventSink, make_sink
 from edge.sources import Capture, Frame, Source, open_source
+from edge.store import StoreError
 from edge.store.db import Store
+from edge.vision.quality import PROMPTS as QUALITY_PROMPTS
 
 log = logging.getLogger("facegate.daemon")
 
 PROMPTS = {"present": "look at the camera", "granted": "granted", "unknown": "not recognised",
            "spoof": "not recognised", "denied": "access denied"}
 STORE_CHECK_S = 10.0
+PROMPT_HOLD_S = 1.0
 STATE_EVERY_S = 60.0
 MAX_ENROL_JPEG = 12 * 1024 * 1024
 ENROL_WAIT_S = 10.0  # live-capture enrolment: time to step up, beyond the challenge's own timeout
@@ -151,12 +162,17 @@ class Daemon:
         self._model_error: str | None = None
         self._store_error: str | None = None
         self._started_t = time.monotonic()
+        self._first_frame = False  # "starting" until a frame has been processed
+        self._last_step_t = 0.0
+        self._quality_prompt: str | None = None  # the last prompt shown for the face in view, and when
+        self._quality_prompt_t = 0.0
         self._frames: deque[float] = deque(maxlen=64)  # capture times of recently processed frames (fps)
         self.health_server: HealthServer | None = None
         self.store: Store | None = None  # type: ignore[assignment]
         self.sink: Any = None
         self.scorer: Any = None
         self.fleet: Any = None  # edge.fleet.door.DoorSync in fleet mode
+        self.door: DoorControl | None = None
         try:
             self._build(cfg, sink, liveness, source)
         except BaseException:
@@ -191,12 +207,18 @@ class Daemon:
             # The models this door scores with: entries of other models are refused, never mixed in.
             models = {e: registry.manifest(e).sha256 for e in self.scorer.embedders}
             self.fleet = DoorSync(cfg, models=models)
+        if cfg.profile == "door":
+            # The switch's persisted state is read here (a damaged file stops the start, naming its key) and
+            # applied to the policy before any frame is decided.
+            self.door = DoorControl(self.sink, cfg.door, on_switch=self._face_unlock_switched)
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
         self._describe_metrics()
 
     def close(self) -> None:
         """Release what construction opened, for a daemon that will not run (`run --check`, a failed start)."""
+        if self.door is not None:
+            self.door.close()
         if self.health_server is not None:
             self.health_server.close()
         if self.fleet is not None:
@@ -213,6 +235,9 @@ class Daemon:
         ident = self.store.identity(name)
         return ident.metadata if ident else None
 
+    def _face_unlock_switched(self, enabled: bool) -> None:
+        self.policy.blocked = None if enabled else DISABLED_REASON
+
     @property
     def liveness_mode(self) -> str:
         return self.liveness.name if self.liveness is not None else "not_checked"
@@ -226,11 +251,16 @@ class Daemon:
         m.describe("outbox_depth", "gauge", "events waiting in the MQTT outbox")
         m.describe("mqtt_reconnects_total", "counter", "MQTT reconnections")
         m.describe("mqtt_dropped_total", "counter", "events dropped because the outbox was full")
-        m.describe("source_reconnects_total", "counter", "frame source reopenings after a loss")
+        m.describe("source_reconnects_total", "counter",
+                   "attempts to reopen the frame source after a failed open or a loss (failed attempts too)")
         m.describe("frames_total", "counter", "frames read from the source")
         m.describe("frames_dropped_total", "counter", "frames replaced by a newer one before processing")
         m.describe("frames_corrupt_total", "counter", "frames that did not decode")
-        m.describe("healthy", "gauge", "1 when camera, models and store are healthy (grants possible)")
+        m.describe("source_connected", "gauge", "1 while the frame source is open and delivering")
+        m.describe("quality_rejections_total", "counter",
+                   "faces the quality gate kept from decisions, by reason (one count per face, frame and reason)")
+        m.describe("healthy", "gauge", "1 when camera, models and store are healthy (grants possible); 0 before "
+                                       "the first frame")
         m.describe("gallery_identities", "gauge", "enrolled identities in the matcher")
         m.set("fps", self.fps)
         m.set("outbox_depth", lambda: float(self.sink.outbox_depth))
@@ -240,10 +270,13 @@ class Daemon:
         m.set("frames_total", lambda: float(c.produced))
         m.set("frames_dropped_total", lambda: float(c.dropped))
         m.set("frames_corrupt_total", lambda: float(c.corrupt))
-        m.set("healthy", lambda: float(not self.problems()))
+        m.set("source_connected", lambda: float(self.capture.connected))
+        m.set("healthy", lambda: float(self.status(self.problems()) == "online"))
         m.set("gallery_identities", lambda: float(self.engine.identities))
         for kind in DECISIONS:
             m.inc("decisions_total", 0, decision=kind)
+        for reason in QUALITY_PROMPTS:
+            m.inc("quality_rejections_total", 0, reason=reason)
 
     # -- health -----------------------------------------------------------------------------------------------------
     def fps(self) -> float:
@@ -273,9 +306,15 @@ class Daemon:
                 out.append(gallery)
         return out
 
+    def status(self, problems: list[str]) -> str:
+        """"degraded" with problems, else "starting" until the first frame was processed, then "online"."""
+        return "degraded" if problems else "online" if self._first_frame else "starting"
+
     def health(self) -> dict[str, Any]:
         problems = self.problems()
-        return {"healthy": not problems, "problems": problems, "profile": self.cfg.profile,
+        status = self.status(problems)
+        return {"healthy": None if status == "starting" else not problems, "status": status, "problems": problems,
+                "profile": self.cfg.profile,
                 "liveness": self.liveness_mode, "fps": round(self.fps(), 2),
                 "mqtt_connected": bool(self.sink.connected), "outbox_depth": self.sink.outbox_depth,
                 "identities": self.engine.identities, "frames": asdict(self.capture.stats),
@@ -283,11 +322,23 @@ class Daemon:
                    if self.fleet is not None else {})}
 
     def _check_store(self) -> None:
+        """The store's file checked while no frame follows it (a camera that is down): the same fault either way."""
         try:
-            self.store.embedders()
-            self._store_error = None
-        except Exception as exc:  # any failure to read the store is a reason to refuse grants
-            self._store_error = str(exc) or type(exc).__name__
+            self.store.check_file()
+        except StoreError as exc:
+            self._store_fault(str(exc))
+            return
+        self._store_fault(None)
+
+    def _store_fault(self, error: str | None) -> None:
+        """Record the store's health: one log line when a fault appears or changes, one when it clears."""
+        if error == self._store_error:
+            return
+        if error is not None:
+            log.error("store fault (no decisions until it is fixed): %s", error)
+        else:
+            log.warning("store readable again: %s", self._store_error)
+        self._store_error = error
 
     # -- command handlers (called on the MQTT thread) ------------------------------------------------------------
     def reload(self) -> dict[str, Any]:
@@ -357,17 +408,19 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
 
     def _state(self, problems: list[str]) -> dict[str, Any]:
-        return {"status": "online" if not problems else "degraded", "healthy": not problems, "problems": problems,
-                "profile": self.cfg.profile, "liveness": self.liveness_mode, "identities": self.engine.identities,
-                "door": "locked"}
+        """The retained state document, always whole. `healthy` is null while "starting" (no frame yet)."""
+        status = self.status(problems)
+        doc = {"status": status, "healthy": None if status == "starting" else not problems, "problems": problems,
+               "profile": self.cfg.profile, "liveness": self.liveness_mode, "identities": self.engine.identities}
+        if self.door is not None:
+            doc["face_unlock"] = self.door.face_unlock
+        return doc
 
     def run(self) -> int:
         self._install_signals()
         self.sink.on_claim(self.claim)
-        if self.cfg.profile == "door":
-            # A known state after a restart, sent once the broker has accepted the connection (CONNACK):
-            # published before that, it was lost in 2 of 3 starts.
-            self.sink.on_connected(lambda n: n == 1 and self.sink.publish_door("LOCK"))
+        if self.door is not None:
+            self.door.attach()  # the start-up LOCK once connected, Home Assistant's lock and switch
         self.sink.start()
         if self.fleet is not None:
             self.fleet.start()
@@ -382,21 +435,23 @@ class Daemon:
                  self.liveness_mode, self.capture.source.name, self.engine.identities)
         last_ping = last_state_t = last_store = 0.0
         last_problems: list[str] | None = None
+        last_doc: dict[str, Any] | None = None
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if ping_every is not None and now - last_ping >= ping_every:
                     self.notifier.watchdog()  # from this loop: a hung pipeline stops the pings
                     last_ping = now
-                if now - last_store >= STORE_CHECK_S:
-                    self._check_store()
+                if now - last_store >= STORE_CHECK_S and now - self._last_step_t >= STORE_CHECK_S:
+                    self._check_store()  # frames follow the store themselves; this covers a camera that is down
                     last_store = now
                 problems = self.problems()
-                if problems != last_problems or now - last_state_t >= STATE_EVERY_S:
+                doc = self._state(problems)
+                if doc != last_doc or now - last_state_t >= STATE_EVERY_S:  # a change of any field, at once
                     if problems != last_problems and problems:
                         log.warning("unhealthy (no grants): %s", "; ".join(problems))
-                    self.sink.publish_state(self._state(problems))
-                    last_problems, last_state_t = problems, now
+                    self.sink.publish_state(doc)
+                    last_problems, last_doc, last_state_t = problems, doc, now
                 frame = self.capture.get(timeout=0.5)
                 if frame is None:
                     if self.capture.done:
@@ -410,30 +465,55 @@ class Daemon:
 
     def _step(self, frame: Frame, problems: list[str]) -> None:
         was_present = self.engine.face_present
+        self._last_step_t = time.monotonic()
         try:
             decisions = self.engine.process(frame, problems)
-            self._model_error = None
-        except Exception as exc:  # a model failing on a frame: unhealthy, no decision, keep running
-            self._model_error = f"{type(exc).__name__}: {exc}"
-            log.exception("frame %d failed", frame.index)
+        except (StoreError, sqlite3.Error) as exc:
+            # The store cannot be followed (deleted, replaced or damaged under the daemon): a store problem, not a
+            # model one, logged once; nothing is decided until it can be read again (fail secure).
+            self._store_fault(str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}")
             return
+        except Exception as exc:  # a model failing on a frame: unhealthy, no decision, keep running
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._model_error:  # one traceback per fault, not one per frame
+                log.exception("frame %d failed", frame.index)
+            self._model_error = error
+            return
+        self._model_error = None
+        self._store_fault(None)
+        self._first_frame = True
         self._frames.append(frame.t_capture)
         if self.engine.face_present != was_present:
             self.sink.publish_face_present(self.engine.face_present)
-            if self.engine.face_present:
-                self.sink.publish_prompt(PROMPTS["present"])
+        self._prompt_quality(was_present)
         if self.engine.live_gate is not None:
             for text in self.engine.live_gate.take_prompts():  # the challenge's instruction, after the above
                 self.sink.publish_prompt(text)
         for d in decisions:
             self._announce(d)
 
+    def _prompt_quality(self, was_present: bool) -> None:
+        """What the person in front of the camera should do: "look at the camera" when a face appears, or, while
+        the quality gate keeps every face in view from a decision, what would fix it ("face the camera", "come
+        closer"). Sent when it changes, at most once per PROMPT_HOLD_S (a head at the edge of the yaw limit must
+        not make the display flicker), and never every frame."""
+        if not self.engine.face_present:
+            self._quality_prompt = None
+            return
+        reason = self.engine.blocking_reason
+        text = QUALITY_PROMPTS.get(reason, PROMPTS["present"]) if reason else PROMPTS["present"]
+        now = time.monotonic()
+        if was_present and (text == self._quality_prompt or now - self._quality_prompt_t < PROMPT_HOLD_S):
+            return
+        self.sink.publish_prompt(text)
+        self._quality_prompt, self._quality_prompt_t = text, now
+
     def _announce(self, d: Decision) -> None:
         granted = d.decision == "granted"
-        if granted and self.cfg.profile == "door":
+        if granted and self.door is not None:
             # First: the door is what the person waits for. Dropped, not sent late, if the broker is not
             # responsive within door.max_delay_ms (the event still says granted; the door stays locked).
-            self.sink.publish_door("UNLOCK", self.cfg.door.unlock_s, decided_at=time.monotonic())
+            self.door.grant(decided_at=time.monotonic())
         latency = (time.monotonic() - d.t_capture) * 1e3
         event = self.sink.publish_event(d.event(self.scorer.name, latency))
         self.sink.publish_prompt(PROMPTS[d.decision])
@@ -449,6 +529,8 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping("finishing")
         self.capture.stop()
+        if self.door is not None:
+            self.door.close()
         try:
             if self.fleet is not None:
                 self.fleet.stop()

@@ -6,7 +6,8 @@ Rules (deploy/INTEGRATION.md explains them to integrators):
   (door profile: at least k "live" and no "spoof" verdict in the window), the identity is allowed now
   (its time windows), the system is healthy, and the tailgating rule allows it.
 - denied: the identity is agreed on but not allowed now, or liveness stayed incomplete for a full window,
-  or the system is unhealthy (fail-secure), or the tailgating rule refuses.
+  or the system is unhealthy (fail-secure), or grants are switched off (`blocked`: the door profile's
+  face-unlock switch, edge/door.py), or the tailgating rule refuses.
 - unknown: a full window of n observations of a live face matched nobody, or no agreement within
   max_frames observations.
 - spoof: k of the last n liveness verdicts say spoof.
@@ -123,6 +124,9 @@ class Policy:
         self.clock = clock
         self._last_event: dict[tuple[str, str], float] = {}  # (identity, decision) → when last announced
         self._claim: tuple[str, float] | None = None  # (identity, expiry)
+        # Why grants are switched off right now (edge/door.py's face-unlock switch), else None: a would-be grant
+        # is then denied with this reason, so nothing opens the door and the event says why.
+        self.blocked: str | None = None
 
     # -- badge claims ---------------------------------------------------------------------------------------
     def claim(self, name: str, tracks: list[Track]) -> None:
@@ -182,6 +186,9 @@ class Policy:
                 return self._decide(track, "denied", top, window, why)
             if problems:
                 return self._decide(track, "denied", top, window, "unhealthy: " + "; ".join(problems))
+            blocked = self.blocked
+            if blocked:
+                return self._decide(track, "denied", top, window, blocked)
             return self._tailgating(track, top, window, others)
         if full and not counts and live_ok:
             return self._decide(track, "unknown", None, window, "no match")

@@ -29,12 +29,16 @@ from edge.liveness import LivenessCheck
 from edge.liveness.temporal import LivenessGate
 from edge.match import Scorer, accept
 from edge.match.track import TrackProbe, frame_quality
-from edge.pipeline import FacePipeline
+from edge.pipeline import FacePipeline, FaceRecord
+from edge.ratelimit import LogLimiter
 from edge.sources import Frame
 from edge.vision.detect import Face
 from edge.vision.track import Tracker
 
 log = logging.getLogger("facegate.engine")
+# Faces refused by the quality gate, at debug level: at most one line per reason every 10 s (a face held at the
+# wrong angle would otherwise log every frame).
+gate_log = LogLimiter(log)
 
 
 class Engine:
@@ -60,6 +64,9 @@ class Engine:
         # The primary embedder's 1:1 threshold also tells one person from the next within a track.
         self.split_threshold = pipeline.embedder.manifest.threshold("verify").value
         self.face_present = False
+        # Why no face in view could be used on the last frame (a quality-gate reason code, edge/vision/quality.py),
+        # or None when one passed or none is in view: the daemon tells the person what to do about it.
+        self.blocking_reason: str | None = None
         self.lock = threading.Lock()  # inference and tracking: the loop and enrolment commands share the models
         self.on_forget: Callable[[str], None] | None = None  # the daemon erases the name from its outbox too
         self._pseudonyms: dict[str, str] = {}
@@ -130,6 +137,7 @@ class Engine:
         self.hist["quality"].observe((now - t) * 1e3 - embed_ms)  # align and the quality gate
         self.hist["embed"].observe(embed_ms)
         t = now
+        self.blocking_reason = self._gate_report(records)
         assigned, _ = self.tracker.update(faces, frame.t_capture)  # in face order: assigned[i] is records[i]
         if self.live_gate is not None:
             self.live_gate.frame(assigned, frame.image, frame.t_capture)  # a challenge follows turned faces too
@@ -180,6 +188,23 @@ class Engine:
         self._timed("frame", start)
         self.face_present = bool(faces)
         return decisions
+
+    def _gate_report(self, records: list[FaceRecord]) -> str | None:
+        """Count the quality gate's refusals by reason (facegate_quality_rejections_total), log them at debug
+        (rate-limited), and return the reason that keeps every face in view from a decision: the first one of
+        the first refused face, or None when a face passed (or none is in view)."""
+        first = None
+        for record in records:
+            if record.passed or record.quality is None:
+                continue
+            codes = self.gate.codes(record.quality)
+            for code in codes:
+                self.metrics.inc("quality_rejections_total", reason=code)
+            if codes:
+                gate_log.log(logging.DEBUG, f"quality:{codes[0]}", "face not used for a decision: %s",
+                             "; ".join(record.reasons))
+                first = first or codes[0]
+        return None if any(r.passed for r in records) else first
 
     def faces(self, image: np.ndarray) -> list[Face]:
         with self.lock:

@@ -53,9 +53,10 @@ class FaceRecord:
 
 
 class FacePipeline:
-    def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str = "sface",
+    def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str | None = None,
                  threads: int = 1, min_face_px: float = 40.0, extra_embedders: Sequence[str] = ()) -> None:
         self.registry = registry or Registry()
+        embedder = embedder or self.registry.default_embedder()  # "" or None: what the manifests choose
         self.detector: Detector = make_detector(self.registry, detector, threads=threads, min_face_px=min_face_px)
         # The first embedder is the primary one (quality crops, track identity); the others are computed for
         # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.

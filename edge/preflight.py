@@ -2,11 +2,11 @@
 
 It builds everything `facegate run` builds, short of opening the camera and connecting to the broker, and
 reports every problem at once (exit 2) instead of the first: models resolved and hash-checked, liveness present
-for the door profile, the store readable (key present and right if encrypted), access rules naming enrolled
-identities, secrets readable and long enough, TLS files usable, the camera source present where it is a file,
-folder or device, the health port free, and in fleet mode the hub's public key, the site key and the hub's TLS
-files. Each part is checked on its own so one broken part does not hide the
-next; when all pass, the whole daemon is built once more exactly as `run` builds it and closed again, so a
+for the door profile, the face-unlock switch's file readable (door profile), the store readable (key present and
+right if encrypted), access rules naming enrolled identities, secrets readable and long enough, TLS files usable,
+the camera source present where it is a file, folder or device, the health port free, and in fleet mode the hub's
+public key, the site key and the hub's TLS files. Each part is checked on its own so one broken part does not hide
+the next; when all pass, the whole daemon is built once more exactly as `run` builds it and closed again, so a
 configuration that passes the check is one that starts.
 """
 
@@ -67,8 +67,27 @@ def _store(cfg: Config, report: Report) -> None:
         return
     with open_store(cfg) as store:
         errors, warnings = access_rule_findings(cfg, store)
+        errors += _embedder_findings(cfg, store)
     report.problems += errors
     report.warnings += warnings
+
+
+def _embedder_findings(cfg: Config, store: Any) -> list[str]:
+    """A store whose templates were all made by another embedder than the one configured recognises nobody:
+    e.g. enrolled with fp32 "sface" before the default became its int8 twin."""
+    from edge.models.registry import Registry
+
+    counts: dict[str, int] = {}
+    for name, _, n in store.embedders():
+        counts[name] = counts.get(name, 0) + n
+    registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
+    embedder = cfg.models.embedder or registry.default_embedder()
+    if not counts or embedder in counts:
+        return []
+    held = ", ".join(f"{n} under {e}" for e, n in sorted(counts.items()))
+    return [f"models.embedder: the store holds templates {held} and none under {embedder!r}, so nobody would "
+            f"be recognised; run `facegate store reembed --embedder {embedder}` (needs kept crops) or re-enrol, "
+            f"or set models.embedder to one of {sorted(counts)}"]
 
 
 def _mqtt(cfg: Config) -> None:
@@ -79,6 +98,19 @@ def _mqtt(cfg: Config) -> None:
     # Secrets read and measured, TLS files loaded into a context, the outbox folder writable: everything but
     # the connection itself.
     create(cfg).close()
+
+
+def _door(cfg: Config) -> None:
+    """The face-unlock switch's file: readable if it exists, and its folder writable (the switch is saved there
+    before it takes effect)."""
+    from edge.config import ConfigError
+    from edge.door import face_unlock_path, read_face_unlock
+
+    path = face_unlock_path(cfg.door)
+    read_face_unlock(path)
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if folder is None or not os.access(folder, os.W_OK):
+        raise ConfigError(f"door.face_unlock_path: cannot write {path} (no writable folder above it)")
 
 
 def _models(cfg: Config, registry: Any) -> None:
@@ -104,6 +136,8 @@ def check(cfg: Config) -> Report:
         report.step("models", lambda: _models(cfg, registry))
     if registry is not None and cfg.profile == "door":
         report.step("liveness", lambda: resolve_liveness(cfg, registry))
+    if cfg.profile == "door":
+        report.step("door", lambda: _door(cfg))
     report.step("store", lambda: _store(cfg, report))
     report.step("access", lambda: AccessPolicy(cfg.access))
     report.step("mqtt", lambda: _mqtt(cfg))

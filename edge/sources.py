@@ -208,7 +208,7 @@ class CaptureStats:
     delivered: int = 0  # frames handed to the consumer
     dropped: int = 0  # frames replaced by a newer one before the consumer took them
     corrupt: int = 0  # frames that did not decode (skipped)
-    reconnects: int = 0  # reopenings after a loss
+    reconnects: int = 0  # attempts to reopen the source after a failed open or a loss, successful or not
 
 
 class Capture:
@@ -280,9 +280,13 @@ class Capture:
 
     def _run(self) -> None:
         backoff = self.reconnect_min_s
-        opened = first = False
+        opened = first = tried = False
         while not self._stop.is_set():
             if not opened:
+                if tried:
+                    # Every retry counts, failed or not: a stream that keeps failing shows as a rising counter.
+                    self.stats.reconnects += 1
+                tried = True
                 try:
                     self.source.open()
                 except (OSError, cv2.error) as exc:
@@ -295,7 +299,6 @@ class Capture:
                     backoff = min(backoff * 2, self.reconnect_max_s)
                     continue
                 if first:
-                    self.stats.reconnects += 1
                     log.info("frame source %s reopened", self.source.name)
                 opened = first = True
                 self.connected, self.last_error = True, None

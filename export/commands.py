@@ -52,6 +52,26 @@ def cmd_sface(args: argparse.Namespace) -> int:
                                       pairs=args.pairs, lfw_folds=args.lfw_folds))
 
 
+def cmd_int8(args: argparse.Namespace) -> int:
+    from edge.atomic import atomic_write_bytes
+    from export import int8_ranges
+
+    command = " ".join(["facegate export int8", "--source", args.source, "--calib-images", str(args.calib_images),
+                        "--out", str(args.out)])
+    data = int8_ranges.build(args.source, images=args.images, name=args.name, calib_images=args.calib_images,
+                             command=command)
+    atomic_write_bytes(args.out, (json.dumps(data, indent=2) + "\n").encode())
+    check = data["quantize"]["provenance"]["view1"]
+    if args.json:
+        print(json.dumps({"manifest": str(args.out), "default": data["default"], "view1": check}, indent=2))
+    else:
+        ref, twin = check[args.source], check[data["name"]]
+        print(f"{data['name']}: View-1 pooled accuracy {twin['view1_pooled_accuracy']:.4f} vs "
+              f"{ref['view1_pooled_accuracy']:.4f} ({check['delta_pp']:+.2f} pp) → "
+              f"{'default embedder' if data['default'] else 'not the default'}; manifest written to {args.out}")
+    return 0
+
+
 def cmd_minifasnet(args: argparse.Namespace) -> int:
     from export.recipes import minifasnet, parse_variants
 
@@ -87,6 +107,19 @@ def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--source", default="sface", help="the embedder to convert (default: sface)")
     _common(p, SFACE)
     p.set_defaults(func=cmd_sface)
+
+    p = export.add_parser("int8", help="an embedder's int8 twin, quantised on the device: ranges, View-1 choice, "
+                          "thresholds → its manifest")
+    p.add_argument("--source", default="sface", help="the ONNX embedder to make an int8 twin of (default: sface)")
+    p.add_argument("--name", help="the twin's model name (default: SOURCE-int8)")
+    p.add_argument("--out", type=Path, required=True, help="manifest file to write (edge/models/builtin/NAME.json "
+                   "to ship it, or <model dir>/NAME/manifest.json to install it here)")
+    p.add_argument("--images", type=Path, help="LFW images folder, with the View-1 and View-2 pairs files beside "
+                   "it (default: $FACEGATE_DATA/lfw/images)")
+    p.add_argument("--calib-images", type=int, default=200, metavar="N",
+                   help="face crops to measure activation ranges on (default: 200)")
+    p.add_argument("--json", action="store_true", help="print the View-1 check as JSON")
+    p.set_defaults(func=cmd_int8)
 
     p = export.add_parser("minifasnet", help="MiniFASNet state dicts → ONNX and TFLite liveness bundles")
     p.add_argument("--models", default=",".join(m.removeprefix("minifasnet-") for m in MODELS),

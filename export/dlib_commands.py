@@ -19,7 +19,7 @@ def cmd_dlib_resnet(args: argparse.Namespace) -> int:
     results = dlib_resnet.export(args.out, variants=variants, images=args.images, parity_images=args.parity_images,
                                  template_images=args.template_images,
                                  calibrate=not args.no_calibrate, calibrate_pairs=args.calibrate_pairs,
-                                 far=args.far, fpir=args.fpir)
+                                 far=args.far, fpir=args.fpir, calib_images=args.calib_images)
     if args.no_calibrate:
         print("thresholds not calibrated (--no-calibrate): run `facegate calibrate embedder` before using the bundle")
     return report(args, results)
@@ -41,6 +41,8 @@ def add_commands(subs: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--no-calibrate", action="store_true", help="write the bundles without thresholds")
     p.add_argument("--far", type=float, default=1e-3, help="1:1 target false-accept rate (default: 1e-3)")
     p.add_argument("--fpir", type=float, default=0.01, help="1:N target false-positive identification rate")
-    p.add_argument("--variants", help="comma-separated subset of: onnx-fp32,tflite-fp32 (default: both)")
+    p.add_argument("--variants", help="comma-separated subset of: onnx-fp32,onnx-int8,tflite-fp32 (default: all)")
+    p.add_argument("--calib-images", type=int, default=200, metavar="N",
+                   help="device crops of photos View 2 does not name, to calibrate int8 on (default: 200)")
     p.add_argument("--json", action="store_true", help="print the bundles and their parity as JSON")
     p.set_defaults(func=cmd_dlib_resnet)

@@ -42,15 +42,19 @@ class TensorReader:
 def quantize_int8(src: Path, out: Path, calibration: np.ndarray,
                   op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
                   method: str = "Percentile") -> Path:
-    """Static QDQ int8 of `src`: symmetric int8 weights per output channel, uint8 activations per tensor.
+    """Static QDQ int8 of `src` with onnxruntime's quantiser: symmetric 7-bit weights per output channel,
+    uint8 activations per tensor.
 
     `calibration` holds (N, …) inputs exactly as the device feeds the graph (see edge.embed.to_input).
-    Only `op_types` are quantised. Elementwise ops in between stay float, where onnxruntime fuses the
-    Q/DQ pairs around each quantised op into integer kernels.
+    Only `op_types` are quantised; list every op of a ReLU network (Conv, Add, Relu, pools, Gemm) and
+    onnxruntime runs it on integer kernels end to end. Graphs with PRelu quantise better with the device's
+    own quantiser (edge/models/int8.py after prelu_as_max; see export/int8_ranges.py).
 
-    Measured on SFace (200 calibration crops, 200 held-out crops): asymmetric uint8 activations with
-    percentile (99.999 %) ranges gave mean cosine 0.9945 to fp32 and LFW View 2 accuracy +0.03 pp; min-max
-    ranges gave 0.9875, symmetric int8 activations 0.983 (they waste half the range on post-PReLU maps).
+    Weights are 7-bit (`reduce_range`): x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) multiply
+    uint8 activations by int8 weights with VPMADDUBSW, which sums two products in int16 and saturates when
+    both are large (255·127·2 > 32767). With 8-bit weights SFace's int8 graph gave min cosine 0.79 to fp32 on an
+    AVX2-only EPYC (0.98 with the same graph run as float: the scales were right, the kernel overflowed);
+    with 7 bits it gives 0.98 everywhere. uint8 weights avoid the overflow too but ran 35 % slower there.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -66,10 +70,27 @@ def quantize_int8(src: Path, out: Path, calibration: np.ndarray,
         quantize_static(
             str(pre), str(out), TensorReader(input_name, calibration),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
+    return Path(out)
+
+
+def quantize_prelu_net(src: Path, out: Path, steps: Sequence[str], calibration: np.ndarray) -> Path:
+    """int8 with the device's own quantiser: `src` prepared with `steps` (PRelu as Max, batch norms folded),
+    activation ranges measured on `calibration`, then edge.models.int8.quantize — the graph the device makes
+    from an int8 twin's manifest (prepare step quantize_int8), as one file."""
+    from edge.models.int8 import quantize as quantize_graph
+    from edge.models.int8 import tensors_to_range
+    from edge.models.prepare import prepare
+    from export.int8_ranges import measure_ranges
+
+    if len(calibration) == 0:
+        raise ExportError("int8 quantisation needs calibration inputs")
+    graph = prepare(onnx.load(str(src)), list(steps))
+    ranges = measure_ranges(graph, calibration, tensors_to_range(graph))
+    onnx.save(quantize_graph(graph, ranges), str(out))
     return Path(out)
 
 

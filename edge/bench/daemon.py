@@ -86,8 +86,9 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
             cfg = config.parse({
                 "profile": base.profile,
                 "camera": {"source": str(clip), "fps": fps, "frames_per_image": frames_per_image},
+                # The base configuration's scoring too (models.fusion / verifier), so "with fusion on" is measurable.
                 "models": {f: getattr(base.models, f) for f in ("detector", "embedder", "threads", "min_face_px",
-                                                                "model_dir")},
+                                                                "model_dir", "fusion", "verifier")},
                 "liveness": {"model": base.liveness.model, "threads": base.liveness.threads},
                 # Every walk-up decides, so every image can give a latency sample.
                 "decision": {"cooldown_s": 0.0},
@@ -97,7 +98,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
                 "health": {"enabled": False},
             }, origin="bench")
             daemon = Daemon(cfg)
-            enroller = Enroller(daemon.store, daemon.pipeline, matcher=daemon.engine.matcher)
+            enroller = Enroller(daemon.store, daemon.pipeline, scorer=daemon.engine.scorer)
             enrolled = 0
             for name, path in enrol:
                 judged = enroller.judge(path)

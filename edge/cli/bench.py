@@ -106,11 +106,20 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_speed(args: argparse.Namespace) -> int:
     from edge.bench import speed
+    from edge.bench.frames import parse_size
 
-    result = speed.run(args.images, limit=args.limit, model=args.model, policy=args.policy,
-                       peers=not args.no_peers)
+    settings(args)
+    fusion = tuple(m.strip() for m in (args.fusion_embedders or "").split(",") if m.strip())
+    result = speed.run(args.images, limit=args.limit, model=args.model or None, policy=args.policy,
+                       peers=not args.no_peers, registry=registry(args), fusion=fusion, min_face_px=args.min_face,
+                       frames=parse_size(args.frames) if args.frames else None)
     ratios = ", ".join(f"{k} {v}×" for k, v in result.get("ratios", {}).items() if v is not None)
-    emit(args, result, f"ours {result['ours_ms']} ms per image ({result['images']} images, one thread)"
+    stages = result["stages_ms"]
+    embed = ", ".join(f"embed {k} {v}" for k, v in stages["embed"].items())
+    emit(args, result, f"ours {result['ours_ms']} ms per image ({result['images']} {result['workload']['kind']}, "
+                       f"one thread): decode {stages['decode']}, detect {stages['detect']}, {embed}"
+                       + (f", liveness {stages['liveness']}" if stages["liveness"] is not None else "")
+                       + (f"; fused {result['ours_fused_ms']}" if "ours_fused_ms" in result else "")
                        + (f"; {ratios} faster than the peers" if ratios else ""))
     return YES
 
@@ -246,10 +255,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     recognition_options(p, policy="central")
     p.set_defaults(func=cmd_search)
 
-    p = bench.add_parser("speed", help="ms per image, decoded image → embedding, ours vs peers, one thread")
+    p = bench.add_parser("speed", help="ms per image by stage (decode, detect, align, embed per model, liveness), "
+                         "ours vs two peers in the same run, one thread")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--limit", type=bounded(int, 1), default=200, help="images to time (default: 200)")
     p.add_argument("--no-peers", action="store_true", help="time only our pipeline")
+    p.add_argument("--frames", metavar="WxH", help="synthetic door frames of this size (e.g. 640x480, 1280x720), "
+                   "one LFW portrait each at a door camera's face size, instead of the LFW photos")
+    p.add_argument("--fusion-embedders", metavar="MODELS", help="comma-separated embedders run on every face "
+                   "besides --model (e.g. dlib-resnet-int8): the fused setting's cost, ours_fused_ms and ratios")
     recognition_options(p, policy="central")
     p.set_defaults(func=cmd_speed)
 

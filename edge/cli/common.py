@@ -61,7 +61,8 @@ def config_option(p: argparse.ArgumentParser) -> None:
 def recognition_options(p: argparse.ArgumentParser, policy: str = "largest", verifier: str | None = None) -> None:
     """--config, the models (defaults from the configuration), --policy, --json."""
     config_option(p)
-    p.add_argument("--model", help="embedder model name (default: models.embedder, sface)")
+    p.add_argument("--model", help="embedder model name (default: models.embedder, else the manifests' default: "
+                   "sface-int8; sface is fp32)")
     p.add_argument("--detector", help="detector model name (default: models.detector, yunet)")
     p.add_argument("--threads", type=bounded(int, 1, 64), help="inference threads (default: models.threads, 1)")
     p.add_argument("--min-face", type=bounded(float, 8), metavar="PX",

@@ -157,9 +157,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------------------------
 def _occlusion_opts(p: argparse.ArgumentParser, policy: str = "largest") -> None:
-    p.add_argument("--model", default="sface",
-                   help="embedder: sface, dlib-resnet, fused (both, scored by the mean of their cosines), or "
-                        "names joined by + (default: sface)")
+    p.add_argument("--model", default="",
+                   help="embedder: sface, sface-int8, dlib-resnet, fused (both, scored by the mean of their cosines), "
+                        "or names joined by + (default: the manifests' default embedder, as enrol uses)")
     p.add_argument("--patch", type=int, default=16, help="side of the grey patch, crop pixels (default: 16)")
     p.add_argument("--stride", type=int, default=8, help="step between patches, crop pixels (default: 8)")
     p.add_argument("--batch", type=int, default=64, help="occluded crops per inference batch (default: 64)")

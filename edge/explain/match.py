@@ -17,6 +17,7 @@ import numpy as np
 from edge.errors import FacegateError, NoFaceError
 from edge.explain import draw
 from edge.explain.occlusion import CENTRAL_MARGIN, GREY, FaceView, Occluder, OcclusionMap, central_box, mean_cosine
+from edge.match.base import accept
 from edge.pipeline import FacePipeline
 from edge.vision.detect import select_face
 
@@ -26,7 +27,12 @@ TOP_CELLS = 3
 
 
 def embedder_names(model: str) -> tuple[str, ...]:
-    """'fused' → both embedders; 'a+b' → a and b; else the one name. The first is the display frame."""
+    """'fused' → both embedders; 'a+b' → a and b; '' → the manifests' default embedder; else the one name. The
+    first is the display frame."""
+    if not model:
+        from edge.models.registry import Registry
+
+        return (Registry().default_embedder(),)
     if model == "fused":
         return FUSED
     names = tuple(n for n in model.split("+") if n)
@@ -56,7 +62,7 @@ class MatchExplanation:
 
     @property
     def match(self) -> bool | None:
-        return None if self.threshold is None else self.score >= self.threshold
+        return None if self.threshold is None else accept(self.score, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "score": round(self.score, 6), "threshold": self.threshold,

@@ -12,17 +12,15 @@ from edge.models.registry import Registry
 from edge.store.db import Store
 
 
-def make_scorer(registry: Registry, embedder: str = "sface", verifier: str = "", store: Store | None = None,
+def make_scorer(registry: Registry, embedder: str | None = None, verifier: str = "", store: Store | None = None,
                 fpir: float = DEFAULT_FPIR, fusion: str = "", templates: str = "max") -> Scorer:
     scorer = _make(registry, embedder, verifier, store, fpir, fusion)
-    if templates != "max" and verifier:
-        raise ModelError("decision.templates: a verification head scores an identity by its best photo only "
-                         "(\"max\")")
     scorer.templates = templates
     return scorer
 
 
-def _make(registry: Registry, embedder: str, verifier: str, store: Store | None, fpir: float, fusion: str) -> Scorer:
+def _make(registry: Registry, embedder: str | None, verifier: str, store: Store | None, fpir: float,
+          fusion: str) -> Scorer:
     if verifier and fusion:
         raise ModelError("models.verifier and models.fusion are two ways of scoring several embedders: "
                          "configure one of them")
@@ -39,6 +37,7 @@ def _make(registry: Registry, embedder: str, verifier: str, store: Store | None,
 
         head = resolve_head(verifier, registry)
         return HeadScorer(head, StoreGallery(store, tuple(head.embedders)) if store is not None else None, fpir)
+    embedder = embedder or registry.default_embedder()  # "" or None: what the manifests choose
     m = registry.manifest(embedder)
     if m.task != "embed":
         raise ModelError(f"model {embedder!r} is a {m.task!r} model, not an embedder")

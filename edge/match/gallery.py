@@ -10,12 +10,14 @@ effect before the next decision.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from edge.errors import FacegateError
+from edge.store import StoreError
 from edge.store.db import Store
 from edge.store.matcher import Matcher
 
@@ -128,7 +130,18 @@ class StoreGallery(Gallery):
 
     def follow(self) -> list[str]:
         """Apply what other processes committed since the last call; returns the identities deleted by them
-        (each also reported to `on_forget`). One PRAGMA when nothing changed."""
+        (each also reported to `on_forget`). One stat and one PRAGMA when nothing changed.
+
+        Raises StoreError when the store cannot be followed: its file deleted, replaced or damaged under the
+        running process (Store.check_file), or SQLite failing to read it. The caller must then decide nothing:
+        a deletion it cannot see could otherwise still be granted."""
+        try:
+            self.store.check_file()
+            return self._follow()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.store.path} cannot be read ({type(exc).__name__}: {exc})") from None
+
+    def _follow(self) -> list[str]:
         version = self.store.data_version()
         if version == self._version and not self._stale:
             return []

@@ -2,6 +2,8 @@
 
 A head is not an inner product an index could prune, so 1:N scores the whole gallery; the head's index (rows of
 every embedder, paired by enrolment photo) is rebuilt from the store whenever the gallery's revision moves.
+An identity's score is its best photo's logit ("max") or the mean of its photos' logits ("mean", the
+decision.templates default): the same rule the cosine and fused scorers apply to their per-photo scores.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from edge.verifier import VerifierHead
 class HeadIndex:
     """The whole gallery under a head: search is exhaustive (an identity's best row wins)."""
 
-    def __init__(self, head: VerifierHead) -> None:
+    def __init__(self, head: VerifierHead, templates: str = "max") -> None:
         self.head = head
+        self.templates = templates
         self._names: list[str] = []
         self._rows: list[np.ndarray] = []
 
@@ -42,14 +45,18 @@ class HeadIndex:
         if not self._rows:
             return []
         logits = self.head.logit_matrix(self.head.concat(probe), np.stack(self._rows))[0]
-        seen: dict[str, float] = {}
-        for j in np.argsort(-logits, kind="stable"):
-            name = self._names[j]
-            if name not in seen:
-                seen[name] = float(logits[j])
-                if len(seen) == k:
-                    break
-        return [Match(n, s) for n, s in seen.items()]
+        per: dict[str, list[float]] = {}
+        for name, logit in zip(self._names, logits.tolist(), strict=True):
+            per.setdefault(name, []).append(logit)
+        scores = {n: aggregate(v, self.templates) for n, v in per.items()}
+        best = sorted(scores.items(), key=lambda item: -item[1])[:k]
+        return [Match(n, s) for n, s in best]
+
+
+def aggregate(logits: list[float] | np.ndarray, templates: str) -> float:
+    """An identity's score from its photos' logits: the best ("max") or their mean ("mean")."""
+    values = np.asarray(logits, dtype=np.float64)
+    return float(values.mean() if templates == "mean" else values.max())
 
 
 class HeadScorer(Scorer):
@@ -58,7 +65,7 @@ class HeadScorer(Scorer):
             raise FacegateError(f"verifier {head.name!r} has no manifest (thresholds)")
         super().__init__(head.manifest, tuple(head.embedders), gallery, fpir)
         self.head = head
-        self._index: tuple[int, HeadIndex] | None = None
+        self._index: tuple[tuple[int, str], HeadIndex] | None = None
 
     def _reset(self) -> None:
         self._index = None
@@ -70,15 +77,16 @@ class HeadScorer(Scorer):
         templates = self._gallery().paired(self.embedders, name).get(name)
         if templates is None:
             return None
-        return float(self.head.logit_matrix(self.head.concat(probe), self.head.concat(templates)).max())
+        return aggregate(self.head.logit_matrix(self.head.concat(probe), self.head.concat(templates))[0],
+                         self.templates)
 
     def index(self) -> HeadIndex:
         gallery = self._gallery()
-        if self._index is None or self._index[0] != gallery.revision:
-            index = HeadIndex(self.head)
+        if self._index is None or self._index[0] != (gallery.revision, self.templates):
+            index = HeadIndex(self.head, self.templates)
             for who, vectors in gallery.paired(self.embedders).items():
                 index.add(who, vectors)
-            self._index = (gallery.revision, index)
+            self._index = ((gallery.revision, self.templates), index)
         return self._index[1]
 
     def identities(self) -> int:

@@ -74,6 +74,11 @@ class Manifest:
     # Embedders: embed the crop and its mirror image and average the two unit vectors (test-time flip).
     # Doubles the embedding cost; a recipe sets it only where held-out data showed it pays (see its provenance).
     flip_average: bool = False
+    # int8 made on the device (prepare step "quantize_int8"): {"ranges": {tensor: [lo, hi]}, "weight_bits": 7,
+    # "provenance": {...}}; the ranges were measured once on face crops (facegate export int8).
+    quantize: dict[str, Any] = field(default_factory=dict)
+    # Embedders: the one used where none is named (Registry.default_embedder); naming another is the switch.
+    default: bool = False
 
     def threshold(self, key: str) -> Threshold:
         try:
@@ -84,6 +89,9 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["prepare"] = list(self.prepare)
+        for key in ("quantize", "default"):
+            if not d[key]:
+                del d[key]  # most models have neither; keeps their manifests as they were
         for t in d["thresholds"].values():
             t["tail"] = [list(p) for p in t["tail"]]
             if not t["tail"]:
@@ -107,7 +115,8 @@ class Manifest:
 
 
 _KEYS = {"name", "task", "file", "sha256", "source", "licence", "runtime", "input", "normalisation",
-         "alignment", "output_dim", "thresholds", "prepare", "extra", "flip_average"}
+         "alignment", "output_dim", "thresholds", "prepare", "extra", "flip_average", "quantize",
+         "default"}
 _REQUIRED = {"name", "task", "file", "sha256", "source", "licence", "runtime", "input"}
 
 
@@ -156,16 +165,27 @@ def _parse(d: dict[str, Any]) -> Manifest:
             raise ModelError(f"thresholds.{key}.tail must list FAR values in descending order")
         thresholds[key] = Threshold(value=float(t["value"]), metric=str(t.get("metric", "cosine")),
                                     provenance=dict(t.get("provenance", {})), tail=tail)
-    flip = d.get("flip_average", False)
-    if not isinstance(flip, bool):
-        raise ModelError(f"flip_average must be true or false, not {flip!r}")
+    flip = _flag(d, "flip_average")
+    quantize = d.get("quantize") or {}
+    if "quantize_int8" in d.get("prepare", ()):
+        ranges = quantize.get("ranges") if isinstance(quantize, dict) else None
+        if not isinstance(ranges, dict) or not ranges or any(
+                not isinstance(r, list | tuple) or len(r) != 2 or not r[0] <= r[1] for r in ranges.values()):
+            raise ModelError("prepare step quantize_int8 needs quantize.ranges: {tensor: [low, high]}")
     return Manifest(
         name=str(d["name"]), task=d["task"], file=str(d["file"]), sha256=sha, source=dict(d["source"]),
         licence=str(d["licence"]), runtime=d["runtime"], input=spec, normalisation=normalisation,
         alignment=alignment, output_dim=int(d["output_dim"]) if d.get("output_dim") else None,
         thresholds=thresholds, prepare=tuple(d.get("prepare", ())), extra=dict(d.get("extra", {})),
-        flip_average=flip,
+        flip_average=flip, quantize=dict(quantize), default=_flag(d, "default"),
     )
+
+
+def _flag(d: dict[str, Any], key: str) -> bool:
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        raise ModelError(f"{key} must be true or false, not {value!r}")
+    return value
 
 
 def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:

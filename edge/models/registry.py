@@ -4,13 +4,14 @@ Manifests come from three places, later ones winning: the built-in JSON files ne
 installed into the model directory (`<model_dir>/<name>/manifest.json`), and overrides
 (`<model_dir>/overrides/<name>.json`, a partial manifest merged key by key — how calibration records a
 threshold without touching site-packages). Prepared graphs are cached in `<model_dir>/prepared/` with a
-sidecar holding their own sha256, so a corrupted cache is detected and rebuilt.
+sidecar holding their own sha256, so a corrupted cache is detected and rebuilt; a source that is not ONNX
+(dlib's .dat) is converted there too, by the converter its manifest's `prepare` list begins with.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,15 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+class PackageMissingError(ModelError):
+    """A model's source package is absent. `optional`: its manifest names it as an optional package (not a
+    device dependency), so a device without it simply does not offer that model."""
+
+    def __init__(self, message: str, optional: bool = False) -> None:
+        super().__init__(message)
+        self.optional = optional
 
 
 class Registry:
@@ -74,6 +84,16 @@ class Registry:
             origin = override
         return Manifest.from_dict(data, origin=str(origin))
 
+    def default_embedder(self) -> str:
+        """The embedder used where none is named: the one whose manifest says "default" (the int8 twin of SFace
+        as shipped, chosen on LFW View 1; naming "sface" is the switch back to fp32), else "sface"."""
+        marked = [n for n, (data, _) in self._raw_manifests().items()
+                  if data.get("task") == "embed" and self.manifest(n).default]  # overrides included
+        if len(marked) > 1:
+            raise ModelError(f"several embedders are marked default: {', '.join(sorted(marked))} "
+                             f"(unset all but one with an override: {{\"default\": false}})")
+        return marked[0] if marked else "sface"
+
     def override_path(self, name: str) -> Path:
         return self.model_dir / "overrides" / f"{name}.json"
 
@@ -91,12 +111,17 @@ class Registry:
     def source_path(self, m: Manifest) -> Path:
         src = m.source
         if "package" in src:
+            # Found without importing the package: a data package's __init__ may need more than its files
+            # (face_recognition_models' imports pkg_resources, which setuptools 81 removed).
             try:
-                root = importlib.resources.files(src["package"])
-            except ModuleNotFoundError:
-                raise ModelError(f"model {m.name!r}: its package {src['package']!r} is not installed "
-                                 f"(pip install {src['package']})") from None
-            return Path(str(root.joinpath(src["path"])))
+                spec = importlib.util.find_spec(src["package"])
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None or not spec.submodule_search_locations:
+                hint = src.get("optional_package", src["package"])
+                raise PackageMissingError(f"model {m.name!r}: its package {src['package']!r} is not installed "
+                                          f"(pip install {hint})", optional="optional_package" in src)
+            return Path(next(iter(spec.submodule_search_locations))) / src["path"]
         if "file" in src:
             p = Path(src["file"])
             return p if p.is_absolute() else self.model_dir / m.name / p
@@ -125,16 +150,13 @@ class Registry:
         source = self.verify(m)
         if not m.prepare or m.task == "fusion":
             return source
-        steps_key = hashlib.sha256(",".join(m.prepare).encode()).hexdigest()[:8]
-        out = self.model_dir / "prepared" / f"{m.name}-{m.sha256[:16]}-{steps_key}.onnx"
+        from edge.models.prepare import prepare_file, steps_key
+
+        out = self.model_dir / "prepared" / f"{m.name}-{m.sha256[:16]}-{steps_key(m.prepare, m.quantize)}.onnx"
         sidecar = out.with_suffix(".sha256")
         if out.is_file() and sidecar.is_file() and sidecar.read_text().strip() == sha256_file(out):
             return out
-        import onnx
-
-        from edge.models.prepare import prepare
-
-        model = prepare(onnx.load(str(source)), m.prepare)
+        model = prepare_file(source, m.prepare, m.quantize)
         data = model.SerializeToString()
         atomic_write_bytes(out, data)
         atomic_write_bytes(sidecar, (hashlib.sha256(data).hexdigest() + "\n").encode())

@@ -21,6 +21,14 @@ a command that passed every check.
 Bodies: reload {}; delete {"name": str}; enroll {"name": str, "image": base64 str, "live_capture": bool}
 ("image" may be left out when live_capture is true: the daemon then captures the face itself).
 
+Outcome (cmd_result): "refused" (not run: `reason` says why), "error" (run, but it failed or did not do what was
+asked: a delete of an unknown name, an enrolment the quality gate refused; `detail` says why) or "ok".
+
+The secret is the UTF-8 bytes of its text (the file's content, surrounding whitespace stripped), never decoded
+from hex or base64: a secret made with `openssl rand -hex 32` is those 64 characters. (The store key, by
+contrast, is decoded to 32 bytes: edge/store/crypto.py.) deploy/INTEGRATION.md has a Python and an openssl
+example.
+
 Badge claims on facegate/<device>/claim use the same envelope with "command": "claim" and body
 {"identity": str}, signed with the claim secret (a badge reader's, not the administrator's), and their own
 per-sender counters (ClaimVerifier).
@@ -252,7 +260,13 @@ class CommandProcessor:
         log.info("mqtt command %s from %s (counter %d) accepted", name, command.sender, command.counter)
         try:
             handler = getattr(self.handlers, name)
-            outcome["result"] = handler(**kwargs)
+            outcome["result"] = result = handler(**kwargs)
+            if isinstance(result, dict) and result.get("ok") is False:
+                # Run, but it did not do what was asked (a delete of a name nobody has, an enrolment the quality
+                # gate refused): an error the sender must see in `status`, not an "ok" with a buried flag.
+                reasons = result.get("reasons") or []
+                detail = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons)
+                outcome.update(status="error", detail=(detail or f"{name} did not succeed")[:500])
         except FacegateError as exc:
             outcome.update(status="error", detail=str(exc)[:500])
             log.warning("mqtt command %s failed: %s", name, exc)

@@ -3,12 +3,18 @@ and signed commands.
 
 Topics, under <topic_prefix>/<device>/:
   event          QoS 1, not retained: one JSON document per decision (event.schema.json)
-  state          QoS 1, retained: the daemon's summary + last_identity, outbox_depth, outbox_dropped, ts
+  state          QoS 1, retained: the daemon's summary + last_identity, outbox_depth, outbox_dropped, ts; sent
+                 only once the daemon has given one (never a partial document)
   availability   QoS 1, retained: "online" on connect, "offline" on stop and as the Last Will
   face_present   QoS 0, retained: ON / OFF (Home Assistant binary_sensor)
   prompt         QoS 0, not retained: {"text", "ts"} for a display
   door/command   QoS 1, not retained: {"command": LOCK|UNLOCK|OPEN, "duration_s"?, "door", "source", "ts",
                  "valid_until"}; MQTT 5 message expiry; never sent late (publish_door)
+  door/state     QoS 1, retained (door profile): {"state": locked|unlocked, "until", "command", "source", "ts"}
+                 (edge/door.py); Home Assistant's lock entity reads it
+  door/set       subscribed (door profile): LOCK, UNLOCK or OPEN from Home Assistant's lock entity, relayed
+  face_unlock    QoS 1, retained (door profile): ON / OFF, the face-unlock switch
+  face_unlock/set subscribed (door profile): ON / OFF from Home Assistant's switch
   door/probe     QoS 1, not retained, empty: the round trip that proves the broker is responsive right before a
                  door command
   claim          subscribed: an identity name, as text or {"identity": name}
@@ -108,9 +114,13 @@ def _connect_hint(exc: BaseException | None, tls: bool) -> str:
 
 class Publisher:
     def __init__(self, settings: MqttSettings, handlers: CommandHandlers | None = None,
-                 clock_synced: Callable[[], bool] | None = None, door_max_delay_ms: float = 1000.0) -> None:
+                 clock_synced: Callable[[], bool] | None = None, door_max_delay_ms: float = 1000.0,
+                 door_profile: bool = False) -> None:
         settings = settings if settings.device else settings.resolved()
         self.settings = settings
+        # The door profile has a door: its state, Home Assistant's lock and face-unlock switch (the kiosk sends no
+        # door commands, so it announces no lock).
+        self.door_profile = door_profile
         if not (math.isfinite(door_max_delay_ms) and door_max_delay_ms > 0):
             raise MqttError(f"door.max_delay_ms: {door_max_delay_ms!r} must be a positive number")
         self.door_max_delay_ms = door_max_delay_ms
@@ -124,11 +134,13 @@ class Publisher:
                                      settings.effective_claim_state_path)
         self._claim_callbacks: list[Callable[[str], None]] = []
         self._connected_callbacks: list[Callable[[int], None]] = []
+        self._door_request_callbacks: list[Callable[[str], None]] = []
+        self._face_unlock_callbacks: list[Callable[[bool], None]] = []
         self._send_lock = threading.Lock()  # connection generation vs. the outbox thread's publishes
         self._door_lock = threading.Lock()
         self._door_acked = threading.Event()  # set on every PUBACK: a door probe's waiter looks again
         self.door_dropped = 0  # door commands dropped rather than sent late
-        self._state_lock = threading.Lock()  # _state, _last_identity, _face_present
+        self._state_lock = threading.Lock()  # _state, _last_identity, _face_present, _door_state, _face_unlock
         self._state_publish_lock = threading.Lock()  # retained state documents leave in the order they are built
         self._wake = threading.Event()
         self._jobs: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(MAX_JOBS)
@@ -142,9 +154,11 @@ class Publisher:
         self._started = False
         self._stopping = False
         self._closed = False
-        self._state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None  # None until the daemon gives its first, complete one
         self._last_identity: str | None = None
         self._face_present: bool | None = None
+        self._door_state: dict[str, Any] | None = None
+        self._face_unlock: bool | None = None
         self._reported_depth: int | None = None
         self._sender = threading.Thread(target=self._sender_main, name=f"mqtt-outbox-{settings.device}",
                                         daemon=True)
@@ -306,7 +320,8 @@ class Publisher:
         if self._connected:
             self._client.publish(self.settings.topic("prompt"), dumps({"text": text, "ts": utc_now()}), qos=0)
 
-    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None,
+                     source: str = "facegate") -> bool:
         """Send a door command now, or drop it; True when it went to a broker that was responsive a moment ago.
 
         A door command is never late. It is sent only after a QoS 1 probe (door/probe) came back acknowledged
@@ -331,7 +346,7 @@ class Publisher:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._connected:
                 return self._drop_door(command, "too late")
-            doc: dict[str, Any] = {"command": command, "door": self.settings.door, "source": "facegate",
+            doc: dict[str, Any] = {"command": command, "door": self.settings.door, "source": source,
                                    "ts": utc_now(), "valid_until": utc_now(remaining)}
             if duration_s is not None:
                 doc["duration_s"] = duration_s
@@ -361,6 +376,20 @@ class Publisher:
         log.warning("mqtt: door command %s dropped: %s", command, why)
         return False
 
+    def publish_door_state(self, state: dict[str, Any]) -> None:
+        """Retained on door/state (edge/door.py builds it); re-sent on every (re)connect."""
+        with self._state_lock:
+            self._door_state = json.loads(dumps(state))
+        if self._connected:
+            self._client.publish(self.settings.topic("door", "state"), dumps(state), qos=1, retain=True)
+
+    def publish_face_unlock(self, enabled: bool) -> None:
+        """Retained ON/OFF on face_unlock for Home Assistant's switch; re-sent on every (re)connect."""
+        with self._state_lock:
+            self._face_unlock = enabled
+        if self._connected:
+            self._client.publish(self.settings.topic("face_unlock"), ON if enabled else OFF, qos=1, retain=True)
+
     def publish_face_present(self, present: bool) -> None:
         """Retained ON/OFF for the Home Assistant binary_sensor; sent only when it changes."""
         with self._state_lock:
@@ -375,6 +404,15 @@ class Publisher:
         reach the broker, such as the door's start-up LOCK, is sent from here, never before CONNACK."""
         self._connected_callbacks.append(callback)
 
+    def on_door_request(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(command)` (on the worker thread) for each LOCK / UNLOCK / OPEN on door/set (door
+        profile)."""
+        self._door_request_callbacks.append(callback)
+
+    def on_face_unlock(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(enabled)` (on the worker thread) for each ON / OFF on face_unlock/set (door profile)."""
+        self._face_unlock_callbacks.append(callback)
+
     def on_claim(self, callback: Callable[[str], None]) -> None:
         """Call `callback(identity)` (on the worker thread) for each message on facegate/<device>/claim."""
         self._claim_callbacks.append(callback)
@@ -385,7 +423,8 @@ class Publisher:
         with self._state_lock:
             if self._last_identity == name:
                 self._last_identity = None
-            self._state = _scrub(self._state, name)
+            if self._state is not None:
+                self._state = _scrub(self._state, name)
         self._send_state()
         # The count only: a log line naming the person would defeat the erasure.
         log.info("mqtt: forgot an identity: %d pending event(s) erased from the outbox", removed)
@@ -405,6 +444,8 @@ class Publisher:
             return  # sent again on (re)connect
         with self._state_publish_lock:
             with self._state_lock:
+                if self._state is None:
+                    return  # nothing from the daemon yet: a partial document would stay retained
                 doc = {**self._state, "last_identity": self._last_identity, "outbox_depth": self._outbox.depth,
                        "outbox_dropped": self._outbox.dropped, "ts": utc_now()}
             self._reported_depth = doc["outbox_depth"]
@@ -415,13 +456,17 @@ class Publisher:
         if not self._connected:
             return
         if self.settings.discovery:
-            for topic, payload in discovery_messages(self.settings):
+            for topic, payload in discovery_messages(self.settings, door=self.door_profile):
                 self._client.publish(topic, payload, qos=1, retain=True)
         self._send_state()
         with self._state_lock:
-            present = self._face_present
+            present, door, face_unlock = self._face_present, self._door_state, self._face_unlock
         if present is not None:
             self._client.publish(self.settings.topic("face_present"), ON if present else OFF, qos=0, retain=True)
+        if door is not None:
+            self._client.publish(self.settings.topic("door", "state"), dumps(door), qos=1, retain=True)
+        if face_unlock is not None:
+            self._client.publish(self.settings.topic("face_unlock"), ON if face_unlock else OFF, qos=1, retain=True)
 
     def _retry(self) -> str:
         # Mirrors paho's back-off (min, doubling, capped) so that the log line can say when the next try is.
@@ -459,6 +504,8 @@ class Publisher:
         log.info("mqtt: %s %s", "connected to" if self._connections == 1 else "reconnected to", self._where)
         client.publish(self.settings.topic("availability"), "online", qos=1, retain=True)
         subscriptions = [(self.settings.topic("claim"), 1), (self.settings.topic("cmd", "+"), 1)]
+        if self.door_profile:
+            subscriptions += [(self.settings.topic("door", "set"), 1), (self.settings.topic("face_unlock", "set"), 1)]
         if self.settings.discovery:
             subscriptions.append((status_topic(self.settings), 1))
         client.subscribe(subscriptions)
@@ -492,7 +539,8 @@ class Publisher:
         refused = [r for r in reasons if r.is_failure]
         if refused:
             # An ACL that forgot this device's cmd/claim topics: say so, the rest keeps working.
-            log.error("mqtt: broker %s refused %d of the subscriptions (claim, cmd/+, discovery status): %s",
+            log.error("mqtt: broker %s refused %d of the subscriptions (claim, cmd/+, discovery status, door/set, "
+                      "face_unlock/set): %s",
                       self._where, len(refused), refused[0])
         self._subscribed = True
 
@@ -566,6 +614,21 @@ class Publisher:
                 return
             for callback in list(self._claim_callbacks):
                 callback(identity)
+        elif self.door_profile and topic == s.topic("door", "set"):
+            command = payload.strip().decode("ascii", "replace").upper()
+            if command not in DOOR_COMMANDS:
+                limited.warning("door/set", "mqtt: door/set %r ignored: not one of %s", payload[:40],
+                                ", ".join(DOOR_COMMANDS))
+                return
+            for door_callback in list(self._door_request_callbacks):
+                door_callback(command)
+        elif self.door_profile and topic == s.topic("face_unlock", "set"):
+            value = payload.strip().decode("ascii", "replace").upper()
+            if value not in (ON, OFF):
+                limited.warning("face_unlock/set", "mqtt: face_unlock/set %r ignored: not ON or OFF", payload[:40])
+                return
+            for switch_callback in list(self._face_unlock_callbacks):
+                switch_callback(value == ON)
         elif topic.startswith(cmd_prefix):
             result = self._commands.handle(topic[len(cmd_prefix):], payload)
             result["ts"] = utc_now()
@@ -577,4 +640,5 @@ def create(cfg: Any, handlers: CommandHandlers | None = None, clock_synced: Call
            ) -> Publisher:
     """The MQTT sink (edge/sinks) for a configuration: its [mqtt] section with secrets read, and the door's
     command budget."""
-    return Publisher(cfg.mqtt.resolved(), handlers, clock_synced, door_max_delay_ms=cfg.door.max_delay_ms)
+    return Publisher(cfg.mqtt.resolved(), handlers, clock_synced, door_max_delay_ms=cfg.door.max_delay_ms,
+                     door_profile=cfg.profile == "door")

@@ -46,8 +46,17 @@ class EventSink(Protocol):
 
     def publish_prompt(self, text: str) -> None: ...
 
-    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None,
+                     source: str = "facegate") -> bool:
         """Send a door command now or drop it (never late); True when sent."""
+        ...
+
+    def publish_door_state(self, state: dict[str, Any]) -> None:
+        """The door's state (edge/door.py), retained: what the lock controller was last told, until when."""
+        ...
+
+    def publish_face_unlock(self, enabled: bool) -> None:
+        """The face-unlock switch's state, retained."""
         ...
 
     def publish_face_present(self, present: bool) -> None: ...
@@ -55,6 +64,14 @@ class EventSink(Protocol):
     def on_claim(self, callback: Callable[[str], None]) -> None: ...
 
     def on_connected(self, callback: Callable[[int], None]) -> None: ...
+
+    def on_door_request(self, callback: Callable[[str], None]) -> None:
+        """Door profile: call `callback(command)` for each LOCK / UNLOCK / OPEN a home automation asks for."""
+        ...
+
+    def on_face_unlock(self, callback: Callable[[bool], None]) -> None:
+        """Door profile: call `callback(enabled)` when the face-unlock switch is turned on or off."""
+        ...
 
     def forget_identity(self, name: str) -> None:
         """Erase a deleted identity from everything still waiting to be sent."""

@@ -66,9 +66,22 @@ class LogSink:
     def publish_prompt(self, text: str) -> None:
         self._write({"kind": "prompt", "text": text})
 
-    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
-        self._write({"kind": "door", "command": command, "duration_s": duration_s})
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None,
+                     source: str = "facegate") -> bool:
+        self._write({"kind": "door", "command": command, "duration_s": duration_s, "source": source})
         return True
+
+    def publish_door_state(self, state: dict[str, Any]) -> None:
+        self._write({"kind": "door_state", "state": state})
+
+    def publish_face_unlock(self, enabled: bool) -> None:
+        self._write({"kind": "face_unlock", "enabled": enabled})
+
+    def on_door_request(self, callback: Callable[[str], None]) -> None:
+        pass  # nothing to hear from: a file or the log takes no commands
+
+    def on_face_unlock(self, callback: Callable[[bool], None]) -> None:
+        pass
 
     def on_connected(self, callback: Callable[[int], None]) -> None:
         callback(1)  # a file or the log is "connected" from the start

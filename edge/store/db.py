@@ -228,6 +228,9 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+        st = os.stat(self.path)
+        self._file_id = (st.st_dev, st.st_ino)  # the file this connection reads, whatever the path shows later
+        self._file_seen = (st.st_size, st.st_mtime_ns)  # the last (size, mtime) check_file found sound
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def __enter__(self) -> Store:
@@ -477,6 +480,48 @@ class Store:
             return self._conn.execute(
                 "SELECT 1 FROM templates t JOIN identities i ON i.id = t.identity_id WHERE i.name = ? AND "
                 "t.image_sha256 = ? LIMIT 1", (name, image_sha256)).fetchone() is not None
+
+    def check_file(self) -> None:
+        """Raise StoreError if the file at the store's path is no longer the sound store this connection opened:
+        deleted, replaced by another file (a copy or move onto the path), or overwritten or damaged in place.
+
+        SQLite cannot see any of that by itself: its page cache keeps answering from the old pages until it
+        reads one that is gone. One os.stat per call; the file is read (its header, then a quick_check on a
+        fresh connection, so no cached page hides the damage) only when its size or time stamp moved, which
+        also happens on every checkpoint, about once per thousand changed pages."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreError(f"{self.path} was deleted under the running daemon") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path} cannot be read ({exc.strerror or exc})") from None
+        if (st.st_dev, st.st_ino) != self._file_id:
+            raise StoreError(f"{self.path} was replaced by another file under the running daemon (restore a "
+                             f"store with `facegate store restore`, never by copying over it, then restart)")
+        seen = (st.st_size, st.st_mtime_ns)
+        if seen == self._file_seen:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+            page = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
+            page = 65536 if page == 1 else page
+            if header[:16] != b"SQLite format 3\0" or page < 512 or st.st_size % page:
+                raise StoreError(f"{self.path} was overwritten or damaged under the running daemon (not an "
+                                 f"SQLite database any more)")
+            with closing(sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)) as c:
+                found = [r[0] for r in c.execute("PRAGMA quick_check(3)").fetchall()]
+            if found != ["ok"]:
+                raise StoreError(f"{self.path} is damaged: {'; '.join(found)}")
+        except OSError as exc:
+            raise StoreError(f"{self.path} cannot be read ({exc.strerror or exc})") from None
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return  # a writer holds it right now: look again on the next call
+            raise StoreError(f"{self.path} cannot be read ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} was overwritten or damaged under the running daemon ({exc})") from None
+        self._file_seen = seen
 
     def data_version(self) -> int:
         """SQLite's data_version: it changes when another connection (another process: the CLI, a sync) has

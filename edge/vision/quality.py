@@ -85,22 +85,45 @@ class QualityGate:
     max_clipped: float = 0.25
     min_score: float = 0.7
 
-    def reasons(self, q: Quality) -> list[str]:
+    def failures(self, q: Quality) -> list[tuple[str, str]]:
+        """(reason code, sentence) of each limit `q` misses, in the order of PROMPTS' priority; empty: passed.
+        The codes are stable (metric labels, prompts); the sentences are for people."""
         out = []
-        if q.score < self.min_score:
-            out.append(f"face detection confidence {q.score:.2f} < {self.min_score}")
         if q.inter_eye_px < self.min_inter_eye_px:
-            out.append(f"face too small: eyes {q.inter_eye_px:.0f} px apart < {self.min_inter_eye_px:.0f}")
+            out.append(("too_small", f"face too small: eyes {q.inter_eye_px:.0f} px apart < "
+                                     f"{self.min_inter_eye_px:.0f}"))
         if abs(q.yaw_deg) > self.max_yaw_deg:
-            out.append(f"head turned: yaw {q.yaw_deg:+.0f}° beyond ±{self.max_yaw_deg:.0f}°")
+            out.append(("head_turned", f"head turned: yaw {q.yaw_deg:+.0f}° beyond ±{self.max_yaw_deg:.0f}°"))
         if abs(q.pitch_deg) > self.max_pitch_deg:
-            out.append(f"head tilted: pitch {q.pitch_deg:+.0f}° beyond ±{self.max_pitch_deg:.0f}°")
+            out.append(("head_tilted", f"head tilted: pitch {q.pitch_deg:+.0f}° beyond ±{self.max_pitch_deg:.0f}°"))
+        if q.score < self.min_score:
+            out.append(("low_confidence", f"face detection confidence {q.score:.2f} < {self.min_score}"))
         if q.sharpness < self.min_sharpness:
-            out.append(f"blurred: sharpness {q.sharpness:.0f} < {self.min_sharpness:.0f}")
+            out.append(("blurred", f"blurred: sharpness {q.sharpness:.0f} < {self.min_sharpness:.0f}"))
         if q.brightness < self.min_brightness:
-            out.append(f"too dark: brightness {q.brightness:.0f} < {self.min_brightness:.0f}")
+            out.append(("too_dark", f"too dark: brightness {q.brightness:.0f} < {self.min_brightness:.0f}"))
         if q.brightness > self.max_brightness:
-            out.append(f"too bright: brightness {q.brightness:.0f} > {self.max_brightness:.0f}")
+            out.append(("too_bright", f"too bright: brightness {q.brightness:.0f} > {self.max_brightness:.0f}"))
         if q.clipped > self.max_clipped:
-            out.append(f"badly exposed: {q.clipped:.0%} of pixels clipped > {self.max_clipped:.0%}")
+            out.append(("badly_exposed", f"badly exposed: {q.clipped:.0%} of pixels clipped > "
+                                         f"{self.max_clipped:.0%}"))
         return out
+
+    def reasons(self, q: Quality) -> list[str]:
+        return [text for _, text in self.failures(q)]
+
+    def codes(self, q: Quality) -> list[str]:
+        return [code for code, _ in self.failures(q)]
+
+
+# What a person at the camera can do about each refusal (the daemon's prompt topic), keyed by reason code.
+PROMPTS = {
+    "too_small": "come closer",
+    "head_turned": "face the camera",
+    "head_tilted": "face the camera",
+    "low_confidence": "face the camera",
+    "blurred": "hold still",
+    "too_dark": "step into the light",
+    "too_bright": "step out of the glare",
+    "badly_exposed": "step out of the glare",
+}

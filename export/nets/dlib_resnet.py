@@ -1,5 +1,9 @@
 """dlib's face-recognition ResNet (`anet_type` of dlib's dnn_face_recognition_ex.cpp), rebuilt in PyTorch.
 
+The device builds the same network as an ONNX graph without PyTorch (edge/models/dlib_resnet_graph.py, which
+holds the architecture and the structure check both use); this rebuild is the export recipe's (TFLite) and
+the reference the device graph is tested against.
+
     input 150×150 RGB, (x − channel mean) / 256
     con 32 7×7/2 → affine → relu → max_pool 3×3/2
     level4: 3 × ares 32      level3: ares_down 64, 3 × ares 64     level2: ares_down 128, 2 × ares 128
@@ -22,28 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.dlib_dat import DlibNet, Layer, bn_as_affine
+from edge.models.dlib_dat import DlibNet, Layer
 
-# (width, number of blocks, whether the first block down-samples), from the input upwards.
-STAGES: tuple[tuple[int, int, bool], ...] = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True),
-                                             (256, 1, True))
-INPUT_SIZE = 150
-STEM_WIDTH = 32
-EMBEDDING_DIM = 128
-
-# The layer kinds the .dat lists, input first, for each part of the network ("mark" = a tag or skip layer).
-STEM_KINDS = ("con", "affine", "relu", "max_pool")
-BLOCK_KINDS = ("mark", "con", "affine", "relu", "con", "affine", "add_prev", "relu")
-DOWN_BLOCK_KINDS = ("mark", "con", "affine", "relu", "con", "affine", "mark", "mark", "avg_pool", "add_prev", "relu")
-HEAD_KINDS = ("avg_pool", "fc")
-
-
-def expected_kinds() -> list[str]:
-    kinds = list(STEM_KINDS)
-    for _, n, down in STAGES:
-        for i in range(n):
-            kinds += DOWN_BLOCK_KINDS if down and i == 0 else BLOCK_KINDS
-    return kinds + list(HEAD_KINDS)
+# The architecture and its structure check are the device converter's (edge/models/dlib_resnet_graph.py),
+# so the PyTorch rebuild and the ONNX graph built without PyTorch read the same network the same way.
+from edge.models.dlib_resnet_graph import (
+    EMBEDDING_DIM,
+    STAGES,
+    STEM_WIDTH,
+    affine_params,
+    check_structure,
+)
 
 
 class Affine(nn.Module):
@@ -118,17 +111,8 @@ class DlibResNet(nn.Module):
     @classmethod
     def from_dlib(cls, net: DlibNet) -> DlibResNet:
         """The network with the weights of a decoded dlib .dat, after checking its layer structure."""
-        kinds = [la.kind if la.kind != "bn_con" else "affine" for la in net.layers]
-        want = expected_kinds()
-        if kinds != want:
-            first = next((i for i, (a, b) in enumerate(zip(kinds, want, strict=False)) if a != b),
-                         min(len(kinds), len(want)))
-            raise ValueError(f"not dlib's face-recognition ResNet: layer {first} is "
-                             f"{kinds[first] if first < len(kinds) else 'missing'}, expected "
-                             f"{want[first] if first < len(want) else 'nothing'}")
+        check_structure(net)  # ModelError naming the first layer that differs
         inp = net.input.params
-        if (inp.get("nr"), inp.get("nc")) != (INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"expected a {INPUT_SIZE}×{INPUT_SIZE} input layer, found {inp}")
         model = cls()
         model.input_mean = tuple(float(v) for v in inp["avg"])
         layers = iter(la for la in net.layers if la.kind in ("con", "affine", "bn_con", "fc", "max_pool",
@@ -168,13 +152,7 @@ def _load_conv(conv: nn.Conv2d, layer: Layer) -> None:
 
 
 def _load_affine(aff: Affine, layer: Layer) -> None:
-    p = layer.params
-    if layer.kind == "bn_con":  # a training-time batch norm: fold its running statistics as dlib does
-        scale, shift = bn_as_affine(p)
-    elif layer.kind == "affine" and p["mode"] == 0 and not p["disabled"]:
-        scale, shift = p["gamma"], p["beta"]
-    else:
-        raise ValueError(f"{layer.version}: expected a per-channel affine or batch-norm layer")
+    scale, shift = affine_params(layer)
     if scale.size != aff.scale.numel():
         raise ValueError(f"{layer.version}: {scale.size} channels, expected {aff.scale.numel()}")
     aff.scale.copy_(torch.from_numpy(scale.reshape(aff.scale.shape)))

@@ -1,7 +1,7 @@
 """`facegate export dlib-resnet`: dlib's face-recognition ResNet (.dat) → ONNX fp32 (and TFLite fp32) bundles.
 
 The network is read from `dlib_face_recognition_resnet_model_v1.dat` of the face-recognition-models package
-(CC0) by our own reader (export/dlib_dat.py) and rebuilt in PyTorch (export/nets/dlib_resnet.py).
+(CC0) by our own reader (edge/models/dlib_dat.py) and rebuilt in PyTorch (export/nets/dlib_resnet.py).
 
 dlib describes a face by a 150×150 chip cut from its 5-point shape predictor's landmarks
 (`get_face_chip_details(shape, 150, 0.25)`). The device has YuNet's five landmarks instead, so the bundle's
@@ -31,16 +31,21 @@ from edge.embed import Embedder, l2_normalise, to_input
 from edge.errors import ImageError, NoFaceError
 from edge.eval.lfw import images_named_by
 from edge.imageio import load_bgr
-from edge.models.manifest import AlignmentTemplate
+from edge.models.manifest import AlignmentTemplate, Manifest
 from edge.models.registry import Registry, sha256_file
 from edge.paths import data_dir
 from edge.vision.align import align, similarity_transform
 from edge.vision.detect import make_detector, select_face
-from export.bundle import ExportError, embedding_parity, list_images
-from export.recipes import EMBED_TARGETS, Built, finish, stage_all, torch_to_onnx, variant_name
+from export.bundle import ExportError, embedding_parity, heldout_face_crops, list_images
+from export.int8_ranges import VIEW1_FILES, view1_choice
+from export.recipes import EMBED_TARGETS, Built, finish, precision, stage_all, torch_to_onnx, variant_name
 
 NAME = "dlib-resnet"
-OFFERED = ("onnx-fp32", "tflite-fp32")
+OFFERED = ("onnx-fp32", "onnx-int8", "tflite-fp32")
+# A ReLU ResNet: every op quantised, onnxruntime runs it on integer kernels end to end (QLinearConv,
+# QLinearAdd, QLinearAveragePool, QGemm; the Relus vanish into the uint8 clamps).
+INT8_OPS = ("Conv", "Gemm", "Add", "Relu", "MaxPool", "AveragePool", "Pad", "ReduceMean")
+INT8_MAX_LOSS_PP = 0.1
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 DAT_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -78,7 +83,7 @@ def package_model(filename: str) -> Path:
 
 def load_module(dat: Path | None = None) -> Any:
     """The PyTorch network with the .dat's weights (eval mode)."""
-    from export.dlib_dat import load_net
+    from edge.models.dlib_dat import load_net
     from export.nets.dlib_resnet import DlibResNet
 
     return DlibResNet.from_dlib(load_net(dat or package_model(DAT_FILE)))
@@ -230,10 +235,22 @@ def base_manifest(module: Any, template: np.ndarray, dat: Path, variant: str) ->
     }
 
 
-def build_variant(variant: str, module: Any, out: Path) -> Path:
+def stage_check_manifest(module: Any, template: np.ndarray, dat: Path) -> dict[str, Any]:
+    """A valid manifest of the network's input spec: what to_input needs to preprocess calibration crops."""
+    return {**base_manifest(module, template, dat, "onnx-fp32"), "sha256": "0" * 64, "file": "model.onnx"}
+
+
+def build_variant(variant: str, module: Any, out: Path, calib_x: np.ndarray | None = None) -> Path:
     shape = (1, 3, CHIP_SIZE, CHIP_SIZE)
     if variant == "onnx-fp32":
         return torch_to_onnx(module, shape, out)
+    if variant == "onnx-int8":
+        from export.quantize import quantize_int8
+
+        if calib_x is None:
+            raise ExportError("the int8 variant needs calibration crops")
+        fp32 = torch_to_onnx(module, shape, out.with_name(out.stem + "-fp32.onnx"))
+        return quantize_int8(fp32, out, calib_x, op_types=INT8_OPS)
     if variant == "tflite-fp32":
         try:
             from export import tflite
@@ -303,11 +320,14 @@ def default_calibration_pairs(images: Path) -> Path | None:
 
 def export(out: Path, variants: tuple[str, ...] = OFFERED, images: Path | None = None, parity_images: int = 100,
            template_images: int = 1000, calibrate: bool = True, calibrate_pairs: Path | None = None,
-           far: float = 1e-3, fpir: float = 0.01, registry: Registry | None = None) -> list[tuple[Path, bool]]:
+           far: float = 1e-3, fpir: float = 0.01, registry: Registry | None = None,
+           calib_images: int = 200) -> list[tuple[Path, bool]]:
     """Build the chosen variants into `out`; returns (bundle folder, parity passed) for each.
 
     Thresholds are calibrated on `calibrate_pairs` (default: pairsDevTrain.txt beside the images) unless
-    `calibrate` is false.
+    `calibrate` is false: once for the fp32 variants (the same scores to ~1e-6), once for int8. The int8
+    variant is calibrated on `calib_images` device crops of photos View 2 does not name, and checked against
+    onnx-fp32 on View 1 both ways (export.int8_ranges.view1_choice; onnx-fp32 is built for that when not asked).
     """
     from edge.eval.calibrate import calibrate as calibrate_thresholds
 
@@ -333,6 +353,19 @@ def export(out: Path, variants: tuple[str, ...] = OFFERED, images: Path | None =
     if len(parity_faces) < parity_images:
         raise ExportError(f"only {len(parity_faces)} parity faces found under {images}")
     evidence = gather_evidence(images, parity_faces, template, finder)
+    calib_x = None
+    if "onnx-int8" in variants:
+        tpl = AlignmentTemplate((CHIP_SIZE, CHIP_SIZE), tuple((float(x), float(y)) for x, y in template))
+        skip = named | {f.rel for f in parity_faces}
+        calib, _ = heldout_face_crops(images, tpl, calib_images, skip=skip, seed=1, registry=registry)
+        calib_x = to_input(calib, Manifest.from_dict(stage_check_manifest(module, template, dat)))
+        if "onnx-fp32" not in variants:  # the int8 check's reference; built, measured, not written
+            variants = ("onnx-fp32", *variants)
+            unwritten = {"onnx-fp32"}
+        else:
+            unwritten = set()
+    else:
+        unwritten = set()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         built = []
@@ -342,22 +375,32 @@ def export(out: Path, variants: tuple[str, ...] = OFFERED, images: Path | None =
                                                                 "descriptor": "Euclidean, unnormalised"},
                                  "flip_average": FLIP_PROVENANCE}
             suffix = ".onnx" if variant.startswith("onnx") else ".tflite"
-            built.append(Built(variant, manifest, build_variant(variant, module, work / f"{manifest['name']}{suffix}")))
+            target = work / f"{manifest['name']}{suffix}"
+            built.append(Built(variant, manifest, build_variant(variant, module, target, calib_x)))
         staged = stage_all(work / "models", built)
-        thresholds: dict[str, Any] = {}
+        thresholds: dict[str, dict[str, Any]] = {}
         if calibrate and calibrate_pairs is not None:
-            # Calibrated once, on the first variant (all are fp32: the same scores to ~1e-6).
-            first = built[0].manifest["name"]
-            thresholds = calibrate_thresholds(first, images, calibrate_pairs, far, registry=staged, fpir=fpir)
+            # Once per precision: the fp32 variants give the same scores to ~1e-6; int8 its own.
+            for first in {precision(b.variant): b for b in reversed(built)}.values():
+                thresholds[precision(first.variant)] = calibrate_thresholds(
+                    first.manifest["name"], images, calibrate_pairs, far, registry=staged, fpir=fpir)
+                thresholds[precision(first.variant)]["_on"] = first.variant  # type: ignore[assignment]
         targets = {}
         for b in built:
             b.parity = parity_report(Embedder(*staged.open(b.manifest["name"])), evidence, b.variant)
             b.parity["template_images"] = fit["faces"]
-            targets[b.variant] = dict(EMBED_TARGETS["fp32"])
-            if thresholds:
+            targets[b.variant] = dict(EMBED_TARGETS[precision(b.variant)])
+            if b.variant == "onnx-int8":
+                b.parity["calibration_images"] = calib_images
+                b.parity["view1"] = view1_choice(variant_name(NAME, "onnx-fp32"), b.manifest["name"], images,
+                                                 staged, [images.parent / f for f in VIEW1_FILES])
+                targets[b.variant]["view1.delta_pp"] = INT8_MAX_LOSS_PP
+            found = dict(thresholds.get(precision(b.variant), {}))
+            on = found.pop("_on", None)
+            if found:
                 command = (f"facegate export dlib-resnet --images {images} --calibrate-pairs {calibrate_pairs} "
                            f"--far {far} --fpir {fpir}")
                 b.manifest["thresholds"] = {
-                    k: {**v, "provenance": {**v["provenance"], "command": command, "calibrated_on": built[0].variant}}
-                    for k, v in thresholds.items()}
-        return finish(out, built, targets)
+                    k: {**v, "provenance": {**v["provenance"], "command": command, "calibrated_on": on}}
+                    for k, v in found.items()}
+        return finish(out, [b for b in built if b.variant not in unwritten], targets)

@@ -39,7 +39,8 @@ OFFERED = ("onnx-int8", "onnx-fp16", "tflite-fp32", "tflite-int8", "tflite-fp16"
 def variant_manifest(m: Manifest, variant: str) -> dict[str, Any]:
     """The source's manifest (template, thresholds, input spec) renamed for the variant, nothing to prepare."""
     data = m.to_dict()
-    data.update(name=variant_name(m.name, variant), prepare=[],
+    data.pop("quantize", None)  # the variant's file is already what the device runs
+    data.update(name=variant_name(m.name, variant), prepare=[], default=False,
                 runtime="litert" if variant.startswith("tflite") else "onnxruntime")
     data["source"] = {"derived_from": f"{m.name} (sha256 {m.sha256})", "recipe": f"facegate export sface ({variant})",
                       **({"upstream": m.source["upstream"]} if "upstream" in m.source else {})}
@@ -52,7 +53,8 @@ def variant_manifest(m: Manifest, variant: str) -> dict[str, Any]:
 def reference_manifest(m: Manifest) -> dict[str, Any]:
     """The source, staged as itself: its prepared graph as a plain bundle."""
     data = m.to_dict()
-    data.update(prepare=[], source={"derived_from": f"{m.name} (sha256 {m.sha256}), prepared"})
+    data.pop("quantize", None)
+    data.update(prepare=[], default=False, source={"derived_from": f"{m.name} (sha256 {m.sha256}), prepared"})
     return data
 
 
@@ -63,7 +65,10 @@ def build_variant(variant: str, m: Manifest, registry: Registry, calib_x: Any, o
 
     src = registry.runtime_file(m)  # the prepared graph: what the device runs today
     if variant == "onnx-int8":
-        return quantize.quantize_int8(src, out, calib_x)
+        # The device's int8 twin as one file: PRelu as Max, integer kernels end to end (export/int8_ranges.py).
+        from export.int8_ranges import float_steps
+
+        return quantize.quantize_prelu_net(registry.verify(m), out, float_steps(m), calib_x)
     if variant == "onnx-fp16":
         return quantize.convert_fp16(src, out)
     from export import tflite

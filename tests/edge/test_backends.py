@@ -59,7 +59,7 @@ def test_a_detector_is_a_module_plus_a_manifest(tmp_path: Path, lfw: Path) -> No
     pipe = FacePipeline(Registry(tmp_path / "models"), detector="centre")
     assert isinstance(pipe.detector, CentreDetector)
     _, probe = pipe.probe(load_bgr(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg"))
-    assert pipe.detector.calls == 1 and probe["sface"].shape == (128,)
+    assert pipe.detector.calls == 1 and probe[pipe.embedder.manifest.name].shape == (128,)
 
 
 def test_a_model_that_is_not_a_detector_is_refused(tmp_path: Path) -> None:
@@ -97,14 +97,23 @@ class ListSink:
 
     def publish_prompt(self, text: str) -> None: ...
 
-    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None) -> bool:
+    def publish_door(self, command: str, duration_s: float | None = None, decided_at: float | None = None,
+                     source: str = "facegate") -> bool:
         return True
+
+    def publish_door_state(self, state: dict[str, Any]) -> None: ...
+
+    def publish_face_unlock(self, enabled: bool) -> None: ...
 
     def publish_face_present(self, present: bool) -> None: ...
 
     def on_claim(self, callback: Any) -> None: ...
 
     def on_connected(self, callback: Any) -> None: ...
+
+    def on_door_request(self, callback: Any) -> None: ...
+
+    def on_face_unlock(self, callback: Any) -> None: ...
 
     def forget_identity(self, name: str) -> None: ...
 

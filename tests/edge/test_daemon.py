@@ -19,6 +19,7 @@ from edge.config import ConfigError, parse
 from edge.daemon import Daemon
 from edge.demo_daemon import running
 from edge.liveness.base import LivenessResult
+from edge.models.registry import Registry
 from edge.sinks.log import LogSink
 from tests.mqtt_broker import Broker, Subscriber, wait_until
 
@@ -91,7 +92,7 @@ def test_events_arrive_over_mosquitto(tmp_path, clip):
         for e in events:
             jsonschema.Draft202012Validator(schema).validate(e)
             assert e["device"] == "door1" and e["liveness"] == {"verdict": "not_checked", "score": None}
-            assert e["model"] == "sface" and e["frames"] >= 3 and 0 < e["latency_ms"] < 1000
+            assert e["model"] == Registry().default_embedder() and e["frames"] >= 3 and 0 < e["latency_ms"] < 1000
         prompts = [m.json()["text"] for m in sub.on("facegate/door1/prompt")]
         assert "granted" in prompts and "not recognised" in prompts
         assert wait_until(lambda: sub.on("facegate/door1/availability")
@@ -115,7 +116,11 @@ def test_door_profile_unlocks_with_a_liveness_check(tmp_path, clip):
     assert [e["decision"] for e in events] == ["granted", "unknown"]
     assert events[0]["liveness"] == {"verdict": "live", "score": 0.99}
     unlock = next(i for i, r in enumerate(records) if r.get("command") == "UNLOCK")
-    assert records[unlock + 1]["kind"] == "event"  # the door first, then the event
+    # The door first, then its state (what the lock controller was told, until when), then the event.
+    assert [r["kind"] for r in records[unlock + 1:unlock + 3]] == ["door_state", "event"]
+    states = [r["state"] for r in records if r["kind"] == "door_state"]
+    assert [(d["state"], d["source"]) for d in states[:2]] == [("locked", "start-up"), ("unlocked", "facegate")]
+    assert states[1]["until"] > states[1]["ts"]
 
 
 def test_door_profile_finds_an_installed_liveness_bundle(tmp_path, clip):
@@ -182,12 +187,20 @@ def test_unhealthy_camera_is_reported_and_fails_secure(tmp_path, clip):
     with running(daemon):
         assert wait_until(lambda: daemon.health_server is not None, 5)
         base = f"http://127.0.0.1:{daemon.health_server.port}"
-        assert wait_until(lambda: _get(base + "/healthz")[0] == 503, 5)
-        report = json.loads(_get(base + "/healthz")[1])
-        assert not report["healthy"] and report["problems"][0].startswith("camera")
+        assert wait_until(lambda: json.loads(_get(base + "/healthz")[1])["problems"], 5)
+        code, body = _get(base + "/healthz")
+        report = json.loads(body)
+        assert code == 503 and report["healthy"] is False and report["problems"][0].startswith("camera")
+        assert report["status"] == "degraded"
         assert "facegate_healthy 0" in _get(base + "/metrics")[1].decode()
         # The retained state says so too (what a dashboard or the lock controller's watchdog reads).
         assert wait_until(lambda: '"status": "degraded"' in (tmp_path / "e.jsonl").read_text(), 5)
+    states = [json.loads(line)["state"] for line in (tmp_path / "e.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "state"]
+    # Unknown until a first frame: "starting" with healthy null, never a premature healthy: true.
+    assert (states[0]["status"], states[0]["healthy"]) == ("starting", None)
+    assert states[-1] == {"status": "offline"}  # the log sink's record of the stop
+    assert all(s["healthy"] is not True for s in states[:-1])
 
 
 def test_command_handlers_and_reload(tmp_path, clip):
@@ -316,12 +329,13 @@ def test_a_configured_verifier_head_scores_the_decisions(tmp_path, clip, pipelin
     # The granted score is the head's logit for this pair, computed here from the two embedders directly.
     reg = Registry(model_dir)
     mirror = Embedder(*reg.open("sface-mirror"))
+    sface = Embedder(*reg.open("sface"))  # the head's member, not the pipeline's default embedder (sface-int8)
     probe, enrolled = (load_bgr(p) for p in (clip["folder"] / "01_colin.jpg", clip["enrol"]))
     vecs = []
     for image in (probe, enrolled):
         face = pipeline.embed_one(image)[0]
         crop = pipeline.crops(image, [face])
-        vecs.append((pipeline.embedder.embed(crop)[0], mirror.embed(crop)[0]))
+        vecs.append((sface.embed(crop)[0], mirror.embed(crop)[0]))
     expected = 6 * float(vecs[0][0] @ vecs[1][0]) + 4 * float(vecs[0][1] @ vecs[1][1]) - 3
     assert decided[0]["score"] == pytest.approx(expected, abs=0.05)
     assert decided[0]["score"] > 1.0 and decided[0]["threshold"] >= 1.5  # logits, the head's own 1:N threshold
@@ -426,3 +440,95 @@ def test_a_taken_health_port_is_a_config_error_before_anything_is_published(tmp_
         with pytest.raises(ConfigError, match=r"health\.listen"):
             Daemon(cfg, sink=LogSink("door1", "front", out))
     assert not out.exists()
+
+
+def test_a_store_enrolled_with_another_embedder_is_a_check_problem(tmp_path, clip, capsys):
+    """Templates are kept per embedder: a store enrolled with fp32 "sface" recognises nobody under the int8
+    default, so `run --check` says so and names the switches; pinning models.embedder = "sface" passes."""
+    from edge.cli import main
+
+    assert main(["enroll", "--model", "sface", "--store", str(tmp_path / "s.db"), "colin", str(clip["enrol"])]) == 0
+    base = (f'profile = "kiosk"\n[camera]\nsource = "{clip["folder"]}"\n[store]\npath = "{tmp_path / "s.db"}"\n'
+            f'[mqtt]\nenabled = false\n[health]\nlisten = "127.0.0.1:0"\n')
+    toml = tmp_path / "f.toml"
+    toml.write_text(base)
+    capsys.readouterr()
+    assert main(["run", "--config", str(toml), "--check"]) == 2
+    out = capsys.readouterr().out
+    assert "problem: models.embedder" in out and "none under 'sface-int8'" in out and "reembed" in out
+    toml.write_text(base + '[models]\nembedder = "sface"\n')
+    assert main(["run", "--config", str(toml), "--check"]) == 0
+
+
+def test_a_store_damaged_under_the_daemon_is_a_store_fault_logged_once(tmp_path, clip, caplog):
+    """The store file overwritten while the daemon runs: labelled "store" (not "models") from the next frame,
+    no decision from then on (fail secure), one log line for the fault and no traceback."""
+    import logging
+    import threading
+    import time
+
+    folder = tmp_path / "loop"
+    folder.mkdir()
+    shutil.copy(clip["folder"] / "01_colin.jpg", folder / "01_colin.jpg")
+    shutil.copy(clip["folder"] / "02_empty.png", folder / "02_empty.png")
+    cfg = parse(_config(tmp_path, clip, camera={"source": str(folder), "loop": True, "fps": 30,
+                                                "frames_per_image": 10},
+                        decision={"cooldown_s": 0, "track_ttl_s": 0.1}))
+    seen: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    def record(d, event) -> None:
+        with lock:
+            seen.append((time.monotonic(), d.decision))
+
+    out = tmp_path / "e.jsonl"
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", out), on_decision=record)
+    _enrol(daemon, clip["enrol"])
+    caplog.set_level(logging.INFO)
+    with running(daemon):
+        assert wait_until(lambda: any(d == "granted" for _, d in seen), 60)
+        (tmp_path / "s.db").write_bytes(np.random.default_rng(0).bytes(64 * 1024))  # overwritten in place
+        damaged_at = time.monotonic()
+        assert wait_until(lambda: any(p.startswith("store:") for p in daemon.problems()), 5)
+        faulted_at = time.monotonic()
+        frames = daemon.capture.stats.delivered
+        assert wait_until(lambda: daemon.capture.stats.delivered > frames + 30, 30)  # a second of frames more
+        problems = daemon.problems()
+        report = daemon.health()
+    assert faulted_at - damaged_at < 1.0
+    assert [p for p in problems if p.startswith("store:")] and not [p for p in problems if p.startswith("models")]
+    assert "overwritten or damaged" in problems[0] and report["healthy"] is False
+    assert not [t for t, _ in seen if t > faulted_at]  # nothing decided on a store that cannot be followed
+    faults = [r for r in caplog.records if "store fault" in r.getMessage()]
+    assert len(faults) == 1 and faults[0].levelno == logging.ERROR
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback, let alone one per frame
+    states = [json.loads(line)["state"] for line in out.read_text().splitlines() if '"kind": "state"' in line]
+    assert any(s.get("status") == "degraded" and s["problems"][0].startswith("store:") for s in states)
+
+
+def test_a_face_the_gate_refuses_is_counted_logged_and_told_what_to_do(tmp_path, lfw, caplog):
+    """A face at yaw −47° never reaches a decision: /metrics counts it under head_turned, a rate-limited debug
+    line says why, and the prompt says "face the camera" instead of "look at the camera"."""
+    import logging
+
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    shutil.copy(lfw / "images/Margaret_Caruso/Margaret_Caruso_0001.jpg", folder / "01.jpg")
+    out = tmp_path / "e.jsonl"
+    cfg = parse(_config(tmp_path, {"folder": folder}, camera={"frames_per_image": 30}))
+    daemon = Daemon(cfg, sink=LogSink("door1", "front", out))
+    caplog.set_level(logging.DEBUG, logger="facegate.engine")
+    with running(daemon) as thread:
+        thread.join(60)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "event"]
+    prompts = [r["text"] for r in records if r["kind"] == "prompt"]
+    assert prompts == ["face the camera"]
+    turned = daemon.metrics.value("quality_rejections_total", reason="head_turned")
+    assert turned >= 10 and daemon.metrics.value("quality_rejections_total", reason="too_small") == 0
+    text = daemon.metrics.render()
+    assert f'facegate_quality_rejections_total{{reason="head_turned"}} {int(turned)}' in text
+    lines = [r.getMessage() for r in caplog.records if r.name == "facegate.engine" and r.levelno == logging.DEBUG
+             and "face not used" in r.getMessage()]
+    assert lines and "head turned: yaw -47°" in lines[0]
+    assert len(lines) <= 2  # one per reason per 10 s, not one per frame

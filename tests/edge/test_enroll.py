@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from edge.cli import main
+from edge.models.registry import Registry
 from edge.store.db import Store
+
+# The embedder enrolment uses when none is named (the manifests choose: sface-int8 as shipped).
+DEFAULT = Registry().default_embedder()
 
 
 def _run(capsys, *argv) -> tuple[int, dict | list | str, str]:
@@ -132,11 +136,11 @@ def test_enroll_dir_summary_and_reembed(capsys, tmp_path, lfw):
     from edge.store.db import Store
 
     with Store(db) as store:
-        before = {tid: v for _, tid, v in store.templates("sface")}
-    code, out, _ = _run(capsys, "store", "reembed", "--store", db, "--embedder", "sface", "--json")
+        before = {tid: v for _, tid, v in store.templates(DEFAULT)}
+    code, out, _ = _run(capsys, "store", "reembed", "--store", db, "--embedder", DEFAULT, "--json")
     assert code == 0 and out["templates"] == len(before)
     with Store(db) as store:
-        after = [v for _, _, v in store.templates("sface")]
+        after = [v for _, _, v in store.templates(DEFAULT)]
     # Re-detected on the kept crop and re-aligned: the same face, so nearly the same template.
     best = [max(float(v @ w) for w in before.values()) for v in after]
     assert min(best) >= 0.98
@@ -198,9 +202,9 @@ def test_enrolment_is_idempotent_per_photo(tmp_path, lfw):
     for _ in range(3):
         assert main(["enroll-dir", str(people), "--store", str(db)]) == 0
     with Store(db) as store:
-        assert {i.name: i.templates for i in store.identities()} == {"Colin_Powell": {"sface": 2},
-                                                                    "Tony_Blair": {"sface": 1}}
-        assert len(store.templates("sface")) == 3
+        assert {i.name: i.templates for i in store.identities()} == {"Colin_Powell": {DEFAULT: 2},
+                                                                    "Tony_Blair": {DEFAULT: 1}}
+        assert len(store.templates(DEFAULT)) == 3
     assert main(["enroll", "--store", str(db), "Tony_Blair", str(people / "Tony_Blair/Tony_Blair_0006.jpg")]) == 0
 
 
@@ -218,8 +222,8 @@ def test_a_photo_of_someone_else_is_not_added_to_an_identity(tmp_path, lfw, caps
     assert main(["enroll", "--store", str(db), "newbie", str(aaron), str(lfw / "images/Tony_Blair/Tony_Blair_0006.jpg")
                  ]) == 0
     with Store(db) as store:
-        assert store.identity("colin").templates == {"sface": 1}
-        assert store.identity("newbie").templates == {"sface": 1}
+        assert store.identity("colin").templates == {DEFAULT: 1}
+        assert store.identity("newbie").templates == {DEFAULT: 1}
     assert main(["enroll", "--store", str(db), "--force", "colin", str(aaron)]) == 0  # the operator insists
 
 
@@ -235,4 +239,4 @@ def test_adding_a_photo_to_an_identity(tmp_path, lfw, capsys):
     assert "no enrolled identity 'colinn'" in capsys.readouterr().err
     assert main(["enroll", "--add", "--store", str(db), "colin", str(root / "Colin_Powell_0040.jpg")]) == 0
     with Store(db) as store:
-        assert store.identity("colin").templates == {"sface": 2}
+        assert store.identity("colin").templates == {DEFAULT: 2}

@@ -104,7 +104,7 @@ def test_picture_and_json(explained, tmp_path: Path) -> None:
     image = cv2.imdecode(np.frombuffer(ex.png(), np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape[1] > 2 * 112 * 2 and image.shape[0] > 112 * 2
     data = json.loads(json.dumps(ex.to_dict()))
-    assert data["model"] == "sface" and data["match"] is True
+    assert data["model"] == Registry().default_embedder() and data["match"] is True
     for side in data["sides"]:
         assert np.asarray(side["map"]["drops"]).shape == (13, 13)
         assert len(side["map"]["top_cells"]) == 3 and len(side["map"]["xs"]) == 13
@@ -166,9 +166,9 @@ def test_explain_against_a_stored_identity(capsys, tmp_path: Path, genuine, expl
     assert ex.threshold == pytest.approx(t, abs=1e-6) and ex.threshold_kind.startswith("identify")
     with Store(bare) as store:
         ex = explain_stored(explainer, store, "someone", views[0], 0.01)
-        template = store.templates("sface", "someone")[0][2]
+        template = store.templates(explainer.model, "someone")[0][2]
     assert ex.extra["reference"] == "templates" and ex.sides[1].map is None and ex.sides[1].crop is None
-    assert ex.score == pytest.approx(float(explainer.embed(views[0])["sface"][0] @ template), abs=1e-5)
+    assert ex.score == pytest.approx(float(explainer.embed(views[0])[explainer.model][0] @ template), abs=1e-5)
     assert np.allclose(ex.sides[0].map.drops, pair.sides[0].map.drops, atol=2e-3)
     # through the command line: a picture, JSON, and one-line errors
     out = tmp_path / "id.png"

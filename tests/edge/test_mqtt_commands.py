@@ -154,6 +154,7 @@ def test_delete_forgets_the_identity_everywhere(broker: Broker, results: Subscri
     state = "facegate/door1/state"
     try:
         with Subscriber(broker, [state], client_id="ha") as ha:
+            pub.publish_state({"status": "online"})
             pub.publish_event(sample_event("granted", "bob"))
             assert ha.wait_for(lambda msgs: msgs and msgs[-1].json()["last_identity"] == "bob")
             assert send(broker, results, "delete", sign_command(SECRET, "admin", 1, "delete", {"name": "bob"}))[

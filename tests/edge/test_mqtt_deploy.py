@@ -75,12 +75,14 @@ def site(tmp_path: Path) -> Iterator[tuple[Broker, Pki]]:
         yield broker, pki
 
 
-def door(broker: Broker, pki: Pki, tmp: Path, name: str, handlers: object = None, **kw: object) -> Publisher:
+def door(broker: Broker, pki: Pki, tmp: Path, name: str, handlers: object = None, door_profile: bool = False,
+         **kw: object) -> Publisher:
     """A door as deployed: mutual TLS on the TLS listener, its own user name = device name."""
     assert broker.tls_port is not None
     pub = Publisher(settings_for(broker, tmp / name, port=broker.tls_port, device=name, username=name,
                                  password=USERS[name], tls_ca=pki.ca.cert, tls_cert=pki.client.cert,
-                                 tls_key=pki.client.key, **kw), handlers=handlers)  # type: ignore[arg-type]
+                                 tls_key=pki.client.key, **kw), handlers=handlers,  # type: ignore[arg-type]
+                    door_profile=door_profile)
     pub.start()
     assert pub.wait_connected(10), broker.log
     return pub
@@ -135,17 +137,34 @@ def test_home_assistant_and_console_roles(site: tuple[Broker, Pki], tmp_path: Pa
         def delete(self, name: str) -> dict:
             return {}
 
-    pub = door(broker, pki, tmp_path, "door1", handlers=Handlers(), command_secret=SECRET)
+    pub = door(broker, pki, tmp_path, "door1", handlers=Handlers(), command_secret=SECRET, door_profile=True)
+    asked: list[str] = []
+    switched: list[bool] = []
+    pub.on_door_request(asked.append)
+    pub.on_face_unlock(switched.append)
     try:
         with Subscriber(broker, ["homeassistant/+/facegate_door1/+/config"], client_id="ha",
                         username="homeassistant", password=USERS["homeassistant"]) as ha:
-            assert len(ha.wait_count("homeassistant/#", 4)) == 4  # the door may write its discovery configs
+            assert len(ha.wait_count("homeassistant/#", 5)) == 5  # the door may write its discovery configs
         with Subscriber(broker, ["facegate/+/door/command"], client_id="relay", username="doorrelay",
                         password=USERS["doorrelay"]) as relay:
+            # Home Assistant may not write door commands: only the door does (the relay hears one publisher).
             publish(broker, "facegate/door1/door/command", b'{"command": "UNLOCK"}', username="homeassistant",
                     password=USERS["homeassistant"])
             assert pub.publish_door("LOCK")
-            assert [m.json()["command"] for m in relay.wait_count("facegate/+/door/command", 2)] == ["UNLOCK", "LOCK"]
+            assert [m.json()["command"] for m in relay.wait_count("facegate/+/door/command", 1)] == ["LOCK"]
+        # It asks the door instead (door/set) and switches face unlock; other accounts cannot.
+        for user in ("admin", "badgereader", "homeassistant"):
+            publish(broker, "facegate/door1/door/set", "UNLOCK", username=user, password=USERS[user])
+            publish(broker, "facegate/door1/face_unlock/set", "OFF", username=user, password=USERS[user])
+        assert wait_until(lambda: asked and switched, 5)
+        time.sleep(0.3)
+        assert (asked, switched) == (["UNLOCK"], [False])
+        pub.publish_door_state({"state": "locked", "until": None, "command": "LOCK", "source": "test", "ts": "x"})
+        pub.publish_face_unlock(False)
+        with Subscriber(broker, ["facegate/door1/door/state", "facegate/door1/face_unlock"], client_id="ha-state",
+                        username="homeassistant", password=USERS["homeassistant"]) as ha:
+            assert ha.wait_for(lambda msgs: len(msgs) == 2, 5)  # the door may write them, Home Assistant read them
         with Subscriber(broker, ["facegate/door1/cmd_result"], client_id="console", username="admin",
                         password=USERS["admin"]) as console:
             publish(broker, "facegate/door1/cmd/reload", sign_command(SECRET, "admin", 1, "reload", {}, "door1"),

@@ -148,6 +148,7 @@ def test_overflow_drops_oldest_counts_and_reports(broker: Broker, tmp_path: Path
         broker.stop()
         pub = Publisher(settings_for(broker, tmp_path, outbox_limit=5))
         pub.start()
+        pub.publish_state({"status": "online"})  # the daemon's part: the publisher adds the outbox figures
         try:
             sent = [pub.publish_event(sample_event()) for _ in range(8)]
             assert (pub.dropped, pub.outbox_depth) == (3, 5)

@@ -1,8 +1,9 @@
-"""Home Assistant discovery and erasure through a real mosquitto."""
+"""Home Assistant discovery, the door's state, the face-unlock switch and erasure through a real mosquitto."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +22,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
 
 
+ENTITIES = {"event", "sensor", "binary_sensor", "lock", "switch"}  # the door profile's
+
+
 @pytest.fixture
 def publisher(broker: Broker, tmp_path: Path) -> Iterator[Publisher]:
-    pub = Publisher(settings_for(broker, tmp_path))
+    pub = Publisher(settings_for(broker, tmp_path), door_profile=True)
     pub.start()
     assert pub.wait_connected(5)
     yield pub
@@ -36,14 +40,14 @@ def by_component(messages: list[Msg]) -> dict[str, dict]:
 
 def test_discovery_configs_are_retained_and_complete(broker: Broker, publisher: Publisher) -> None:
     with Subscriber(broker, [CONFIGS], client_id="first") as first:  # the announcement runs in the background
-        assert len(first.wait_count(CONFIGS, 4)) == 4
+        assert len(first.wait_count(CONFIGS, 5)) == 5
     with Subscriber(broker, [CONFIGS]) as ha:  # subscribes after the fact: sees the retained copies
-        configs = ha.wait_count(CONFIGS, 4)
-    assert all(m.retain for m in configs) and len(configs) == 4
+        configs = ha.wait_count(CONFIGS, 5)
+    assert all(m.retain for m in configs) and len(configs) == 5
     entities = by_component(configs)
-    assert set(entities) == {"event", "sensor", "binary_sensor", "lock"}
+    assert set(entities) == ENTITIES
     assert len({json.dumps(c["device"], sort_keys=True) for c in entities.values()}) == 1  # one device
-    assert len({c["unique_id"] for c in entities.values()}) == 4
+    assert len({c["unique_id"] for c in entities.values()}) == 5
     for config in entities.values():
         assert config["availability"] == [{"topic": "facegate/door1/availability", "payload_available": "online",
                                            "payload_not_available": "offline"}]
@@ -51,23 +55,93 @@ def test_discovery_configs_are_retained_and_complete(broker: Broker, publisher: 
     assert entities["event"]["state_topic"] == "facegate/door1/event"
     assert entities["sensor"]["state_topic"] == STATE
     assert entities["binary_sensor"]["state_topic"] == "facegate/door1/face_present"
-    assert entities["lock"]["command_topic"] == entities["lock"]["state_topic"] == "facegate/door1/door/command"
+    # The lock reads the door state the daemon publishes and asks the daemon (door/set), which relays to the
+    # lock controller: its state is never taken from the commands themselves.
+    lock = entities["lock"]
+    assert (lock["command_topic"], lock["state_topic"]) == ("facegate/door1/door/set", "facegate/door1/door/state")
+    assert (lock["state_locked"], lock["state_unlocked"], lock["payload_open"]) == ("locked", "unlocked", "OPEN")
+    switch = entities["switch"]
+    assert (switch["command_topic"], switch["state_topic"]) == ("facegate/door1/face_unlock/set",
+                                                                "facegate/door1/face_unlock")
 
 
 def test_discovery_is_announced_again_when_home_assistant_starts(broker: Broker, publisher: Publisher) -> None:
     with Subscriber(broker, [CONFIGS]) as ha:
-        ha.wait_count(CONFIGS, 4)
+        ha.wait_count(CONFIGS, 5)
         publish(broker, "homeassistant/status", "offline")
         publish(broker, "homeassistant/status", "online")
-        again = ha.wait_count(CONFIGS, 8)[4:]
-    assert len(again) == 4 and not any(m.retain for m in again)  # live copies, sent because of the birth message
-    assert set(by_component(again)) == {"event", "sensor", "binary_sensor", "lock"}
+        again = ha.wait_count(CONFIGS, 10)[5:]
+    assert len(again) == 5 and not any(m.retain for m in again)  # live copies, sent because of the birth message
+    assert set(by_component(again)) == ENTITIES
+
+
+def test_the_kiosk_profile_announces_no_lock_and_removes_an_old_one(broker: Broker, tmp_path: Path) -> None:
+    """A kiosk sends no door commands: no lock or face-unlock switch, and the door profile's old configs are
+    replaced by empty retained payloads, which make Home Assistant delete those entities."""
+    door = Publisher(settings_for(broker, tmp_path / "door"), door_profile=True)
+    door.start()
+    assert door.wait_connected(5)
+    door.stop()
+    kiosk = Publisher(settings_for(broker, tmp_path / "kiosk"))
+    kiosk.start()
+    assert kiosk.wait_connected(5)
+    try:
+        with Subscriber(broker, [CONFIGS], client_id="ha-later") as ha:
+            assert ha.wait_for(lambda msgs: len({m.topic for m in msgs}) >= 3)
+            time.sleep(0.3)
+            configs = {m.topic.split("/")[1]: m.payload for m in ha.on(CONFIGS)}
+    finally:
+        kiosk.stop()
+    assert {component for component, payload in configs.items() if payload} == {"event", "sensor", "binary_sensor"}
+    assert "lock" not in configs and "switch" not in configs  # the empty retained payload clears them
+
+
+def test_the_door_state_and_the_face_unlock_switch_are_retained(broker: Broker, publisher: Publisher) -> None:
+    asked: list[str] = []
+    switched: list[bool] = []
+    publisher.on_door_request(asked.append)
+    publisher.on_face_unlock(switched.append)
+    publisher.publish_door_state({"state": "unlocked", "until": "2030-01-01T00:00:05.000Z", "command": "UNLOCK",
+                                  "source": "facegate", "ts": "2030-01-01T00:00:00.000Z"})
+    publisher.publish_face_unlock(False)
+    with Subscriber(broker, ["facegate/door1/door/state", "facegate/door1/face_unlock"], client_id="ha") as ha:
+        assert ha.wait_for(lambda msgs: len(msgs) >= 2)
+        assert all(m.retain for m in ha.messages)
+        assert ha.on("facegate/door1/door/state")[0].json()["state"] == "unlocked"
+        assert ha.on("facegate/door1/face_unlock")[0].payload == b"OFF"
+    for topic, payload in (("door/set", "UNLOCK"), ("door/set", "explode"), ("face_unlock/set", "ON"),
+                           ("face_unlock/set", "maybe"), ("door/set", "lock")):
+        publish(broker, f"facegate/door1/{topic}", payload)
+    assert wait_until(lambda: len(asked) == 2 and switched, 5)
+    assert asked == ["UNLOCK", "LOCK"] and switched == [True]  # the malformed ones ignored
+
+
+def test_a_partial_state_is_never_published(broker: Broker, tmp_path: Path) -> None:
+    """Until the daemon gives its first state document, nothing is retained on state: no forget_identity, no
+    drained outbox and no reconnect may publish {"last_identity": ..., "outbox_depth": ...} alone."""
+    pub = Publisher(settings_for(broker, tmp_path))
+    pub.start()
+    assert pub.wait_connected(5)
+    try:
+        with Subscriber(broker, [STATE, "facegate/door1/event"], client_id="watcher") as sub:
+            pub.forget_identity("alice")
+            pub.publish_event(sample_event("granted", "bob"))
+            assert sub.wait_for(lambda msgs: any(m.topic.endswith("event") for m in msgs))
+            time.sleep(0.3)
+            assert not sub.on(STATE)
+            pub.publish_state({"status": "starting", "healthy": None})
+            assert sub.wait_for(lambda msgs: any(m.topic == STATE for m in msgs))
+        state = sub.on(STATE)[0].json()
+        assert state["status"] == "starting" and state["healthy"] is None and state["last_identity"] == "bob"
+    finally:
+        pub.stop()
 
 
 def test_no_discovery_when_disabled(broker: Broker, tmp_path: Path) -> None:
     pub = Publisher(settings_for(broker, tmp_path, discovery=False))
     pub.start()
     assert pub.wait_connected(5)
+    pub.publish_state({"status": "online"})
     with Subscriber(broker, ["homeassistant/#", STATE]) as ha:
         assert ha.wait_for(lambda msgs: any(m.topic == STATE for m in msgs), 5)
         assert not ha.on("homeassistant/#")
@@ -77,7 +151,8 @@ def test_no_discovery_when_disabled(broker: Broker, tmp_path: Path) -> None:
 def test_templates_render_what_home_assistant_shows(broker: Broker, publisher: Publisher) -> None:
     jinja2 = pytest.importorskip("jinja2")
     with Subscriber(broker, [CONFIGS, "facegate/door1/event", STATE]) as ha:
-        entities = by_component(ha.wait_count(CONFIGS, 4))
+        entities = by_component(ha.wait_count(CONFIGS, 5))
+        publisher.publish_state({"status": "online"})
         publisher.publish_event(sample_event("granted", "alice"))
         event = ha.wait_count("facegate/door1/event", 1)[0].json()
         assert ha.wait_for(lambda msgs: any(m.topic == STATE and m.json()["last_identity"] == "alice" for m in msgs))
@@ -87,8 +162,8 @@ def test_templates_render_what_home_assistant_shows(broker: Broker, publisher: P
     sensor = env.from_string(entities["sensor"]["value_template"])
     assert sensor.render(value_json={"last_identity": "alice"}) == "alice"
     assert sensor.render(value_json={"last_identity": None}) == "none"
-    lock = entities["lock"]
-    assert json.loads(env.from_string(lock["command_template"]).render(value="UNLOCK"))["command"] == "UNLOCK"
+    lock = env.from_string(entities["lock"]["value_template"])
+    assert lock.render(value_json={"state": "unlocked", "until": "2030-01-01T00:00:05.000Z"}) == "unlocked"
 
 
 def test_face_present_and_door_commands(broker: Broker, publisher: Publisher) -> None:
@@ -124,6 +199,7 @@ def test_forget_identity_erases_pending_events(broker: Broker, tmp_path: Path) -
     broker.stop()  # events pile up in the outbox
     pub = Publisher(settings_for(broker, tmp_path))
     pub.start()
+    pub.publish_state({"status": "online"})
     try:
         for who in ("zelda-erasable", "bob", "zelda-erasable"):
             pub.publish_event(sample_event("granted", who))

@@ -148,3 +148,16 @@ def test_identify_bench_with_a_cosine_head_matches_the_plain_bench(lfw: Path, pi
     headed = identify.run(tree, pipeline, gallery_size=10, seeds=2, verifier=bundle)
     assert headed["dir_at_fpir"] == plain["dir_at_fpir"] and headed["rank1"] == pytest.approx(plain["rank1"])
     assert headed["model"].startswith("cos-head") and json.dumps(headed)
+
+
+def test_head_templates_mean_scores_the_mean_of_an_identitys_logits() -> None:
+    """decision.templates = "mean" under a head: an identity scores the mean of its photos' logits, not its best."""
+    rng = np.random.default_rng(4)
+    head = VerifierHead(("e1",), (8,), {"prod": np.ones(8)}, 0.0)  # the logit is the cosine
+    near, far = unit_rows(rng, 1, 8)[0], unit_rows(rng, 1, 8)[0]
+    probe = {"e1": near}
+    logits = [float(near @ near), float(near @ far)]
+    for templates, want in (("max", max(logits)), ("mean", sum(logits) / 2)):
+        m = HeadIndex(head, templates)
+        m.add("a", {"e1": np.stack([near, far])})
+        assert m.search(probe, k=1)[0].score == pytest.approx(want)

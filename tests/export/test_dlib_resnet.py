@@ -11,10 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge.embed import Embedder  # noqa: E402
+from edge.errors import ModelError  # noqa: E402
 from edge.imageio import load_bgr  # noqa: E402
+from edge.models.dlib_dat import load_net  # noqa: E402
 from edge.models.registry import Registry  # noqa: E402
 from export.bundle import list_images  # noqa: E402
-from export.dlib_dat import load_net  # noqa: E402
 from export.nets.dlib_resnet import DlibResNet, add_prev, preprocess  # noqa: E402
 from export.recipes import dlib_resnet as recipe  # noqa: E402
 
@@ -70,7 +71,7 @@ def test_add_prev_zero_fills_like_dlib() -> None:
 def test_refuses_a_different_network(dat: Path) -> None:
     net = load_net(dat)
     net.layers = net.layers[:10] + net.layers[12:]  # one relu and one mark fewer
-    with pytest.raises(ValueError, match="not dlib's face-recognition ResNet"):
+    with pytest.raises(ModelError, match="not dlib's face-recognition ResNet"):
         DlibResNet.from_dlib(net)
 
 
@@ -129,6 +130,36 @@ def test_onnx_through_the_device_path(tmp_path: Path, module: DlibResNet, eviden
     assert report["raw_max_abs_diff"] < 1e-4  # the unnormalised descriptors too, as dlib compares them
     # The device's own crops (YuNet + fitted template) give nearly dlib's descriptors.
     assert report["alignment"]["mean_cosine"] > 0.98
+
+
+def test_device_graph_equals_the_pytorch_rebuild(module: DlibResNet, lfw: Path) -> None:
+    """The built-in dlib-resnet as the device runs it (the registry's graph converted without PyTorch) against
+    the PyTorch rebuild the export recipe writes its bundles from, on 100 LFW faces cut by the device."""
+    from edge.embed import to_input
+    from edge.vision.align import align
+    from edge.vision.detect import make_detector, select_face
+
+    reg = Registry()
+    embedder = Embedder(*reg.open("dlib-resnet"))
+    assert embedder.manifest.prepare == ("dlib_dat_to_onnx",)  # the device path, not an installed bundle
+    detector = make_detector(reg, "yunet")
+    rels = list_images(lfw / "images")
+    crops = []
+    for k in np.random.default_rng(3).permutation(len(rels))[:160]:
+        image = load_bgr(lfw / "images" / rels[int(k)])
+        faces = detector.detect(image)
+        if faces:
+            crops.append(align(image, select_face(faces, image.shape, "central").landmarks,
+                               embedder.manifest.alignment))
+        if len(crops) == 100:
+            break
+    assert len(crops) == 100
+    x = to_input(np.stack(crops), embedder.manifest)
+    ours = embedder.runtime.run({embedder.runtime.input_names[0]: x})[0].astype(np.float64)
+    with torch.no_grad():
+        theirs = module(torch.from_numpy(x)).numpy().astype(np.float64)
+    assert cosines(ours, theirs).min() >= 0.99999
+    assert np.abs(ours - theirs).max() < 1e-4
 
 
 @pytest.mark.slow

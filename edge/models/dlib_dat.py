@@ -14,7 +14,7 @@ A network is a loss layer (version, loss details, subnetwork). Each `add_layer` 
 whole subnetwork, then its own details and bookkeeping, so the file begins with a chain of version numbers
 (outermost first), then the input layer, then every layer's details innermost first. Tag and skip layers write
 only a version (1) and their subnetwork: the file says where they are but not their ids, which come from the
-network definition (see export/nets/dlib_resnet.py).
+network definition (see edge/models/dlib_resnet_graph.py).
 """
 
 from __future__ import annotations

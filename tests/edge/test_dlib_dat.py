@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.dlib_dat import DlibFormatError, Reader, bn_as_affine, load_net, read_net
+from edge.models.dlib_dat import DlibFormatError, Reader, bn_as_affine, load_net, read_net
 
 
-# -- a minimal encoder for building test streams (dlib's rules, as documented in export/dlib_dat.py) ----------
+# -- a minimal encoder for building test streams (dlib's rules, as documented in edge/models/dlib_dat.py) ----------
 def enc_int(v: int) -> bytes:
     mag = abs(v)
     body = mag.to_bytes(max(1, (mag.bit_length() + 7) // 8), "little")

@@ -1,0 +1,68 @@
+"""`facegate bench speed`: per-stage report, both peers in the same run, synthetic door frames, fused cost."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.bench.frames import door_frame, door_frames, parse_size
+from edge.cli import main
+from edge.errors import ImageError
+from edge.imageio import sample_images
+
+
+def _bench(capsys, *argv) -> dict:
+    code = main(["bench", "speed", *map(str, argv), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    return json.loads(out)
+
+
+def test_frame_sizes_are_parsed_and_bounded():
+    assert parse_size("640x480") == (640, 480) and parse_size("1280X720") == (1280, 720)
+    for bad in ("640", "axb", "10x10", "100000x480"):
+        with pytest.raises(ImageError):
+            parse_size(bad)
+
+
+def test_door_frame_puts_the_portrait_at_a_door_cameras_scale():
+    portrait = np.full((250, 250, 3), 200, np.uint8)
+    background = np.zeros((250, 250, 3), np.uint8)
+    frame = door_frame(portrait, background, (640, 480), np.random.default_rng(0))
+    assert frame.shape == (480, 640, 3)
+    bright = np.argwhere(frame.mean(axis=2) > 150)
+    side = bright.max(axis=0) - bright.min(axis=0) + 1
+    # The pasted photo is (face share 0.45) → face 10–30 % of 480 px: the photo 107–320 px on a side.
+    assert 100 <= side[0] <= 330 and abs(side[0] - side[1]) <= 2
+
+
+def test_door_frames_are_jpeg_and_deterministic(lfw):
+    paths = sample_images(lfw / "images", 3)
+    a, b = door_frames(paths, (320, 240), seed=3), door_frames(paths, (320, 240), seed=3)
+    assert a == b and len(a) == 3
+    assert cv2.imdecode(np.frombuffer(a[0], np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
+
+
+@pytest.mark.bench
+def test_frames_mode_reports_every_stage_and_the_detector_policy(capsys, lfw):
+    data = _bench(capsys, "--images", lfw / "images", "--limit", 3, "--frames", "640x480", "--no-peers")
+    assert data["workload"] == {"kind": "door frames", "size": "640x480", "images": 3}
+    stages = data["stages_ms"]
+    assert stages["decode"] > 0 and stages["detect"] > 0
+    assert data["model"] == "sface-int8" and stages["embed"]["sface-int8"] > 0 and stages["align"]["sface-int8"] > 0
+    policy = data["detector_policy"]
+    assert policy["input"].startswith("320x240") and policy["native_input"] == "640x480"
+    assert policy["frames_with_a_face"] == {"policy": 3, "native": 3}
+    assert data["ours_ms"] >= stages["detect"] and data["ratios"] == {"naive": None, "face_recognition": None}
+
+
+@pytest.mark.bench
+def test_fusion_adds_the_second_embedders_cost_and_its_ratios(capsys, lfw):
+    pytest.importorskip("dlib", reason="the face_recognition peer needs dlib-bin (dev extra)")
+    data = _bench(capsys, "--images", lfw / "images", "--limit", 3, "--fusion-embedders", "sface")
+    assert data["fusion"] == ["sface-int8", "sface"]
+    assert data["ours_fused_ms"] > data["ours_ms"] > 0
+    assert set(data["ratios"]) >= {"naive", "naive_fused", "face_recognition", "face_recognition_fused"}
+    assert data["ratios"]["naive_fused"] < data["ratios"]["naive"]
+    assert data["naive_ms"] > 0 and set(data["no_face"]) == {"ours", "naive", "face_recognition"}
