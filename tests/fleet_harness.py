@@ -1,6 +1,7 @@
 """Helpers for the fleet tests: keys, a hub's and a door's configuration, synthetic templates.
 
-The templates are random unit vectors under the shipped SFace manifest's name and sha256: gallery sync moves
+The templates are random unit vectors under the default embedder's name and manifest sha256 (what a door with
+no [models] setting scores with): gallery sync moves
 templates and never computes one, so real face crops would only slow the tests down (the daemon test that
 decides on a synced gallery uses real photos).
 """
@@ -24,16 +25,27 @@ from edge.fleet.keys import keygen
 from edge.store.db import Store, TemplateIn
 
 HOST = "127.0.0.1"
-SFACE_SHA = None
+_MODEL: tuple[str, str] | None = None
 
 
-def sface_sha() -> str:
-    global SFACE_SHA
-    if SFACE_SHA is None:
+def model() -> tuple[str, str]:
+    """(name, manifest sha256) of the registry's default embedder: the model a door runs when none is named."""
+    global _MODEL
+    if _MODEL is None:
         from edge.models.registry import Registry
 
-        SFACE_SHA = Registry().manifest("sface").sha256
-    return SFACE_SHA
+        registry = Registry()
+        name = registry.default_embedder()
+        _MODEL = (name, registry.manifest(name).sha256)
+    return _MODEL
+
+
+def embedder() -> str:
+    return model()[0]
+
+
+def model_sha() -> str:
+    return model()[1]
 
 
 def make_keys(root: Path, sites: list[str]) -> dict[str, str]:
@@ -86,19 +98,20 @@ def vectors(seed: str, n: int = 2, dim: int = 128) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def enrol(store: Store, name: str, n: int = 2, embedder: str = "sface", sha: str | None = None,
+def enrol(store: Store, name: str, n: int = 2, embedder_name: str | None = None, sha: str | None = None,
           seed: str | None = None) -> np.ndarray:
     v = vectors(seed or name, n)
-    store.enroll(name, [TemplateIn(vector=x, embedder=embedder, manifest_sha256=sha or sface_sha()) for x in v],
+    store.enroll(name, [TemplateIn(vector=x, embedder=embedder_name or embedder(), manifest_sha256=sha or model_sha())
+                        for x in v],
                  command="test enrol")
     return v
 
 
 def gallery(store_path: Path) -> dict[str, np.ndarray]:
-    """name → sface templates of a door's store, read from the file as another process would."""
+    """name → default-embedder templates of a door's store, read from the file as another process would."""
     with Store(store_path, create=False) as s:
         out: dict[str, list[np.ndarray]] = {}
-        for name, _, v in s.templates("sface"):
+        for name, _, v in s.templates(embedder()):
             out.setdefault(name, []).append(v)
     return {k: np.stack(v) for k, v in out.items()}
 

@@ -17,11 +17,12 @@ from tests.fleet_harness import (
     bridge_lines,
     door_config,
     door_dict,
+    embedder,
     enrol,
     facegate,
     gallery,
     make_keys,
-    sface_sha,
+    model_sha,
     vectors,
     wait,
     write_toml,
@@ -43,7 +44,7 @@ def _hub_dict(root, keys, port: int, http_port: int) -> dict:
 
 def _seed(path, n: int, prefix: str = "p") -> None:
     with Store(path) as store:
-        store.enroll_many([(f"{prefix}{i:05d}", [TemplateIn(vector=v, embedder="sface", manifest_sha256=sface_sha())
+        store.enroll_many([(f"{prefix}{i:05d}", [TemplateIn(vector=v, embedder=embedder(), manifest_sha256=model_sha())
                                                  for v in vectors(f"{prefix}{i}", 2)]) for i in range(n)], "test")
 
 

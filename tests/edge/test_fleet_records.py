@@ -27,7 +27,7 @@ from edge.fleet.records import (
 from edge.store import fleet as fstore
 from edge.store.crypto import Cipher
 from edge.store.db import Store, TemplateIn
-from tests.fleet_harness import sface_sha, vectors
+from tests.fleet_harness import model_sha, vectors
 
 KEY = Ed25519PrivateKey.generate()
 SITE_KEY = Cipher(bytes(range(32)))
@@ -40,7 +40,7 @@ def _batch(rev: int, entries: list[dict], h: str, count: int, key: Ed25519Privat
 
 
 def _body(name: str, n: int = 2) -> Body:
-    return Body(name, None, {"access": ["mon-fri 08:00-18:00"]}, {"sface": (sface_sha(), vectors(name, n))})
+    return Body(name, None, {"access": ["mon-fri 08:00-18:00"]}, {"sface": (model_sha(), vectors(name, n))})
 
 
 def test_signatures_hold_and_forgeries_fail() -> None:
@@ -110,7 +110,7 @@ def test_the_door_store_applies_batches_whole_or_not_at_all(tmp_path) -> None:
         h = hash_add(h, "a", e["id"], entry_digest(e))
     with Store(path) as store:
         store.enroll("local", [TemplateIn(vector=vectors("local", 1)[0], embedder="sface",
-                                          manifest_sha256=sface_sha())], command="t")
+                                          manifest_sha256=model_sha())], command="t")
         out = fstore.apply(store, "a", "e1", 1, h, 10.0, _changes(e1))
         assert (out.state.rev, out.state.count, out.state.hash) == (1, 3, h)
         assert {i.name for i in store.identities()} == {"local", "p0", "p1", "p2"}

@@ -15,7 +15,7 @@ from edge.fleet.door import DoorSync
 from edge.fleet.hub import Hub
 from edge.fleet.records import Body, entry_digest, hash_add, seal_entry, sign
 from edge.store import fleet as fstore
-from tests.fleet_harness import door_config, enrol, gallery, hub_config, make_keys, vectors, wait
+from tests.fleet_harness import door_config, embedder, enrol, gallery, hub_config, make_keys, vectors, wait
 from tests.mqtt_broker import Broker, Subscriber, publish
 
 
@@ -92,7 +92,7 @@ def test_forged_replayed_and_unknown_model_records_are_refused(fleet):
     before = d.state
     # A forged batch: the next revision, a new person, signed with a key that is not the hub's.
     mallory = seal_entry(d.cipher, "a", "mallory-id", before.rev + 1,
-                         Body("mallory", None, {}, {"sface": (d.models["sface"], vectors("mallory", 1))}))
+                         Body("mallory", None, {}, {embedder(): (d.models[embedder()], vectors("mallory", 1))}))
     forged = sign(Ed25519PrivateKey.generate(), {
         "v": 1, "kind": "batch", "site": "a", "epoch": before.epoch, "rev": before.rev + 1, "ts": time.time(),
         "hash": hash_add(before.hash, "a", "mallory-id", entry_digest(mallory)), "count": before.count + 1,
@@ -104,8 +104,8 @@ def test_forged_replayed_and_unknown_model_records_are_refused(fleet):
                 and d.refusals["old"] >= 1, 5)
     assert d.state == before and "mallory" not in gallery(d.store.path)
     # Templates of a model this door does not run: refused with a status, never mixed in; the hash still agrees.
-    enrol(fleet.hub.store, "dave", sha="0" * 64)  # sface by name, another model file
-    enrol(fleet.hub.store, "erin", embedder="dlib-resnet", sha="1" * 64)
+    enrol(fleet.hub.store, "dave", sha="0" * 64)  # the door's embedder by name, another model file
+    enrol(fleet.hub.store, "erin", embedder_name="dlib-resnet", sha="1" * 64)
     assert wait(lambda: in_step(d, fleet.hub) and d.state.count == 5, 5)
     refused = fstore.refused(d.store)
     assert sorted(refused.values()) == ["model_mismatch", "unknown_model"]
