@@ -229,3 +229,27 @@ def test_a_fleet_door_decides_from_the_synced_gallery_and_fails_secure_without_t
         finally:
             if hub is not None:
                 hub.close()
+
+
+def test_the_single_door_setup_needs_no_hub_and_no_postgresql(tmp_path):
+    """Fleet mode is opt-in: a door without [fleet] passes `run --check` (which builds the whole daemon) in a
+    process where neither psycopg nor the fleet and collector packages can even be imported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "frames").mkdir()
+    conf = tmp_path / "door.toml"
+    conf.write_text(f'profile = "kiosk"\n[camera]\nsource = "{tmp_path / "frames"}"\n[store]\n'
+                    f'path = "{tmp_path / "s.db"}"\ncreate = true\n[health]\nlisten = "127.0.0.1:0"\n')
+    script = (
+        "import sys\n"
+        "for name in ('psycopg', 'edge.fleet', 'edge.collect'):\n"
+        "    sys.modules[name] = None  # any import of them fails\n"
+        "from edge.cli import main\n"
+        f"sys.exit(main(['run', '--config', {str(conf)!r}, '--check']))\n")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
