@@ -113,6 +113,7 @@ class DoorSync:
         self.store: Store = open_store(replace(cfg, store=replace(cfg.store, create=True)))
         self.state = fstore.state(self.store)
         self.refusals: Counter[str] = Counter()
+        self._erase_pending = False  # batches applied with deletions whose WAL is not emptied yet
         self.applied_batches = 0
         self.snapshots = 0
         self._confirmed = self.state.confirmed
@@ -246,7 +247,7 @@ class DoorSync:
             self._snapshot()  # a signed batch that does not apply: the hub's snapshot is the truth
             return False
 
-    def _apply(self, doc: dict[str, Any], replace_all: bool = False) -> bool:
+    def _apply(self, doc: dict[str, Any], replace_all: bool = False, erase_now: bool = True) -> bool:
         try:
             changes = self._changes(doc, fstore.entries(self.store) if replace_all else None)
         except Refused as exc:
@@ -254,11 +255,12 @@ class DoorSync:
             return False
         try:
             out = fstore.apply(self.store, self.site, doc["epoch"], doc["rev"], doc["hash"], doc["ts"], changes,
-                               replace_all=replace_all)
+                               replace_all=replace_all, erase_now=erase_now)
         except fstore.HashMismatch as exc:
             self._refuse(Refused("hash_mismatch", str(exc)), f"{doc['kind']} rev {doc['rev']}")
             return False
         self.state = out.state
+        self._erase_pending |= out.erased and not erase_now
         self._confirm(doc["ts"])
         self._persisted_confirmed = max(self._persisted_confirmed, out.state.confirmed)
         if replace_all:
@@ -319,7 +321,16 @@ class DoorSync:
 
     def _catch_up(self) -> None:
         """Batches after the door's revision from the hub, in order; a snapshot when they are gone (or of another
-        epoch)."""
+        epoch). The write-ahead log is emptied once at the end, not after each batch: a door that was away for a
+        thousand changes would otherwise spend most of its catch-up in checkpoints."""
+        try:
+            self._catch_up_batches()
+        finally:
+            if self._erase_pending:
+                fstore.checkpoint(self.store)
+                self._erase_pending = False
+
+    def _catch_up_batches(self) -> None:
         try:
             while True:
                 s = self.state
@@ -350,7 +361,7 @@ class DoorSync:
                         return
                     if doc["rev"] <= self.state.rev:
                         continue
-                    if doc["rev"] != self.state.rev + 1 or not self._apply(doc):
+                    if doc["rev"] != self.state.rev + 1 or not self._apply(doc, erase_now=False):
                         self._snapshot()
                         return
         except (OSError, urllib.error.URLError, json.JSONDecodeError, AttributeError) as exc:

@@ -57,6 +57,7 @@ class Applied:
     upserts: int = 0
     deletes: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # fleet id → reason
+    erased: bool = False  # something was deleted (its bytes leave the WAL at the next checkpoint)
 
 
 class HashMismatch(StoreError):
@@ -129,9 +130,11 @@ def _write_identity(store: Store, conn: Any, change: Change, now: float) -> None
 
 
 def apply(store: Store, site: str, epoch: str, rev: int, expected_hash: str, ts: float, changes: list[Change],
-          replace_all: bool = False, command: str = "fleet sync") -> Applied:
+          replace_all: bool = False, command: str = "fleet sync", erase_now: bool = True) -> Applied:
     """Apply one batch (or, with replace_all, a snapshot: entries it does not list are deleted) and move the door
-    to `rev`; tombstones go first. Raises HashMismatch (nothing written) if the result is not `expected_hash`."""
+    to `rev`; tombstones go first. Raises HashMismatch (nothing written) if the result is not `expected_hash`.
+    After a deletion the write-ahead log is emptied, unless `erase_now` is false: then `Applied.erased` says the
+    caller must call checkpoint() itself (once after a run of batches, not once for each)."""
     now = time.time()
     out = Applied(state=FleetState())
     erased = False
@@ -184,7 +187,8 @@ def apply(store: Store, site: str, epoch: str, rev: int, expected_hash: str, ts:
         store._audit(conn, "update", None, f"{command} {site} rev {rev}",
                      {"upserts": out.upserts, "deletes": out.deletes, "refused": len(out.refused),
                       "snapshot": replace_all})
-    if erased:
+    out.erased = erased
+    if erased and erase_now:
         checkpoint(store)
     return out
 
