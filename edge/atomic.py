@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edge.errors import FacegateError
+
 
 def fsync(path: Path) -> None:
     """Flush a file's (or a folder's entries') data to the disk."""
@@ -25,8 +27,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file (mode 0600) in the same folder, fsync, then rename over `path`."""
+    """Write via a temporary file (mode 0600) in the same folder, fsync, then rename over `path`.
+
+    Only a regular file (or nothing) is replaced: renaming over /dev/null, a FIFO or a folder as root would
+    destroy it, so those are refused.
+    """
     path = Path(path)
+    if (path.exists() and not path.is_file()) or (path.is_symlink() and not path.resolve().is_file()):
+        raise FacegateError(f"{path} is not a regular file: not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:

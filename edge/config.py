@@ -25,6 +25,7 @@ from typing import Any
 from edge.errors import FacegateError
 from edge.mqtt.settings import MqttSettings
 from edge.vision.quality import QualityGate
+from edge.vision.rescue import RESCUE_MODES
 
 PROFILES = ("door", "kiosk")
 DEFAULT_CONFIG_NAME = "facegate.toml"
@@ -65,6 +66,9 @@ class ModelsConfig:
     fusion: str = ""
     threads: int = 1
     min_face_px: float = 40.0
+    # When the first detection pass finds no face: look again at full resolution, turned, below the score
+    # threshold (edge/vision/rescue.py). photos | always | off; "photos" spares camera frames, mostly empty.
+    rescue: str = "photos"
     model_dir: str = ""  # default: <state dir>/models
 
 
@@ -160,6 +164,28 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The admin page (edge/web, the [web] extra): `facegate web` serves it on its own; `enabled` also mounts it
+    in `facegate run`, where its door switch reaches the running daemon."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8080"  # loopback: reach it through a TLS reverse proxy (deploy/web-proxy.md)
+    accounts_path: str = ""  # administrator accounts and sessions; default: <state dir>/web-accounts.db
+    # The decision log the decisions page shows, written by the daemon (names people: erased with them).
+    decisions_path: str = ""  # default: <state dir>/decisions.db
+    decisions_kept: int = 1000  # the most recent decisions kept; 0: none logged
+    keep_unknown_crops_h: float = 0.0  # face crops of "unknown" decisions kept this many hours; 0: none kept
+    keep_crops: bool = False  # enrolments from the page keep their face crops (photos shown, store reembed)
+    session_idle_min: float = 30.0  # a session unused this long is over
+    session_max_h: float = 12.0  # and any session after this long
+    cookie_secure: bool = False  # true behind a TLS reverse proxy: the browser sends the cookie over HTTPS only
+    max_upload_mb: float = 20.0  # one enrolment or identification upload (all its photos)
+    max_bulk_mb: float = 500.0  # one bulk upload (a zip or a folder)
+    login_attempts: int = 5  # failed log-ins per account and per client address …
+    login_window_s: float = 900.0  # … within this many seconds, then refused until the window has passed
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"  # text | json (one object per line, for journald or a log shipper)
     level: str = "info"
@@ -232,6 +258,7 @@ class Config:
     mqtt: MqttSettings = field(default_factory=MqttSettings)  # the one [mqtt] section (edge/mqtt/settings.py)
     events: EventsConfig = field(default_factory=EventsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     hub: HubConfig = field(default_factory=HubConfig)
@@ -247,6 +274,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "profile": PROFILES,
     "decision.tailgating": ("deny", "allow"),
+    "models.rescue": RESCUE_MODES,
     "decision.templates": ("mean", "max"),
     "access.default": ("allow", "deny"),
     "log.format": ("text", "json"),
@@ -267,6 +295,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "fleet.max_gallery_age_s": (5, 30 * 86400), "fleet.poll_s": (0.1, 86400),
     "hub.poll_s": (0.005, 60), "hub.manifest_interval_s": (0.1, 3600), "hub.max_delta_bytes": (1024, 64 * 2**20),
     "hub.keep_batches": (1, None), "collect.retention_days": (0, None), "collect.purge_every_s": (1, None),
+    "web.decisions_kept": (0, 10_000_000), "web.keep_unknown_crops_h": (0, 24 * 365),
+    "web.session_idle_min": (1, 24 * 60), "web.session_max_h": (0.1, 24 * 30), "web.max_upload_mb": (1, 1024),
+    "web.max_bulk_mb": (1, 16384), "web.login_attempts": (1, 1000), "web.login_window_s": (1, 86400),
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
@@ -374,9 +405,10 @@ def _check(cfg: Config) -> None:
     if cfg.profile == "door" and cfg.liveness.model == "none":
         raise ConfigError("liveness.model: the door profile requires liveness; use profile = \"kiosk\" to run "
                           "without it")
-    host, _, port = cfg.health.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"health.listen: {cfg.health.listen!r} is not HOST:PORT")
+    for key, listen in (("health.listen", cfg.health.listen), ("web.listen", cfg.web.listen)):
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{key}: {listen!r} is not HOST:PORT")
     _check_fleet(cfg)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from edge.config import CREDENTIAL_STORE_KEY, Config, ConfigError
 from edge.decide import DECISIONS, AccessPolicy, Decision, Policy
+from edge.decision_log import DecisionLog, open_decision_log
 from edge.door import DISABLED_REASON, DoorControl
 from edge.engine import Engine
 from edge.errors import FacegateError
@@ -80,9 +81,8 @@ def clock_synced() -> bool:
 
 
 # -- the daemon -------------------------------------------------------------------------------------------------
-def open_store(cfg: Config) -> Store:
-    """The store [store] names. A fleet door's store is created when missing: the hub fills it, and until then
-    the door fails secure (a "gallery" problem)."""
+def store_location(cfg: Config) -> tuple[Path, bytes | None]:
+    """The store's path and its key (key file, systemd credential, $FACEGATE_STORE_KEY; None: unencrypted)."""
     from edge.store.crypto import load_key
 
     path = Path(cfg.store.path) if cfg.store.path else state_dir() / "facegate.db"
@@ -91,7 +91,16 @@ def open_store(cfg: Config) -> Store:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         cred = Path(directory) / CREDENTIAL_STORE_KEY if directory else None
         key_file = str(cred) if cred is not None and cred.is_file() else None
-    return Store(path, key=load_key(key_file, store=path), create=cfg.store.create or cfg.fleet.enabled)
+    return path, load_key(key_file, store=path)
+
+
+def open_store(cfg: Config, create: bool | None = None, keep_crops: bool = False) -> Store:
+    """The store [store] names. A fleet door's store is created when missing: the hub fills it, and until then
+    the door fails secure (a "gallery" problem)."""
+    path, key = store_location(cfg)
+    if create is None:
+        create = cfg.store.create or cfg.fleet.enabled
+    return Store(path, key=key, create=create, keep_crops=keep_crops)
 
 
 def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
@@ -168,10 +177,12 @@ class Daemon:
         self._quality_prompt_t = 0.0
         self._frames: deque[float] = deque(maxlen=64)  # capture times of recently processed frames (fps)
         self.health_server: HealthServer | None = None
+        self.web_server: Any = None  # the admin page, when [web] enabled (edge/web/server.py)
         self.store: Store | None = None  # type: ignore[assignment]
         self.sink: Any = None
         self.scorer: Any = None
         self.fleet: Any = None  # edge.fleet.door.DoorSync in fleet mode
+        self.decision_log: DecisionLog | None = None
         self.door: DoorControl | None = None
         try:
             self._build(cfg, sink, liveness, source)
@@ -182,11 +193,21 @@ class Daemon:
     def _build(self, cfg: Config, sink: Any, liveness: LivenessCheck | None, source: Source | None) -> None:
         # The health port first: a taken port is a configuration error, found before anything is published.
         self.health_server = bind_health(cfg, self.metrics, self.health)
+        if cfg.web.enabled:
+            from edge.web.server import bind_web
+
+            self.web_server = bind_web(cfg)  # likewise a taken web port, or a missing [web] extra
         registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
         self.liveness = liveness if liveness is not None else resolve_liveness(cfg, registry)
         if cfg.profile == "kiosk":
             self.liveness = None  # every kiosk event says not_checked
-        self.store = open_store(cfg)
+        store_path, key = store_location(cfg)
+        self.store = Store(store_path, key=key, create=cfg.store.create)
+        self.decision_log = open_decision_log(cfg.web, key)
+        if self.decision_log is not None:
+            # Identities deleted while no daemon ran leave the log now; crops past their time go too.
+            self.decision_log.forget_absent(i.name for i in self.store.identities())
+            self.decision_log.purge_crops(cfg.web.keep_unknown_crops_h)
         for warning in check_access_rules(cfg, self.store):  # errors (a rule that misses by case) raise here
             log.warning("%s", warning)
         # The one scorer (edge/match): the embedder's cosine, or a verification head over its embedders.
@@ -194,13 +215,16 @@ class Daemon:
                                   cfg.models.fusion, cfg.decision.templates)
         self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
                                      threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
+                                     rescue=cfg.models.rescue,
                                      extra_embedders=self.scorer.embedders)
         self.access = AccessPolicy(cfg.access, metadata=self._metadata)
         self.policy = Policy(cfg.decision, self.access, liveness_required=self.liveness is not None)
         live_gate = gate_for(cfg, self.liveness) if self.liveness is not None else None
         self.engine = Engine(self.pipeline, self.scorer, self.policy, cfg, self.metrics, self.liveness, live_gate)
         self.sink: EventSink = sink if sink is not None else make_sink(cfg, self, clock_synced)
-        self.engine.on_forget = self.sink.forget_identity  # a deletion seen in the store also empties the outbox
+        self.engine.on_forget = self._forget  # a deletion seen in the store also empties the outbox and the log
+        if self.decision_log is not None and cfg.web.keep_unknown_crops_h > 0:
+            self.engine.keep_crop = lambda d: d.decision == "unknown"
         if cfg.fleet.enabled:
             from edge.fleet.door import DoorSync
 
@@ -214,9 +238,17 @@ class Daemon:
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
                                cfg.camera.reconnect_max_s)
         self._describe_metrics()
+        if self.web_server is not None:
+            from edge.web.services import Services
+
+            self.web_server.mount(Services.of_daemon(self))
 
     def close(self) -> None:
         """Release what construction opened, for a daemon that will not run (`run --check`, a failed start)."""
+        if self.web_server is not None:
+            self.web_server.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
         if self.door is not None:
             self.door.close()
         if self.health_server is not None:
@@ -231,6 +263,14 @@ class Daemon:
             self.store.close()
 
     # -- construction helpers -------------------------------------------------------------------------------------
+    def _forget(self, name: str) -> None:
+        self.sink.forget_identity(name)
+        if self.decision_log is not None:
+            try:
+                self.decision_log.forget(name)
+            except FacegateError as exc:
+                log.error("decision log: %s", exc)
+
     def _metadata(self, name: str) -> dict[str, Any] | None:
         ident = self.store.identity(name)
         return ident.metadata if ident else None
@@ -392,6 +432,20 @@ class Daemon:
         ok = self.store.delete(name, command="mqtt delete")
         return {"ok": ok, "name": name, **({} if ok else {"reasons": [f"unknown identity {name!r}"]})}
 
+    @property
+    def face_unlock(self) -> bool | None:
+        """The door's face-unlock switch; None outside the door profile (no door, no switch)."""
+        return self.door.face_unlock if self.door is not None else None
+
+    def set_face_unlock(self, enabled: bool, source: str = "admin page") -> bool:
+        """Suspend (False) or resume (True) face unlock from the admin page: the same switch as Home Assistant's
+        (edge/door.py: persisted, grants denied while off, published retained on face_unlock). Returns the new
+        setting."""
+        if self.door is None:
+            raise FacegateError(f"face unlock is a door-profile switch; this daemon runs profile {self.cfg.profile}")
+        self.door.set_face_unlock(enabled, source=source)
+        return self.door.face_unlock
+
     def claim(self, name: str) -> None:
         if self.engine.claim(name):
             self.sink.publish_prompt("look at the camera")
@@ -428,12 +482,14 @@ class Daemon:
         self.capture.start()
         if self.health_server is not None:
             self.health_server.start()
+        if self.web_server is not None:
+            self.web_server.start()
         ping_every = watchdog_interval()
         self.notifier.ready(f"profile {self.cfg.profile}, liveness {self.liveness_mode}, "
                             f"{self.engine.identities} identities")
         log.info("facegate running: profile %s, liveness %s, source %s, %d identities", self.cfg.profile,
                  self.liveness_mode, self.capture.source.name, self.engine.identities)
-        last_ping = last_state_t = last_store = 0.0
+        last_ping = last_state_t = last_store = last_purge = 0.0
         last_problems: list[str] | None = None
         last_doc: dict[str, Any] | None = None
         try:
@@ -445,6 +501,9 @@ class Daemon:
                 if now - last_store >= STORE_CHECK_S and now - self._last_step_t >= STORE_CHECK_S:
                     self._check_store()  # frames follow the store themselves; this covers a camera that is down
                     last_store = now
+                if now - last_purge >= STORE_CHECK_S:
+                    self._purge_crops()  # unknown faces' crops older than [web] keep_unknown_crops_h
+                    last_purge = now
                 problems = self.problems()
                 doc = self._state(problems)
                 if doc != last_doc or now - last_state_t >= STATE_EVERY_S:  # a change of any field, at once
@@ -492,6 +551,22 @@ class Daemon:
         for d in decisions:
             self._announce(d)
 
+    def _purge_crops(self) -> None:
+        if self.decision_log is None:
+            return
+        try:
+            self.decision_log.purge_crops(self.cfg.web.keep_unknown_crops_h)
+        except FacegateError as exc:
+            log.error("decision log: %s", exc)
+
+    def _log_decision(self, d: Decision, event: dict[str, Any], crop: bytes | None) -> None:
+        if self.decision_log is None:
+            return
+        try:
+            self.decision_log.add(event, margin=d.margin, candidate=d.candidate, crop=crop)
+        except FacegateError as exc:  # the door does not wait on the admin page's log
+            log.error("decision log: %s", exc)
+
     def _prompt_quality(self, was_present: bool) -> None:
         """What the person in front of the camera should do: "look at the camera" when a face appears, or, while
         the quality gate keeps every face in view from a decision, what would fix it ("face the camera", "come
@@ -509,6 +584,7 @@ class Daemon:
         self._quality_prompt, self._quality_prompt_t = text, now
 
     def _announce(self, d: Decision) -> None:
+        crop = self.engine.take_crop(d.track)
         granted = d.decision == "granted"
         if granted and self.door is not None:
             # First: the door is what the person waits for. Dropped, not sent late, if the broker is not
@@ -516,6 +592,7 @@ class Daemon:
             self.door.grant(decided_at=time.monotonic())
         latency = (time.monotonic() - d.t_capture) * 1e3
         event = self.sink.publish_event(d.event(self.scorer.name, latency))
+        self._log_decision(d, event, crop)
         self.sink.publish_prompt(PROMPTS[d.decision])
         self.metrics.inc("decisions_total", decision=d.decision)
         self.metrics.histogram("decision_latency_ms").observe(latency)
@@ -529,6 +606,8 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping("finishing")
         self.capture.stop()
+        if self.web_server is not None:
+            self.web_server.stop()
         if self.door is not None:
             self.door.close()
         try:
@@ -539,6 +618,8 @@ class Daemon:
         finally:
             if self.health_server is not None:
                 self.health_server.stop()
+            if self.decision_log is not None:
+                self.decision_log.close()
             self.store.close()
             self.notifier.close()
         log.info("facegate stopped")

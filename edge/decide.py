@@ -60,6 +60,10 @@ class Decision:
     track: int
     claim: str | None  # the identity a badge claimed, when the decision was 1:1
     t_capture: float  # capture time (monotonic) of the deciding frame
+    # For the local decision log (not the MQTT event): the deciding observation's lead over the runner-up, and
+    # the best match whatever its score (who an "unknown" face came closest to).
+    margin: float | None = None
+    candidate: str | None = None
 
     def event(self, model: str, latency_ms: float) -> dict[str, Any]:
         """The fields the daemon supplies to an MQTT event (the publisher adds id, seq, ts, device, door)."""
@@ -74,9 +78,32 @@ class Decision:
                 "reason": self.reason, "claim": self.claim}
 
 
+VALIDITY_KEYS = ("valid_from", "valid_until")
+
+
+def within_validity(metadata: dict[str, Any], today: dt.date) -> tuple[bool, str]:
+    """An identity's validity period from its metadata: "valid_from" / "valid_until" (ISO dates, both days
+    included; either may be absent). A malformed date denies (fail-secure)."""
+    bounds: dict[str, dt.date] = {}
+    for key in VALIDITY_KEYS:
+        raw = metadata.get(key)
+        if raw in (None, ""):
+            continue
+        try:
+            bounds[key] = dt.date.fromisoformat(str(raw))
+        except ValueError:
+            return False, f"malformed {key} in the identity's metadata"
+    if "valid_from" in bounds and today < bounds["valid_from"]:
+        return False, f"not valid before {bounds['valid_from']:%Y-%m-%d}"
+    if "valid_until" in bounds and today > bounds["valid_until"]:
+        return False, f"not valid after {bounds['valid_until']:%Y-%m-%d}"
+    return True, ""
+
+
 class AccessPolicy:
-    """Who may enter when: time windows per identity from the config, else from the identity's metadata
-    (key "access": a list of windows), else the default. A malformed window in metadata denies (fail-secure)."""
+    """Who may enter when: the identity's validity period (metadata "valid_from" / "valid_until") first; then
+    time windows per identity from the config, else from the identity's metadata (key "access": a list of
+    windows), else the default. A malformed window or date in metadata denies (fail-secure)."""
 
     def __init__(self, cfg: AccessConfig, metadata: Callable[[str], dict[str, Any] | None] | None = None) -> None:
         self.default_allow = cfg.default == "allow"
@@ -90,10 +117,14 @@ class AccessPolicy:
 
     def allowed(self, name: str, when: dt.datetime | None = None) -> tuple[bool, str]:
         when = when or dt.datetime.now(self.tz)
+        meta = (self.metadata(name) or {}) if self.metadata is not None else {}
+        valid, why = within_validity(meta, when.date())
+        if not valid:
+            return False, why
         windows = self.windows.get(name)
         source = "config"
         if windows is None and self.metadata is not None:
-            raw = (self.metadata(name) or {}).get("access")
+            raw = meta.get("access")
             if raw is not None:
                 source = "metadata"
                 try:
@@ -230,12 +261,14 @@ class Policy:
             self._last_event[(identity, kind)] = now
         if claim is not None:
             self._claim = None  # a claim narrows exactly one decision
-        matched = [o.score for o in window if o.identity == identity and o.score is not None] if identity else []
-        scores = [o.score for o in window if o.score is not None]
-        score = max(matched) if matched else (max(scores) if scores else None)
+        matched = [o for o in window if o.identity == identity and o.score is not None] if identity else []
+        scored = matched or [o for o in window if o.score is not None]
+        best = max(scored, key=lambda o: o.score) if scored else None  # type: ignore[arg-type, return-value]
+        score = best.score if best is not None else None
         live_scores = [o.liveness.score for o in window if o.liveness is not None and o.liveness.score is not None]
         if liveness is None:
             liveness = "not_checked" if not self.liveness_required else "live"
         return Decision(kind, identity, score, window[-1].threshold, liveness,
                         sum(live_scores) / len(live_scores) if live_scores else None,
-                        s.get("observations", len(window)), reason, track.id, claim, window[-1].t_capture)
+                        s.get("observations", len(window)), reason, track.id, claim, window[-1].t_capture,
+                        best.margin if best is not None else None, best.candidate if best is not None else None)

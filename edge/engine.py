@@ -24,6 +24,7 @@ import numpy as np
 
 from edge.config import Config
 from edge.decide import Decision, Observation, Policy
+from edge.enroll import face_crop_png
 from edge.health import Metrics
 from edge.liveness import LivenessCheck
 from edge.liveness.temporal import LivenessGate
@@ -69,6 +70,10 @@ class Engine:
         self.blocking_reason: str | None = None
         self.lock = threading.Lock()  # inference and tracking: the loop and enrolment commands share the models
         self.on_forget: Callable[[str], None] | None = None  # the daemon erases the name from its outbox too
+        # Which decisions keep the deciding frame's face crop (the daemon: "unknown" ones, when the admin page's
+        # decision log keeps them); taken by the daemon with take_crop as it announces the decision.
+        self.keep_crop: Callable[[Decision], bool] | None = None
+        self._crops: dict[int, bytes] = {}
         self._pseudonyms: dict[str, str] = {}
         self.hist = {s: metrics.histogram("stage_latency_ms", stage=s) for s in self.STAGES}
         self.gallery.on_forget.append(self.forget)
@@ -129,7 +134,7 @@ class Engine:
     def _process(self, frame: Frame, problems: list[str]) -> list[Decision]:
         start = t = time.perf_counter()
         self.gallery.follow()  # before anything is decided on this frame
-        faces = self.pipeline.detect(frame.image)
+        faces = self.pipeline.detect(frame.image, frame=True)
         t = self._timed("detect", t)
         records = self.pipeline.analyse(frame.image, self.gate, embedders=[self.primary], faces=faces)
         embed_ms = self.pipeline.timings.last_embed_ms
@@ -170,7 +175,7 @@ class Engine:
             self._timed("embed", t)
         claim = self.policy.claimed
         decisions = []
-        for track, _, probe, live, quality in pending:
+        for track, face, probe, live, quality in pending:
             t = time.perf_counter()
             # The track's best frames so far (edge/match/track.py): each observation scores their mean scores.
             best = track.state.setdefault("probe", TrackProbe(self.cfg.decision.track_frames)).add(quality, probe)
@@ -184,10 +189,16 @@ class Engine:
             d = self.policy.evaluate(track, others, problems)
             if d is not None:
                 decisions.append(d)
+                if self.keep_crop is not None and self.keep_crop(d):
+                    self._crops[d.track] = face_crop_png(frame.image, face)
             self._timed("decide", t)
         self._timed("frame", start)
         self.face_present = bool(faces)
         return decisions
+
+    def take_crop(self, track_id: int) -> bytes | None:
+        """The face crop kept for the decision of this track (PNG with its landmarks), once."""
+        return self._crops.pop(track_id, None)
 
     def _gate_report(self, records: list[FaceRecord]) -> str | None:
         """Count the quality gate's refusals by reason (facegate_quality_rejections_total), log them at debug
@@ -208,4 +219,4 @@ class Engine:
 
     def faces(self, image: np.ndarray) -> list[Face]:
         with self.lock:
-            return self.pipeline.detector.detect(image)
+            return self.pipeline.detect(image, frame=True)

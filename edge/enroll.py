@@ -6,11 +6,14 @@ embedder, or nothing. Refusals say why. Face crops are kept only when the store 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,7 @@ class Judged:
     crop: bytes | None = None
     image_sha256: str | None = None  # of the decoded pixels: the same photo re-sent or re-run is recognised
     already: bool = False  # this photo is already enrolled for the identity (not stored again, not a refusal)
+    aligned: np.ndarray | None = field(default=None, repr=False)  # the aligned crop the gate judged (a preview)
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "accepted": self.accepted, "already_enrolled": self.already,
@@ -97,8 +101,11 @@ def read_face_crop(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 
 class Enroller:
     def __init__(self, store: Store, pipeline: FacePipeline, gate: QualityGate | None = None,
-                 policy: str = "single", scorer: Scorer | None = None, duplicate_fpir: float = DEFAULT_FPIR) -> None:
+                 policy: str = "single", scorer: Scorer | None = None, duplicate_fpir: float = DEFAULT_FPIR,
+                 lock: AbstractContextManager[Any] | None = None) -> None:
         self.store = store
+        # Held while the models and the gallery are used: a running daemon shares both with its frame loop.
+        self.lock = lock if lock is not None else contextlib.nullcontext()
         self.pipeline = pipeline
         self.gate = gate or QualityGate()
         self.policy = policy
@@ -112,7 +119,8 @@ class Enroller:
         j = Judged(image=str(path))
         try:
             img = load_bgr(path) if image is None else image
-            faces = self.pipeline.detect(img)
+            with self.lock:
+                faces = self.pipeline.detect(img)
             face = select_face(faces, img.shape, self.policy)
         except FacegateError as exc:
             msg = str(exc)
@@ -120,13 +128,16 @@ class Enroller:
             kind = {NoFaceError: "no face", ManyFacesError: "several faces"}.get(type(exc), "unreadable image")
             j.reasons.append(f"{kind}: {msg}" if not msg.startswith(kind) else msg)
             return j
-        crop = self.pipeline.crops(img, [face])[0]
+        with self.lock:
+            crop = self.pipeline.crops(img, [face])[0]
+        j.aligned = crop
         q = assess(face, crop)
         j.quality = q.to_dict()
         j.reasons = self.gate.reasons(q)
         if j.reasons:
             return j
-        j.embeddings = self.pipeline.embed_all(img, face)
+        with self.lock:
+            j.embeddings = self.pipeline.embed_all(img, face)
         j.image_sha256 = pixels_sha256(img)
         if self.store.keep_crops:
             j.crop = face_crop_png(img, face)
@@ -167,10 +178,11 @@ class Enroller:
     def guard(self, name: str, judged: list[Judged], force: bool = False) -> None:
         """The checks between judging photos and storing them: the same photo twice is a no-op (always), and
         unless `force`, every photo must be the named person and nobody else enrolled."""
-        self.already_enrolled(name, judged)
-        if not force:
-            self.same_person(name, judged)
-            self.duplicates(name, judged)
+        with self.lock:
+            self.already_enrolled(name, judged)
+            if not force:
+                self.same_person(name, judged)
+                self.duplicates(name, judged)
 
     def duplicates(self, name: str, judged: list[Judged]) -> None:
         """Refuse accepted images that a 1:N search (at the 1:N threshold for the current gallery: the 1:1 one
@@ -222,8 +234,12 @@ def person_folders(root: Path) -> list[tuple[str, list[Path]]]:
     return out
 
 
-def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int | None = None) -> dict[str, Any]:
-    """Enrol every person folder; a summary of refusals by reason, and the rate excluding start-up."""
+def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int | None = None,
+               progress: Callable[[int, int], None] | None = None, command: str | None = None) -> dict[str, Any]:
+    """Enrol every person folder; a summary of refusals by reason, and the rate excluding start-up.
+
+    `progress(done, total)` is called after each image (the admin page's progress bar; the terminal gets tqdm).
+    """
     people = person_folders(root)
     total = sum(len(f) for _, f in people)
     if limit is not None:  # the first `limit` images in folder order, for benchmarks on a subset
@@ -238,14 +254,20 @@ def enroll_dir(enroller: Enroller, root: Path, force: bool = False, limit: int |
     rows: list[dict[str, Any]] = []
     accepted = identities = already = 0
     start = time.perf_counter()  # models are already loaded and prepared: start-up is excluded
+    done = 0
+    if progress is not None:
+        progress(0, total)
     with tqdm(total=total, desc="enrolling", unit="img", file=sys.stderr, disable=None) as bar:
         for name, files in people:
             judged = []
             for f in files:
                 judged.append(enroller.judge(f))
                 bar.update(1)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
             enroller.guard(name, judged, force)
-            if enroller.commit(name, judged, command=f"enroll-dir {root}"):
+            if enroller.commit(name, judged, command=command or f"enroll-dir {root}"):
                 identities += 1
             for j in judged:
                 accepted += j.accepted

@@ -8,7 +8,7 @@ are aligned per embedder (each with its own template) and each embedder runs onc
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +19,7 @@ from edge.models.registry import Registry
 from edge.vision.align import align
 from edge.vision.detect import Detector, Face, make_detector, select_face
 from edge.vision.quality import Quality, QualityGate, assess
+from edge.vision.rescue import RESCUE_MODES, Rescue
 
 
 def _recent() -> deque[float]:
@@ -54,10 +55,18 @@ class FaceRecord:
 
 class FacePipeline:
     def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str | None = None,
-                 threads: int = 1, min_face_px: float = 40.0, extra_embedders: Sequence[str] = ()) -> None:
+                 threads: int = 1, min_face_px: float = 40.0, extra_embedders: Sequence[str] = (),
+                 rescue: str = "photos") -> None:
+        if rescue not in RESCUE_MODES:
+            raise ValueError(f"rescue must be one of {RESCUE_MODES}, not {rescue!r}")
         self.registry = registry or Registry()
         embedder = embedder or self.registry.default_embedder()  # "" or None: what the manifests choose
         self.detector: Detector = make_detector(self.registry, detector, threads=threads, min_face_px=min_face_px)
+        # When the first detection pass finds nothing: look again (edge/vision/rescue.py) on photos, on every
+        # frame too, or never. `rescued` counts the faces' finds by step, for the benchmarks.
+        self.rescue_mode = rescue
+        self.rescue = Rescue(self.detector)
+        self.rescued: Counter[str] = Counter()
         # The first embedder is the primary one (quality crops, track identity); the others are computed for
         # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.
         self.embedders = [Embedder(*self.registry.open(name, threads=threads))
@@ -75,9 +84,16 @@ class FacePipeline:
         return tuple(self.by_name)
 
     # -- stages --------------------------------------------------------------------------------------------
-    def detect(self, image: np.ndarray) -> list[Face]:
+    def detect(self, image: np.ndarray, frame: bool = False) -> list[Face]:
+        """The faces of an image, best score first; when the first pass finds none it is sure of, the rescue pass
+        looks again (edge/vision/rescue.py), unless `models.rescue` says otherwise for this kind of image (a
+        camera `frame`, or a photo)."""
         t = time.perf_counter()
         faces = self.detector.detect(image)
+        if (self.rescue_mode == "always" or (self.rescue_mode == "photos" and not frame)) \
+                and self.rescue.needed(faces):
+            faces, step = self.rescue.run(image, faces)
+            self.rescued[step or "none"] += 1
         self.timings.detect.append((time.perf_counter() - t) * 1e3)
         return faces
 
@@ -147,12 +163,12 @@ class FacePipeline:
         """The face's embedding under every configured embedder, each aligned with its own template."""
         return self.embed(image, [face])[0]
 
-    def probe(self, image: np.ndarray, policy: str = "largest") -> tuple[Face, dict[str, np.ndarray]]:
+    def probe(self, image: np.ndarray, policy: str = "best") -> tuple[Face, dict[str, np.ndarray]]:
         """The chosen face of an image and its probe (embeddings under every configured embedder)."""
         face = select_face(self.detect(image), image.shape, policy)
         return face, self.embed_all(image, face)
 
-    def embed_one(self, image: np.ndarray, policy: str = "largest") -> tuple[Face, np.ndarray]:
+    def embed_one(self, image: np.ndarray, policy: str = "best") -> tuple[Face, np.ndarray]:
         """The chosen face of an image and its primary embedding; NoFaceError / ManyFacesError otherwise."""
         face = select_face(self.detect(image), image.shape, policy)
         return face, self.embed_faces(image, [face])[0]

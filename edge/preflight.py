@@ -4,14 +4,16 @@ It builds everything `facegate run` builds, short of opening the camera and conn
 reports every problem at once (exit 2) instead of the first: models resolved and hash-checked, liveness present
 for the door profile, the face-unlock switch's file readable (door profile), the store readable (key present and
 right if encrypted), access rules naming enrolled identities, secrets readable and long enough, TLS files usable,
-the camera source present where it is a file, folder or device, the health port free, and in fleet mode the hub's
-public key, the site key and the hub's TLS files. Each part is checked on its own so one broken part does not hide
+the camera source present where it is a file, folder or device, the health port free, the admin page's extra and
+an account to log in with when it is enabled, and in fleet mode the hub's public key, the site key and the hub's
+TLS files. Each part is checked on its own so one broken part does not hide
 the next; when all pass, the whole daemon is built once more exactly as `run` builds it and closed again, so a
 configuration that passes the check is one that starts.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,13 +115,38 @@ def _door(cfg: Config) -> None:
         raise ConfigError(f"door.face_unlock_path: cannot write {path} (no writable folder above it)")
 
 
+def _web(cfg: Config) -> None:
+    """The admin page ([web] enabled): its extra installed and an account to log in with. The file is only read
+    here; `facegate web --create-admin NAME` creates it."""
+    from edge.config import ConfigError
+    from edge.paths import state_dir
+    from edge.web.server import WEB_HINT
+
+    for module in ("starlette", "uvicorn", "jinja2", "python_multipart"):
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"web.enabled: {WEB_HINT} ({module} is missing)")
+    from edge.web.accounts import open_accounts
+
+    path = Path(cfg.web.accounts_path) if cfg.web.accounts_path else state_dir() / "web-accounts.db"
+    names: list[str] = []
+    if path.exists():
+        accounts = open_accounts(cfg.web)
+        try:
+            names = accounts.names()
+        finally:
+            accounts.close()
+    if not names:
+        raise ConfigError(f"web.enabled: no account in {path} to log in to the admin page with; create one with "
+                          "`facegate web --create-admin NAME` (the password is read from standard input)")
+
+
 def _models(cfg: Config, registry: Any) -> None:
     from edge.match.factory import make_scorer
     from edge.pipeline import FacePipeline
 
     extra = make_scorer(registry, cfg.models.embedder, cfg.models.verifier, fusion=cfg.models.fusion).embedders
     FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder, threads=cfg.models.threads,
-                 min_face_px=cfg.models.min_face_px, extra_embedders=extra)
+                 min_face_px=cfg.models.min_face_px, rescue=cfg.models.rescue, extra_embedders=extra)
 
 
 def check(cfg: Config) -> Report:
@@ -146,6 +173,8 @@ def check(cfg: Config) -> Report:
 
         report.step("fleet", lambda: fleet_check(cfg))
     report.step("camera", lambda: _camera(cfg))
+    if cfg.web.enabled:
+        report.step("web", lambda: _web(cfg))
     server = report.step("health", lambda: bind_health(cfg, Metrics(), dict))
     if server is not None:
         server.close()

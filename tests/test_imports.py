@@ -4,6 +4,8 @@
   command and the export stage both need belongs to edge/eval/).
 - The device never needs PyTorch: no module of edge/ imports export/ except the CLI's hand-over of the torch
   command groups.
+- The device core never needs the admin page's web stack ([web] extra): only edge/web/ (and the commands that
+  serve or time it) import it, and the daemon imports edge/web/ only inside a function, when the page is enabled.
 """
 
 from __future__ import annotations
@@ -53,6 +55,34 @@ def test_the_device_never_imports_the_export_stage() -> None:
         if module.startswith("edge.cli"):
             continue  # hands `facegate export|train|style …` to export/ (the [export] extra)
         bad += [f"{module} imports {m}" for m in sorted(_imports(path)) if m == "export" or m.startswith("export.")]
+    assert bad == []
+
+
+WEB_STACK = ("starlette", "uvicorn", "jinja2", "python_multipart", "multipart", "httpx")
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_the_device_core_never_imports_the_web_stack() -> None:
+    bad = []
+    for path in sorted(EDGE.rglob("*.py")):
+        module = _module(path)
+        if module.startswith(("edge.web", "edge.bench.web", "edge.cli")):
+            continue
+        for m in sorted(_imports(path)):
+            if m.split(".")[0] in WEB_STACK:
+                bad.append(f"{module} imports {m}")
+        bad += [f"{module} imports {m} at module level" for m in sorted(_top_level_imports(path))
+                if m == "edge.web" or m.startswith("edge.web.")]
     assert bad == []
 
 

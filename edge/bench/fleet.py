@@ -172,8 +172,8 @@ def run(doors: int = 20, gallery: int = 10000, sites: int = 2, changes: int = 20
         hub_db = root / "hub" / "people.db"
         t = time.monotonic()
         with Store(hub_db) as store:
-            people = [(f"person-{i:06d}", [TemplateIn(vector=v, embedder=model, manifest_sha256=sha)
-                                           for v in vec(2)]) for i in range(gallery)]
+            people = {f"person-{i:06d}": [TemplateIn(vector=v, embedder=model, manifest_sha256=sha) for v in vec(2)]
+                      for i in range(gallery)}
             store.enroll_many(people, command="bench fleet")
         result["seed_s"] = round(time.monotonic() - t, 2)
         http_port = free_port()

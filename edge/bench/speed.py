@@ -77,11 +77,14 @@ class Ours:
         self.liveness = liveness
         self.native = native  # the same detector at the frame's native size, for the input-size policy's record
         self.found = {"policy": 0, "native": 0}
+        self.frames = False  # the workload is camera frames (the rescue's "photos" mode spares them)
 
     def run(self, img: np.ndarray, clock: Clock) -> bool:
         if self.native is not None:
             self.found["native"] += bool(clock.timed("detect_native", lambda: self.native.detect(img)))
-        faces = clock.timed("detect", lambda: self.pipeline.detector.detect(img))
+        # Through the pipeline, so the rescue pass runs as configured (a door frame is a frame: spared by default;
+        # an LFW portrait never needs it).
+        faces = clock.timed("detect", lambda: self.pipeline.detect(img, frame=self.frames))
         self.found["policy"] += bool(faces)
         if not faces:
             return False
@@ -154,6 +157,46 @@ def face_recognition_peer() -> Embed | None:
     return run
 
 
+def faceless_frames(images: list[np.ndarray], count: int = 30, size: tuple[int, int] = (640, 480),
+                    block: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Camera-sized frames with no face: real images enlarged to `size` and cut into `block`-px squares put back
+    in random order (a face's structure gone, its colours and edges kept). What a door sees most of the time."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    rows, cols = h // block, w // block
+    out = []
+    for img in images[:count]:
+        big = cv2.resize(img, (cols * block, rows * block), interpolation=cv2.INTER_LINEAR)
+        tiles = big.reshape(rows, block, cols, block, 3).swapaxes(1, 2).reshape(-1, block, block, 3)
+        tiles = tiles[rng.permutation(rows * cols)].reshape(rows, cols, block, block, 3)
+        out.append(np.ascontiguousarray(tiles.swapaxes(1, 2).reshape(rows * block, cols * block, 3)))
+    return out
+
+
+def rescue_cost(pipeline: FacePipeline, frames: list[np.ndarray]) -> dict[str, Any]:
+    """Detection cost on faceless frames without and with the rescue pass (edge/vision/rescue.py): what
+    `models.rescue = "always"` would add to each empty frame at a door, and how many faces it would invent."""
+    saved = pipeline.rescue_mode
+    result: dict[str, Any] = {"frames": len(frames), "frame_size": list(frames[0].shape[1::-1]) if frames else None}
+    try:
+        for mode, key in (("off", "first_pass"), ("always", "with_rescue")):
+            pipeline.rescue_mode = mode
+            if frames:
+                pipeline.detect(frames[0], frame=True)  # warm-up
+            times, found = [], 0
+            for f in tqdm(frames, desc=f"empty frames, rescue {mode}", unit="frame", file=sys.stderr, disable=None):
+                t = time.perf_counter()
+                found += bool(pipeline.detect(f, frame=True))
+                times.append((time.perf_counter() - t) * 1e3)
+            result[f"{key}_ms"] = _median(times)
+            result[f"{key}_frames_with_a_face"] = found
+    finally:
+        pipeline.rescue_mode = saved
+    if result.get("first_pass_ms"):
+        result["ratio"] = round(result["with_rescue_ms"] / result["first_pass_ms"], 2)
+    return result
+
+
 def _liveness(registry: Registry) -> Any:
     from edge.liveness import installed
     from edge.liveness.minifasnet import open_passive
@@ -174,16 +217,17 @@ def _median(values: Sequence[float]) -> float | None:
     return round(float(np.median(values)), 3) if len(values) else None
 
 
-def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: str = "central",
+def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: str = "best",
         peers: bool = True, registry: Registry | None = None, fusion: Sequence[str] = (),
-        frames: tuple[int, int] | None = None, min_face_px: float = 40.0, seed: int = 0) -> dict[str, Any]:
+        frames: tuple[int, int] | None = None, min_face_px: float = 40.0, seed: int = 0,
+        rescue: str = "photos") -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
     registry = registry or Registry()
     model = model or registry.default_embedder()
     encoded = _workload(Path(images_dir), limit, frames, seed)
     pipeline = FacePipeline(registry, embedder=model, threads=1, min_face_px=min_face_px,
-                            extra_embedders=tuple(f for f in fusion if f != model))
+                            extra_embedders=tuple(f for f in fusion if f != model), rescue=rescue)
     native = None
     if frames is not None and hasattr(pipeline.detector, "min_side"):
         from edge.vision.detect import make_detector
@@ -191,6 +235,7 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
         native = make_detector(registry, "yunet", threads=1, min_face_px=min_face_px)
         native.min_side = 10 ** 6  # type: ignore[attr-defined]  # never shrink: the policy's baseline
     ours = Ours(pipeline, policy, _liveness(registry), native)
+    ours.frames = frames is not None
     pipes: dict[str, Any] = {"ours": ours}
     clocks = {"ours": Clock()}
     no_face = {"ours": 0}
@@ -229,6 +274,8 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
                     found = clocks[name].timed("total", lambda p=pipes[name], x=img: p(x)) is not None
                 no_face[name] += not found
     result = _report(pipeline, clocks, decode, no_face, notes, len(decoded), frames)
+    result["rescue"] = {"mode": rescue, "steps": {k: v for k, v in pipeline.rescued.items()},
+                        "empty_frames": rescue_cost(pipeline, faceless_frames(decoded))}
     if native is not None:
         result["detector_policy"] = {
             "input": result["detector_input"], "detect_ms": result["stages_ms"]["detect"],

@@ -16,10 +16,11 @@ from edge.errors import FacegateError
 
 # The command groups, in the order `facegate --help` lists them. Imported when the parser is built; each module
 # imports the heavy parts (models, numpy work) only inside its handlers, so start-up stays cheap.
-GROUPS: tuple[str, ...] = ("edge.cli.faces", "edge.cli.people", "edge.cli.store", "edge.cli.run", "edge.cli.doctor",
+GROUPS: tuple[str, ...] = ("edge.cli.faces", "edge.cli.people", "edge.cli.store", "edge.cli.run", "edge.cli.web",
+                           "edge.cli.doctor",
                            "edge.cli.liveness", "edge.cli.calibrate", "edge.cli.models", "edge.cli.bench",
-                           "edge.cli.explain", "edge.cli.stylize", "edge.cli.demo", "edge.cli.hub", "edge.cli.fleet",
-                           "edge.cli.collect")
+                           "edge.cli.data", "edge.cli.explain", "edge.cli.stylize", "edge.cli.demo", "edge.cli.hub",
+                           "edge.cli.fleet", "edge.cli.collect")
 # Groups that need PyTorch: handed to export/ (the [export] extra), the only place edge/ imports it.
 TORCH_GROUPS = ("export", "train", "style")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from edge.cli.common import (
     YES,
     bounded,
+    config_option,
     emit,
     json_option,
     pct,
@@ -112,7 +113,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     fusion = tuple(m.strip() for m in (args.fusion_embedders or "").split(",") if m.strip())
     result = speed.run(args.images, limit=args.limit, model=args.model or None, policy=args.policy,
                        peers=not args.no_peers, registry=registry(args), fusion=fusion, min_face_px=args.min_face,
-                       frames=parse_size(args.frames) if args.frames else None)
+                       frames=parse_size(args.frames) if args.frames else None, rescue=args.rescue)
     ratios = ", ".join(f"{k} {v}×" for k, v in result.get("ratios", {}).items() if v is not None)
     stages = result["stages_ms"]
     embed = ", ".join(f"embed {k} {v}" for k, v in stages["embed"].items())
@@ -120,8 +121,16 @@ def cmd_speed(args: argparse.Namespace) -> int:
                        f"one thread): decode {stages['decode']}, detect {stages['detect']}, {embed}"
                        + (f", liveness {stages['liveness']}" if stages["liveness"] is not None else "")
                        + (f"; fused {result['ours_fused_ms']}" if "ours_fused_ms" in result else "")
-                       + (f"; {ratios} faster than the peers" if ratios else ""))
+                       + (f"; {ratios} faster than the peers" if ratios else "")
+                       + _rescue_line(result["rescue"]["empty_frames"]))
     return YES
+
+
+def _rescue_line(rc: dict) -> str:
+    if not rc.get("frames"):
+        return ""
+    return (f"; an empty {rc['frame_size'][0]}x{rc['frame_size'][1]} frame: detect {rc['first_pass_ms']} ms, "
+            f"{rc['with_rescue_ms']} ms with the rescue pass")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -198,6 +207,27 @@ def cmd_planar(args: argparse.Namespace) -> int:
     return YES
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    try:
+        from edge.bench import web
+    except ModuleNotFoundError as exc:
+        raise FacegateError(f"bench web needs the web extra: pip install 'facegate[web]' ({exc.name} is missing)") \
+            from None
+    try:
+        r = web.run(args.people, args.decisions, args.repeat, args.seed, settings(args))
+    except ModuleNotFoundError as exc:
+        raise FacegateError(f"bench web needs the web extra: pip install 'facegate[web]' ({exc.name} is missing)") \
+            from None
+    lines = [f"{r['people']} people, {r['decisions']} decisions logged; server time per request over {r['repeat']} "
+             "requests (median / p95 / max), round trip median:"]
+    lines += [f"  {label:<20} {p['server_ms_median']:7.2f} / {p['server_ms_p95']:7.2f} / {p['server_ms_max']:7.2f} ms"
+              f"   {p['round_trip_ms_median']:7.2f} ms   {p['path']}" for label, p in r["pages"].items()]
+    lines.append(f"worst {r['server_ms_max_overall']:.2f} ms: {'within' if r['within_target'] else 'over'} the "
+                 f"{r['target_ms']:.0f} ms target")
+    emit(args, r, "\n".join(lines))
+    return YES
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="accuracy and speed benchmarks (JSON with --json)").add_subparsers(
         dest="bench_command", required=True, metavar="BENCH")
@@ -205,7 +235,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder-per-person tree (Name/Name_NNNN.jpg)")
     p.add_argument("--pairs", type=Path, required=True, help="LFW-format pairs file")
     p.add_argument("--plot", type=Path, help="write a ROC curve PNG here")
-    recognition_options(p, policy="central", verifier="score pairs with a trained verification head")
+    recognition_options(p, policy="best", verifier="score pairs with a trained verification head")
     p.set_defaults(func=cmd_pairs)
 
     p = bench.add_parser("identify", help="open-set 1:N identification (rank-1, DIR at FPIR, FNIR/FPIR)")
@@ -217,7 +247,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-pairs", type=Path,
                    help="leave out the identities of this pairs file (default: the 1:N calibration file, "
                         "when found beside the images folder)")
-    recognition_options(p, policy="central", verifier="score with a trained verification head")
+    recognition_options(p, policy="best", verifier="score with a trained verification head")
     p.set_defaults(func=cmd_identify)
 
     p = bench.add_parser("door", help="walk-up benchmark: galleries of K with e photos each, tracks of m frames, "
@@ -241,7 +271,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "decision.templates)")
     p.add_argument("--only-pairs", type=Path, metavar="FILE",
                    help="draw only from the identities of this pairs file (a development run, e.g. View 1)")
-    recognition_options(p, policy="central")
+    recognition_options(p, policy="best")
     p.set_defaults(func=cmd_door)
 
     p = bench.add_parser("search", help="gallery search: the matcher against faiss, one thread")
@@ -252,7 +282,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real", type=bounded(int, 1), default=2000, help="how many real images to embed (default 2000)")
     p.add_argument("--queries", type=bounded(int, 1), default=1000)
     p.add_argument("--seed", type=int, default=0)
-    recognition_options(p, policy="central")
+    recognition_options(p, policy="best")
     p.set_defaults(func=cmd_search)
 
     p = bench.add_parser("speed", help="ms per image by stage (decode, detect, align, embed per model, liveness), "
@@ -264,7 +294,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "one LFW portrait each at a door camera's face size, instead of the LFW photos")
     p.add_argument("--fusion-embedders", metavar="MODELS", help="comma-separated embedders run on every face "
                    "besides --model (e.g. dlib-resnet-int8): the fused setting's cost, ours_fused_ms and ratios")
-    recognition_options(p, policy="central")
+    recognition_options(p, policy="best")
     p.set_defaults(func=cmd_speed)
 
     p = bench.add_parser("daemon", help="decision latency (capture → MQTT subscriber), fps, drops, RSS")
@@ -314,6 +344,18 @@ def _fleet_parser(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=Path, help="run in this folder and keep it (configurations, logs, stores)")
     json_option(p)
     p.set_defaults(func=cmd_fleet)
+
+    p = bench.add_parser("web", help="the admin page's people page on a large store: server time per request "
+                                     "(needs [web])")
+    p.add_argument("--people", type=bounded(int, 1, 10_000_000), default=10_000,
+                   help="identities in the scratch store (default 10000)")
+    p.add_argument("--decisions", type=bounded(int, 0, 10_000_000), default=10_000,
+                   help="decisions in the scratch decision log (default 10000)")
+    p.add_argument("--repeat", type=bounded(int, 1, 10_000), default=20, help="requests per page (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    config_option(p)
+    json_option(p)
+    p.set_defaults(func=cmd_web)
 
 
 def _planar_parser(bench: argparse._SubParsersAction) -> None:

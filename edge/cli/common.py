@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.vision.detect import POLICIES
+from edge.vision.rescue import RESCUE_MODES
 
 YES, NO, ERROR = 0, 1, 2
 
@@ -58,7 +59,7 @@ def config_option(p: argparse.ArgumentParser) -> None:
                         "$CONFIGURATION_DIRECTORY/facegate.toml, else built-in defaults)")
 
 
-def recognition_options(p: argparse.ArgumentParser, policy: str = "largest", verifier: str | None = None) -> None:
+def recognition_options(p: argparse.ArgumentParser, policy: str = "best", verifier: str | None = None) -> None:
     """--config, the models (defaults from the configuration), --policy, --json."""
     config_option(p)
     p.add_argument("--model", help="embedder model name (default: models.embedder, else the manifests' default: "
@@ -67,8 +68,12 @@ def recognition_options(p: argparse.ArgumentParser, policy: str = "largest", ver
     p.add_argument("--threads", type=bounded(int, 1, 64), help="inference threads (default: models.threads, 1)")
     p.add_argument("--min-face", type=bounded(float, 8), metavar="PX",
                    help="smallest face to find, in image pixels (default: models.min_face_px, 40)")
+    p.add_argument("--rescue", choices=RESCUE_MODES,
+                   help="look again when the first detection pass finds no face: photos (every command's input "
+                        "is a photo) or always, off (default: models.rescue, photos)")
     p.add_argument("--policy", choices=POLICIES, default=policy,
-                   help=f"which face to use when several are found (default: {policy}; single: refuse)")
+                   help=f"which face to use when several are found: best (confidence × size × centrality), "
+                        f"largest, central, single (refuse) (default: {policy})")
     if verifier is not None:
         p.add_argument("--verifier", metavar="HEAD",
                        help=f"{verifier} (installed name or bundle folder; default: models.verifier, else the "
@@ -98,7 +103,7 @@ def settings(args: argparse.Namespace) -> Any:
         args._cfg = cfg
         m = cfg.models
         for attr, value in (("model", m.embedder), ("detector", m.detector), ("threads", m.threads),
-                            ("min_face", m.min_face_px), ("verifier", m.verifier or None),
+                            ("min_face", m.min_face_px), ("rescue", m.rescue), ("verifier", m.verifier or None),
                             ("fusion", m.fusion or None),
                             ("fpir", cfg.decision.fpir), ("store", Path(cfg.store.path) if cfg.store.path else None),
                             ("key_file", cfg.store.key_file or None)):
@@ -134,7 +139,8 @@ def pipeline(args: argparse.Namespace):
     elif getattr(args, "fusion", None):
         extra = tuple(registry(args).manifest(args.fusion).extra.get("members", ()))
     return FacePipeline(registry(args), detector=args.detector, embedder=args.model, threads=args.threads,
-                        min_face_px=args.min_face, extra_embedders=extra)
+                        min_face_px=args.min_face, extra_embedders=extra,
+                        rescue=args.rescue)
 
 
 def scorer(args: argparse.Namespace, store: Any = None):

@@ -37,7 +37,15 @@ def _explainer(args: argparse.Namespace):
     names = embedder_names(args.model)
     pipe = FacePipeline(embedder=names[0], extra_embedders=names[1:], threads=args.threads,
                         min_face_px=args.min_face)
+    fusion = None
+    if args.model == "fused":  # the fused z-score and its calibrated thresholds, as the door decides
+        from edge.match.fusion import Fusion
+
+        m = pipe.registry.manifest("fused")
+        fusion = Fusion(m)
+        fusion.check_members(pipe.registry)
     return MatchExplainer(pipe, patch=args.patch, stride=args.stride, batch=args.batch, progress=_progress,
+                          fusion=fusion,
                           **({"margin": args.margin} if getattr(args, "margin", None) is not None else {}))
 
 
@@ -158,8 +166,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------------------
 def _occlusion_opts(p: argparse.ArgumentParser, policy: str = "largest") -> None:
     p.add_argument("--model", default="",
-                   help="embedder: sface, sface-int8, dlib-resnet, fused (both, scored by the mean of their cosines), "
-                        "or names joined by + (default: the manifests' default embedder, as enrol uses)")
+                   help="embedder: sface, sface-int8, dlib-resnet, fused (the built-in fusion's score and thresholds), "
+                        "or names joined by + (scored by the mean of their cosines; default: the manifests' "
+                        "default embedder, as enrol uses)")
     p.add_argument("--patch", type=int, default=16, help="side of the grey patch, crop pixels (default: 16)")
     p.add_argument("--stride", type=int, default=8, help="step between patches, crop pixels (default: 8)")
     p.add_argument("--batch", type=int, default=64, help="occluded crops per inference batch (default: 64)")

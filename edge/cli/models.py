@@ -30,7 +30,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             m = reg.manifest(name)
             path = reg.runtime_file(m)  # checks the source hash and (re)builds a prepared copy if stale
-            rows.append({"name": name, "ok": True, "file": str(reg.source_path(m)), "runtime_file": str(path)})
+            # A fusion has no file of its own: verifying it verified its members' files.
+            source = path if m.task == "fusion" else reg.source_path(m)
+            rows.append({"name": name, "ok": True, "file": str(source), "runtime_file": str(path)})
         except PackageMissingError as exc:
             if args.names or not exc.optional:
                 failed = True

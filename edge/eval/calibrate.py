@@ -63,7 +63,7 @@ def cross_identity_scores(embeddings: dict[str, Any], block: int = 2048, scorer:
     return np.concatenate(out).astype(np.float64)
 
 
-def embed_pairs_images(pipeline: FacePipeline, images: Path, pairs_file: Path, policy: str = "central",
+def embed_pairs_images(pipeline: FacePipeline, images: Path, pairs_file: Path, policy: str = "best",
                        desc: str = "calibrating") -> tuple[list, dict[str, Any], list[str], list[str]]:
     """(pairs, probes by relative path, images with no face, all relative paths) of a pairs file's images."""
     refuse_test_set(pairs_file)
@@ -123,7 +123,7 @@ def _provenance(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: 
 
 
 def calibrate(model: str, images: Path, pairs_file: Path, far: float, registry: Registry | None = None,
-              policy: str = "central", fpir: float = 0.01) -> dict[str, dict[str, Any]]:
+              policy: str = "best", fpir: float = 0.01) -> dict[str, dict[str, Any]]:
     """An embedder's thresholds {"verify": 1:1 at `far`, "identify": 1:N impostor tail + value for one template
     at `fpir`}, its cosine scored through the device pipeline."""
     from edge.match.cosine import CosineScorer
@@ -146,7 +146,7 @@ def impostor_stats(probes: dict[str, Any], member: str) -> dict[str, float]:
 
 
 def calibrate_fusion(name: str, members: tuple[str, ...], images: Path, pairs_file: Path, far: float,
-                     registry: Registry | None = None, policy: str = "central", fpir: float = 0.01,
+                     registry: Registry | None = None, policy: str = "best", fpir: float = 0.01,
                      weights: dict[str, float] | None = None) -> dict[str, Any]:
     """A fusion manifest's calibrated part: each member's impostor mean and spread, then the fused score's 1:1
     threshold and 1:N tail, all from one (View 1) pairs file's images through the device pipeline."""

@@ -129,7 +129,7 @@ def face_cost_ms(pipeline: FacePipeline, images: Path, rels: list[str], embedder
 
 def run(images: Path, pipeline: FacePipeline, scorers: dict[str, Scorer], gallery_sizes: Sequence[int] = (100,),
         enrol: Sequence[int] = (1, 3), probes_per_track: Sequence[int] = (1, 3, 5), seeds: int = 10,
-        exclude_pairs: Sequence[Path] = (), only_pairs: Path | None = None, policy: str = "central",
+        exclude_pairs: Sequence[Path] = (), only_pairs: Path | None = None, policy: str = "best",
         templates: str | None = None) -> dict[str, Any]:
     """`templates`: how an identity's enrolment photos make its score, "max" or "mean" (default: each scorer's
     own setting)."""

@@ -49,7 +49,7 @@ def dir_at_fpir(known_scores: np.ndarray, known_correct: np.ndarray, unknown_sco
 
 
 def run(images: Path, pipeline: FacePipeline, gallery_size: int = 100, seeds: int = 10,
-        exclude_pairs: Path | None = None, fpir: float = 0.01, policy: str = "central",
+        exclude_pairs: Path | None = None, fpir: float = 0.01, policy: str = "best",
         verifier: str | Path | None = None, scorer: Scorer | None = None) -> dict[str, Any]:
     """K identities per seed from their lowest-numbered image; every probe scored by the one Scorer (the
     embedder's cosine, a head with `verifier`, or the `scorer` given) over an in-memory gallery of the draw."""

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.imageio import load_bgr
-from edge.vision.detect import select_face
+from edge.match.base import accept_all
+from edge.vision.detect import Face, select_face
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,17 @@ def pair_identities(pairs: Iterable[Pair]) -> set[str]:
     """The identities (image folders) a list of pairs names."""
     return {r.split("/")[0] for p in pairs for r in (p.a, p.b)}
 
-def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", desc: str = "embedding",
-                every: bool = False, cache: bool = False) -> tuple[dict[str, Any], list[str]]:
+def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "best", desc: str = "embedding",
+                every: bool = False, cache: bool = False, chosen: dict[str, tuple[Face, int]] | None = None,
+                ) -> tuple[dict[str, Any], list[str]]:
     """Embed each image once; returns (embeddings by relative path, paths with no usable face).
 
     With `every`, each value is a probe, {embedder: vector} for every embedder the pipeline carries (the face
     is detected once, each embedder aligns it with its own template; what a Scorer takes); otherwise the
     primary embedder's vector. With `cache`, results are kept in the state directory, keyed by the models'
     sha256, the face policy and the image folder, so a second benchmark over the same images embeds only what
-    it has not seen (an evaluation convenience; the device never reads it).
+    it has not seen (an evaluation convenience; the device never reads it). `chosen`, when given,
+    receives each fresh image's chosen face and how many were found (never from the cache).
     """
     primary = pipeline.embedder.manifest.name
     store = _ProbeCache(pipeline, root, policy) if cache else None
@@ -111,10 +114,13 @@ def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "central", 
     for rel in tqdm(todo, desc=desc, unit="img", file=sys.stderr, disable=None):
         try:
             image = load_bgr(Path(root) / rel)
-            face = select_face(pipeline.detect(image), image.shape, policy)
+            faces = pipeline.detect(image)
+            face = select_face(faces, image.shape, policy)
         except (NoFaceError, ImageError):
             fresh_none.append(rel)
             continue
+        if chosen is not None:
+            chosen[rel] = (face, len(faces))
         fresh[rel] = pipeline.embed(image, [face], None if (every or store is not None) else [primary])[0]
     if store is not None and (fresh or fresh_none):
         store.save(fresh, fresh_none)
@@ -134,7 +140,7 @@ class _ProbeCache:
         from edge.paths import state_dir
 
         parts = [pipeline.detector.manifest.sha256, policy, str(Path(root).resolve()),
-                 str(getattr(pipeline.detector, "min_face_px", ""))]
+                 str(getattr(pipeline.detector, "min_face_px", "")), getattr(pipeline, "rescue_mode", "")]
         parts += [f"{e.manifest.name}:{e.manifest.sha256}:{e.manifest.flip_average}" for e in pipeline.embedders]
         key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
         self.path = state_dir() / "cache" / f"probes-{key}.npz"
@@ -185,7 +191,7 @@ def pair_scores(pairs: list[Pair], embeddings: dict[str, np.ndarray]) -> np.ndar
 def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
     """Fraction right when 'same' means score ≥ threshold; unscored (NaN) pairs are always wrong."""
     with np.errstate(invalid="ignore"):
-        predicted = scores >= threshold
+        predicted = accept_all(scores, threshold)
     right = (predicted == same) & ~np.isnan(scores)
     return float(right.mean()) if len(scores) else 0.0
 

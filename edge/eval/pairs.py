@@ -3,6 +3,7 @@ scored by the one Scorer (edge/match)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,11 @@ import numpy as np
 
 from edge.errors import FacegateError
 from edge.eval.lfw import cross_validate, embed_paths, read_pairs, tar_at_far
+from edge.eval.wild import chose_subject, load_truth
 from edge.match import Scorer
 from edge.match.factory import make_scorer
 from edge.pipeline import FacePipeline
+from edge.vision.detect import Face
 
 FARS = {"1e-2": 1e-2, "1e-3": 1e-3}
 
@@ -27,7 +30,7 @@ def scorer_pair_scores(scorer: Scorer, pairs: list, probes: dict[str, Any]) -> n
     return out
 
 
-def run(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: str = "central",
+def run(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: str = "best",
         plot: Path | None = None, scorer: Scorer | None = None) -> dict[str, Any]:
     if not Path(images).is_dir():
         raise FacegateError(f"{images}: not a directory")
@@ -38,10 +41,17 @@ def run(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: str = "c
         raise FacegateError(f"{len(missing)} image(s) named by {pairs_file} are missing under {images}, "
                             f"e.g. {missing[0]}")
     scorer = scorer or make_scorer(pipeline.registry, pipeline.manifest.name)
-    probes, no_face = embed_paths(pipeline, Path(images), rels, policy=policy, every=True)
+    truth = load_truth(Path(images))  # a wild set (edge/eval/wild.py) says where each subject is
+    chosen: dict[str, tuple[Face, int]] = {}
+    rescued_before = Counter(pipeline.rescued)
+    probes, no_face = embed_paths(pipeline, Path(images), rels, policy=policy, every=True, chosen=chosen)
     scores = scorer_pair_scores(scorer, pairs, probes)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
+    if len(np.unique(folds)) == 1:
+        # A View-1 file is one fold: cross-validate over ten interleaved ones (matched and mismatched pairs
+        # alike spread over all ten), so the threshold is never chosen on the pairs it is scored on.
+        folds = np.arange(len(pairs)) % 10
     accs, thresholds = cross_validate(scores, same, folds)
     tar = {key: tar_at_far(scores, same, far) for key, far in FARS.items()}
     t = pipeline.timings
@@ -63,8 +73,18 @@ def run(images: Path, pairs_file: Path, pipeline: FacePipeline, policy: str = "c
         "no_face_images": no_face,
         "unscored_pairs": int(np.isnan(scores).sum()),
         "face_policy": policy,
+        "rescue": pipeline.rescue_mode,
+        "rescued": {k: v for k, v in (pipeline.rescued - rescued_before).items() if k != "none"},
         "ms": {"detect": _median(t.detect), "align": _median(t.align), "embed": _median(t.embed)},
     }
+    if truth is not None:
+        # How often the chosen face is the subject's: of all images (no face counts as wrong), and of those
+        # where the detector found several faces (where the policy matters).
+        right = {r for r, (f, _) in chosen.items() if r in truth and chose_subject(truth[r], f.box)}
+        several = [r for r, (_, n) in chosen.items() if n > 1]
+        result["subject_chosen"] = round(len(right) / len(rels), 4)
+        result["several_faces"] = len(several)
+        result["subject_chosen_of_several"] = round(len(right.intersection(several)) / max(len(several), 1), 4)
     if plot:
         roc_plot(scores, same, plot, title=f"{scorer.name} on {Path(pairs_file).name}")
         result["plot"] = str(plot)

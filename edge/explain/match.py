@@ -18,11 +18,13 @@ from edge.errors import FacegateError, NoFaceError
 from edge.explain import draw
 from edge.explain.occlusion import CENTRAL_MARGIN, GREY, FaceView, Occluder, OcclusionMap, central_box, mean_cosine
 from edge.match.base import accept
+from edge.match.fusion import Fusion
+from edge.models.manifest import Manifest
 from edge.pipeline import FacePipeline
 from edge.vision.detect import select_face
 
-# `--model fused`: SFace and dlib's ResNet, scored by the mean of their cosines (explain's own definition).
-FUSED = ("sface", "dlib-resnet")
+# `--model fused`: the built-in fusion's members (SFace and dlib's ResNet), scored as the decisions score them.
+FUSED = "fused"
 TOP_CELLS = 3
 
 
@@ -33,8 +35,11 @@ def embedder_names(model: str) -> tuple[str, ...]:
         from edge.models.registry import Registry
 
         return (Registry().default_embedder(),)
-    if model == "fused":
-        return FUSED
+    if model == FUSED:
+        from edge.match.fusion import Fusion
+        from edge.models.registry import Registry
+
+        return Fusion(Registry().manifest(FUSED)).members
     names = tuple(n for n in model.split("+") if n)
     if not names:
         raise FacegateError(f"no embedder named in {model!r}")
@@ -84,8 +89,11 @@ class MatchExplainer:
 
     def __init__(self, pipeline: FacePipeline, patch: int = 16, stride: int = 8, batch: int = 64,
                  fill: float = GREY, progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
-                 margin: float = CENTRAL_MARGIN) -> None:
+                 margin: float = CENTRAL_MARGIN, fusion: Fusion | None = None) -> None:
         self.pipeline = pipeline
+        # With a fusion, occlusion drops and thresholds are those of the fused z-score the door decides on;
+        # without one, several embedders are scored by the mean of their cosines (no calibrated threshold).
+        self.fusion = fusion
         self.margin = margin  # of the central box drawn (and measured by the bench), in eye distances
         self.embedders = pipeline.embedders
         self.patch, self.stride, self.batch, self.fill = patch, stride, batch, fill
@@ -96,7 +104,24 @@ class MatchExplainer:
 
     @property
     def model(self) -> str:
+        if self.fusion is not None:
+            return self.fusion.manifest.name
         return "+".join(e.manifest.name for e in self.embedders)
+
+    @property
+    def threshold_manifest(self) -> Manifest | None:
+        """Whose thresholds apply: the fusion's, the single embedder's, or none (a mean of cosines)."""
+        if self.fusion is not None:
+            return self.fusion.manifest
+        return self.embedders[0].manifest if len(self.embedders) == 1 else None
+
+    def score(self, probe: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray:
+        """(N,) scores of probe rows against the reference's rows (the best reference row)."""
+        if self.fusion is None:
+            return mean_cosine(probe, reference)
+        fusion = self.fusion
+        cos = np.stack([probe[m] @ reference[m].T for m in fusion.members], axis=-1)  # (N, T, members)
+        return fusion.combine(cos).max(axis=1)
 
     def view(self, image: np.ndarray, policy: str = "largest") -> FaceView:
         face = select_face(self.pipeline.detect(image), image.shape, policy)
@@ -108,17 +133,17 @@ class MatchExplainer:
                 for e in self.embedders}
 
     def occluder(self, view: FaceView, reference: dict[str, np.ndarray]) -> Occluder:
-        return Occluder(view, self.embedders, reference, fill=self.fill, batch=self.batch)
+        return Occluder(view, self.embedders, reference, fill=self.fill, batch=self.batch, score=self.score)
 
     def _map(self, occluder: Occluder, label: str) -> OcclusionMap:
         prog = (lambda it: self.progress(it, label)) if self.progress else None
         return occluder.map(self.patch, self.stride, progress=prog)
 
     def verify_threshold(self) -> tuple[float | None, str]:
-        if len(self.embedders) > 1:
+        m = self.threshold_manifest
+        if m is None:
             return None, f"none: the mean cosine of {self.model} has no calibrated threshold"
-        t = self.embedders[0].manifest.threshold("verify")
-        return t.value, "verify (1:1)"
+        return m.threshold("verify").value, "verify (1:1)"
 
     def pair(self, a: FaceView, b: FaceView, labels: tuple[str, str] = ("A", "B"),
              threshold: tuple[float | None, str] | None = None) -> MatchExplanation:
@@ -144,7 +169,7 @@ class MatchExplainer:
     def best_view(self, probe: FaceView, kept: list[FaceView]) -> FaceView:
         """The kept face that scores highest against the probe: the one that made the decision."""
         p = self.embed(probe)
-        scores = [float(mean_cosine(p, self.embed(v))[0]) for v in kept]
+        scores = [float(self.score(p, self.embed(v))[0]) for v in kept]
         return kept[int(np.argmax(scores))]
 
     def kept_view(self, image: np.ndarray, landmarks: np.ndarray | None) -> FaceView:
@@ -169,9 +194,10 @@ def explain_stored(explainer: MatchExplainer, store: Any, name: str, probe: Face
     if ident is None:
         raise FacegateError(f"unknown identity {name!r}")
     names = [e.manifest.name for e in explainer.embedders]
-    if len(names) == 1:
+    manifest = explainer.threshold_manifest
+    if manifest is not None:
         k = len({who for who, _, _ in store.templates(names[0])})  # the gallery's identities, as identify sizes it
-        value, _ = threshold_for(explainer.embedders[0].manifest, max(1, k), fpir)
+        value, _ = threshold_for(manifest, max(1, k), fpir)
         threshold: tuple[float | None, str] = (round(value, 6), f"identify (1:N, {k} identities, FPIR {fpir:g})")
     else:
         threshold = (None, f"none: the mean cosine of {explainer.model} has no calibrated threshold")

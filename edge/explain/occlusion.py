@@ -140,9 +140,11 @@ class Occluder:
     """Scores a face against a fixed reference with any set of patches greyed out, in batches."""
 
     def __init__(self, view: FaceView, embedders: list[Embedder], reference: dict[str, np.ndarray],
-                 fill: float = GREY, batch: int = 64) -> None:
+                 fill: float = GREY, batch: int = 64,
+                 score: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], np.ndarray] = mean_cosine) -> None:
         self.embedders = embedders
         self.reference = reference
+        self.score = score  # (probe rows, reference rows) -> (N,): the explained decision's own score
         self.fill = float(fill)
         self.batch = max(1, int(batch))
         display = embedders[0].manifest.alignment
@@ -180,7 +182,7 @@ class Occluder:
                 mm = mm[..., None]
                 occluded = crop[None] * (1.0 - mm) + self.fill * mm
                 probe[e.manifest.name] = e.embed(np.clip(occluded + 0.5, 0, 255).astype(np.uint8))
-            out.append(mean_cosine(probe, self.reference))
+            out.append(self.score(probe, self.reference))
         return np.concatenate(out) if out else np.zeros(0)
 
     def base_score(self) -> float:

@@ -394,25 +394,57 @@ class Store:
             events.append(("enroll", name, added))
         return ids
 
-    def enroll_many(self, people: list[tuple[str, list[TemplateIn]]], command: str) -> int:
-        """Enrol many new identities in one transaction (a gallery imported at once; the fleet benchmark's
-        10,000): all of them or none. Returns how many templates were stored."""
+    def enroll_many(self, items: dict[str, list[TemplateIn]], command: str) -> int:
+        """Enrol several identities in one transaction (an import, a benchmark's synthetic gallery): each as
+        `enroll` would, with its own audit row; all of them or none. Returns the templates added."""
+        added_total = 0
         now = time.time()
-        stored = 0
         with self._write() as (conn, events):
-            for name, templates in people:
+            for name, templates in items.items():
                 name = _check_text(name, "identity name")
-                if conn.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone():
-                    raise StoreError(f"enroll_many: {name!r} is already enrolled")
-                cur = conn.execute("INSERT INTO identities(name, display_name, metadata, created, pseudonym) "
-                                   "VALUES (?, NULL, '{}', ?, ?)", (name, now, secrets.token_hex(6)))
-                ids, added = self._insert_templates(conn, int(cur.lastrowid or 0), name, templates, now)
-                if not ids:
+                if not templates:
                     raise StoreError(f"nothing to enrol for {name!r}: no templates")
-                stored += len(ids)
+                row = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    identity_id = int(conn.execute(
+                        "INSERT INTO identities(name, display_name, metadata, created, pseudonym) VALUES "
+                        "(?, NULL, '{}', ?, ?)", (name, now, secrets.token_hex(6))).lastrowid or 0)
+                else:
+                    identity_id = row[0]
+                ids, added = self._insert_templates(conn, identity_id, name, templates, now)
+                if not ids:
+                    continue
+                self._audit(conn, "enroll" if row is None else "update", name, command,
+                            {"templates": len(ids), "embedders": sorted(added), "template_ids": ids,
+                             "crops_kept": self.keep_crops and any(t.crop is not None for t in templates)})
                 events.append(("enroll", name, added))
-            self._audit(conn, "enroll", None, command, {"identities": len(people), "templates": stored})
-        return stored
+                added_total += len(ids)
+        return added_total
+
+    def update_metadata(self, name: str, changes: dict[str, Any], command: str,
+                        display_name: str | None = None) -> dict[str, Any]:
+        """Set (or, with a None value, remove) metadata keys of `name` (access windows, validity period) and
+        optionally its display name, audited; returns the new metadata."""
+        with self._write() as (conn, _):
+            row = conn.execute("SELECT id, metadata, display_name FROM identities WHERE name = ?",
+                               (name,)).fetchone()
+            if row is None:
+                raise StoreError(f"unknown identity {name!r}")
+            metadata = json.loads(row[1])
+            before = {k: metadata.get(k) for k in changes}
+            for key, value in changes.items():
+                if value is None:
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = value
+            conn.execute("UPDATE identities SET metadata = ? WHERE id = ?", (json.dumps(metadata), row[0]))
+            details: dict[str, Any] = {"metadata": {k: {"from": before[k], "to": changes[k]} for k in changes
+                                                    if before[k] != changes[k]}}
+            if display_name is not None and display_name != (row[2] or ""):
+                conn.execute("UPDATE identities SET display_name = ? WHERE id = ?", (display_name or None, row[0]))
+                details["display_name"] = {"from": row[2], "to": display_name or None}
+            self._audit(conn, "update", name, command, details)
+        return metadata
 
     def delete(self, name: str, command: str) -> bool:
         """Remove `name` with its templates and crops; False if unknown. The bytes leave the disk files too."""
@@ -467,6 +499,74 @@ class Store:
                 counts[who][embedder] = n_templates
         return [Identity(who, display, json.loads(meta), created, counts[who], crops[who])
                 for who, (display, meta, created) in info.items()]
+
+    def people(self, query: str = "", offset: int = 0, limit: int = 50,
+               embedder: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """One page of identities, sorted by name, whose name or display name contains `query` (case-blind for
+        ASCII): (how many match, rows). Filtering and paging happen in SQL and only the page's identities are
+        aggregated, so a page costs the same with 10 or 100,000 people. Each row: name, display name, created,
+        metadata, templates per embedder, crops kept, photos and the weakest photo's quality (of `embedder`,
+        default the first one enrolled)."""
+        like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = "WHERE (? = '' OR name LIKE ? ESCAPE '\\' OR display_name LIKE ? ESCAPE '\\')"
+        with self._lock:
+            total = self._conn.execute(f"SELECT count(*) FROM identities {where}", (query, like, like)).fetchone()[0]
+            page = self._conn.execute(f"SELECT id, name, display_name, created, metadata FROM identities {where} "
+                                      "ORDER BY name LIMIT ? OFFSET ?",
+                                      (query, like, like, max(0, limit), max(0, offset))).fetchall()
+            ids = [r[0] for r in page]
+            marks = ",".join("?" * len(ids))
+            counts = self._conn.execute(
+                f"SELECT identity_id, embedder, count(*), min(json_extract(quality, '$.inter_eye_px')), "
+                f"min(json_extract(quality, '$.sharpness')), max(abs(json_extract(quality, '$.yaw_deg'))), "
+                f"max(created) FROM templates WHERE identity_id IN ({marks}) GROUP BY identity_id, embedder "
+                f"ORDER BY identity_id, embedder", ids).fetchall() if ids else []
+            crops = dict(self._conn.execute(
+                f"SELECT t.identity_id, count(*) FROM crops c JOIN templates t ON t.id = c.template_id "
+                f"WHERE t.identity_id IN ({marks}) GROUP BY t.identity_id", ids).fetchall()) if ids else {}
+        per: dict[int, dict[str, tuple[Any, ...]]] = {}
+        for identity_id, emb, n, eyes, sharp, yaw, last in counts:
+            per.setdefault(identity_id, {})[emb] = (n, eyes, sharp, yaw, last)
+        rows = []
+        for identity_id, name, display, created, meta in page:
+            mine = per.get(identity_id, {})
+            primary = embedder if embedder in mine else next(iter(mine), None)
+            n, eyes, sharp, yaw, last = mine[primary] if primary else (0, None, None, None, None)
+            rows.append({"name": name, "display_name": display, "created": created, "metadata": json.loads(meta),
+                         "templates": {e: v[0] for e, v in mine.items()}, "photos": n,
+                         "crops": crops.get(identity_id, 0),
+                         "quality": {"min_inter_eye_px": eyes, "min_sharpness": sharp, "max_abs_yaw_deg": yaw},
+                         "last_enrolled": last})
+        return total, rows
+
+    def template_rows(self, name: str) -> list[dict[str, Any]]:
+        """The identity's templates without their vectors: id, embedder, quality, created, whether a crop is kept."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT t.id, t.embedder, t.quality, t.created, c.template_id IS NOT NULL FROM templates t "
+                "JOIN identities i ON i.id = t.identity_id LEFT JOIN crops c ON c.template_id = t.id "
+                "WHERE i.name = ? ORDER BY t.id", (name,)).fetchall()
+        return [{"id": tid, "embedder": emb, "quality": json.loads(q), "created": created, "crop": bool(crop)}
+                for tid, emb, q, created, crop in rows]
+
+    def crop(self, name: str, template_id: int) -> bytes | None:
+        """One kept crop of the identity (decrypted), or None."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT c.image FROM crops c JOIN templates t ON t.id = c.template_id JOIN identities i ON "
+                "i.id = t.identity_id WHERE i.name = ? AND t.id = ?", (name, template_id)).fetchone()
+        return None if row is None else self._unseal(row[0], _crop_aad(name, template_id))
+
+    def audit_page(self, offset: int = 0, limit: int = 50, name: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Audit rows newest first, one page (of one identity, if `name`): (how many, rows)."""
+        with self._lock:
+            total = self._conn.execute("SELECT count(*) FROM audit WHERE (? IS NULL OR name = ?)",
+                                       (name, name)).fetchone()[0]
+            rows = self._conn.execute("SELECT id, ts, action, name, command, details FROM audit WHERE "
+                                      "(? IS NULL OR name = ?) ORDER BY id DESC LIMIT ? OFFSET ?",
+                                      (name, name, limit, offset)).fetchall()
+        return total, [{"id": i, "ts": ts, "action": a, "name": n, "command": c, "details": json.loads(d)}
+                       for i, ts, a, n, c, d in rows]
 
     def pseudonym(self, name: str) -> str | None:
         """The identity's random log name (None once it is deleted): logs never need the person's name."""

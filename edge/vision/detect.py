@@ -18,7 +18,13 @@ from edge.errors import ManyFacesError, ModelError, NoFaceError
 if TYPE_CHECKING:
     from edge.models.registry import Registry
 
-POLICIES = ("largest", "central", "single")
+POLICIES = ("best", "largest", "central", "single")
+
+# The "best" rule's weights (select_face): chosen on the wild set built from LFW View 1 (edge/eval/wild.py,
+# docs/wild.md), never on View 2.
+BEST_SIZE_POWER = 1.0
+BEST_CENTRE_SIGMA = 0.5
+BEST_SCORE_POWER = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,22 @@ class Detector(Protocol):
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """All faces in a BGR uint8 image, best score first, at least `min_face_px` wide."""
+        ...
+
+
+@runtime_checkable
+class FullResolution(Protocol):
+    """What the rescue pass (edge/vision/rescue.py) asks of a detector beyond `detect`, when it offers it: the
+    image at its own resolution, below the usual score threshold, with no size floor. A detector without it is
+    rescued by turning the image only."""
+
+    score_threshold: float  # the usual one, as `detect` applies it
+    sure_score: float  # a face scoring less may be a turned face misread as upright: the rescue checks (manifest)
+    rescue_score_threshold: float  # the last look's (manifest)
+    detector_min_px: float  # the smallest face it finds reliably at the size it runs at (manifest)
+
+    def detect_full(self, image: np.ndarray, score_threshold: float) -> list[Face]:
+        """Every face at the image's own resolution scoring at least `score_threshold`, any size."""
         ...
 
 
@@ -83,8 +105,19 @@ def detection_scale(width: int, height: int, min_face_px: float, detector_min_px
     return scale
 
 
-def select_face(faces: list[Face], image_shape: tuple[int, ...], policy: str = "largest") -> Face:
-    """Choose the face to use: `largest` area, most `central`, or `single` (several faces is an error)."""
+def select_face(faces: list[Face], image_shape: tuple[int, ...], policy: str = "best") -> Face:
+    """Choose the face to use: `best` (below), `largest` area, most `central`, or `single` (several faces is an
+    error).
+
+    `best` weighs what each of the others ignores: the face maximising
+
+        score^p · (width / widest width)^q · exp(-d² / 2σ²)
+
+    where score is the detector's confidence, width the face's box width relative to the widest face found,
+    and d the distance of the box centre from the image centre in half image diagonals (0 at the centre, 1 in
+    a corner). A bystander must be larger *and* about as central to win; a false box (low confidence, often
+    small) rarely wins; a subject off centre but alone still does. p, q and σ are the BEST_* constants.
+    """
     if policy not in POLICIES:
         raise ValueError(f"face policy must be one of {POLICIES}, not {policy!r}")
     if not faces:
@@ -95,10 +128,25 @@ def select_face(faces: list[Face], image_shape: tuple[int, ...], policy: str = "
         return faces[0]
     if policy == "largest":
         return max(faces, key=lambda f: f.width * f.height)
-    cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
+    if policy == "best":
+        return faces[int(np.argmax(best_scores(faces, image_shape)))]
+    return min(faces, key=lambda f: _off_centre(f, image_shape))
 
-    def off_centre(f: Face) -> float:
-        mx, my = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
-        return float((mx - cx) ** 2 + (my - cy) ** 2)
 
-    return min(faces, key=off_centre)
+def _off_centre(f: Face, image_shape: tuple[int, ...]) -> float:
+    """Distance of the box centre from the image centre, in half image diagonals."""
+    h, w = image_shape[0], image_shape[1]
+    mx, my = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
+    return float(np.hypot(mx - w / 2.0, my - h / 2.0) / max(np.hypot(w, h) / 2.0, 1e-9))
+
+
+def best_scores(faces: list[Face], image_shape: tuple[int, ...], score_power: float = BEST_SCORE_POWER,
+                size_power: float = BEST_SIZE_POWER, centre_sigma: float = BEST_CENTRE_SIGMA) -> np.ndarray:
+    """The `best` rule's value for each face (select_face); the weights are parameters for tuning only."""
+    widest = max(max(f.width for f in faces), 1e-9)
+    out = []
+    for f in faces:
+        d = _off_centre(f, image_shape)
+        out.append(max(f.score, 1e-9) ** score_power * (max(f.width, 1e-9) / widest) ** size_power
+                   * np.exp(-d * d / (2.0 * centre_sigma * centre_sigma)))
+    return np.asarray(out)

@@ -75,12 +75,27 @@ class YuNet:
         self.detector_min_px = float(ex.get("min_face_px", 20))
         self.min_side = int(ex.get("min_side", 320))
         self.min_face_px = float(min_face_px)
+        # The rescue pass (edge/vision/rescue.py): faces scoring under sure_score are checked against the image
+        # turned (YuNet misreads turned faces as upright ones at up to ~0.88), and its last look goes below the
+        # usual threshold, never below the size the detector finds reliably.
+        self.sure_score = float(ex.get("sure_score", self.score_threshold))
+        self.rescue_score_threshold = float(ex.get("rescue_score_threshold", self.score_threshold))
         self.stride = manifest.input.stride
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """All faces in a BGR uint8 image, best score first, at least `min_face_px` wide."""
         h, w = image.shape[:2]
         scale = detection_scale(w, h, self.min_face_px, self.detector_min_px, self.min_side)
+        faces = self._run(image, scale, self.score_threshold)
+        return [f for f in faces if max(f.width, f.height) >= self.min_face_px]
+
+    def detect_full(self, image: np.ndarray, score_threshold: float) -> list[Face]:
+        """Every face at the image's own resolution scoring at least `score_threshold`, whatever its size (the
+        rescue pass, edge/vision/rescue.py, applies its own floor)."""
+        return self._run(image, 1.0, score_threshold)
+
+    def _run(self, image: np.ndarray, scale: float, score_threshold: float) -> list[Face]:
+        h, w = image.shape[:2]
         small = image if scale == 1.0 else cv2.resize(
             image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         sh, sw = small.shape[:2]
@@ -89,13 +104,10 @@ class YuNet:
         blob[0, :, :sh, :sw] = small.transpose(2, 0, 1)  # BGR 0–255, zero padding at right and bottom
         raw = dict(zip(self.runtime.output_names, self.runtime.run({self.runtime.input_names[0]: blob}),
                        strict=True))
-        boxes, kps, scores = decode(raw, (ph, pw), self.strides, self.score_threshold)
+        boxes, kps, scores = decode(raw, (ph, pw), self.strides, score_threshold)
         keep = nms(boxes, scores, self.nms_threshold, self.top_k)
         inv = 1.0 / scale
-        faces = [Face(box=boxes[i] * inv, landmarks=kps[i] * inv, score=float(scores[i])) for i in keep]
-        return [f for f in faces if max(f.width, f.height) >= self.min_face_px]
-
-
+        return [Face(box=boxes[i] * inv, landmarks=kps[i] * inv, score=float(scores[i])) for i in keep]
 
 
 def create(runtime: Runtime, manifest: Manifest, min_face_px: float) -> YuNet:

@@ -55,6 +55,12 @@ def test_frames_mode_reports_every_stage_and_the_detector_policy(capsys, lfw):
     assert policy["input"].startswith("320x240") and policy["native_input"] == "640x480"
     assert policy["frames_with_a_face"] == {"policy": 3, "native": 3}
     assert data["ours_ms"] >= stages["detect"] and data["ratios"] == {"naive": None, "face_recognition": None}
+    # Door frames are frames: the rescue (photos by default) spares them; its cost on empty frames is reported.
+    rescue = data["rescue"]
+    assert rescue["mode"] == "photos" and rescue["steps"] == {}
+    empty = rescue["empty_frames"]
+    assert empty["frames"] == 3 and empty["frame_size"] == [640, 480]
+    assert empty["with_rescue_ms"] > empty["first_pass_ms"] > 0 and empty["first_pass_frames_with_a_face"] == 0
 
 
 @pytest.mark.bench

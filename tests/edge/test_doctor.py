@@ -24,7 +24,7 @@ def site(tmp_path: Path, lfw: Path):
     key.write_text(os.urandom(32).hex())
     key.chmod(0o600)
     store = tmp_path / "data" / "s.db"
-    assert main(["enroll", "--store", str(store), "--key-file", str(key), "colin",
+    assert main(["enroll", "--model", "sface", "--store", str(store), "--key-file", str(key), "colin",
                  str(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg")]) == 0
     with Broker(tmp_path / "broker") as broker:
         yield {"tmp": tmp_path, "frames": frames, "key": key, "store": store, "broker": broker}

@@ -254,3 +254,24 @@ def test_unit_grids_render_without_torch(lfw: Path, tmp_path: Path) -> None:
             assert acts == sorted(acts, reverse=True)
             y0, x0, y1, x1 = u["top"][0]["box_yxyx"]
             assert y1 - y0 == x1 - x0 == la["receptive_field"]["size"][0]
+
+
+def test_fused_explains_the_fused_score_at_its_own_threshold(capsys, genuine, tmp_path: Path) -> None:
+    """--model fused: the map's score is the fused z-score the door decides on, at the fusion's 1:1 threshold
+    (not a mean of cosines without one)."""
+    pytest.importorskip("face_recognition_models")
+    from edge.match.factory import make_scorer
+    from edge.pipeline import FacePipeline
+
+    code, text, _ = _run(capsys, "explain", "match", genuine[0], genuine[1], "--model", "fused", "--stride", "16",
+                         "--out", tmp_path / "fused.png", "--json")
+    data = json.loads(text)
+    reg = Registry()
+    fused = reg.manifest("fused")
+    assert code == 0 and data["model"] == "fused" and data["match"] is True
+    assert data["threshold"] == pytest.approx(fused.threshold("verify").value)
+    scorer = make_scorer(reg, fusion="fused")
+    pipe = FacePipeline(reg, embedder=scorer.embedders[0], extra_embedders=scorer.embedders[1:])
+    probes = [pipe.probe(load_bgr(p), "largest")[1] for p in genuine]
+    assert data["score"] == pytest.approx(scorer.pair(*probes), abs=0.1)
+    assert data["score"] > 1.5  # a z-score, far above any cosine

@@ -44,8 +44,8 @@ def _hub_dict(root, keys, port: int, http_port: int) -> dict:
 
 def _seed(path, n: int, prefix: str = "p") -> None:
     with Store(path) as store:
-        store.enroll_many([(f"{prefix}{i:05d}", [TemplateIn(vector=v, embedder=embedder(), manifest_sha256=model_sha())
-                                                 for v in vectors(f"{prefix}{i}", 2)]) for i in range(n)], "test")
+        store.enroll_many({f"{prefix}{i:05d}": [TemplateIn(vector=v, embedder=embedder(), manifest_sha256=model_sha())
+                                                for v in vectors(f"{prefix}{i}", 2)] for i in range(n)}, "test")
 
 
 def _hub_state(root) -> tuple[int, str, int]:

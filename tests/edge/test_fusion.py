@@ -171,7 +171,8 @@ def test_bench_door_on_a_small_folder(lfw: Path, tmp_path: Path) -> None:
     shutil.copy(lfw / "pairsDevTrain.txt", tmp_path / "pairsDevTrain.txt")  # where the provenance points
     reg = Registry()
     scorers = {"sface": make_scorer(reg, "sface")}
-    r = door.run(root, FacePipeline(reg), scorers, gallery_sizes=[6], enrol=[1], probes_per_track=[1, 3], seeds=2)
+    r = door.run(root, FacePipeline(reg, embedder="sface"), scorers, gallery_sizes=[6], enrol=[1],
+                 probes_per_track=[1, 3], seeds=2)
     cells = {c["track_frames"]: c for c in r["cells"]}
     assert set(cells) == {1, 3} and all("skipped" not in c for c in cells.values())
     assert cells[3]["known_tracks"] == 12 and cells[3]["unknown_tracks"] == 12  # 6 known + 6 unknown per seed

@@ -175,7 +175,8 @@ def test_claims_are_refused_or_name_an_identity(tmp_path_factory, mode: str, pay
 
 PATH_KEYS = {"store.path", "store.key_file", "models.model_dir", "mqtt.password_file", "mqtt.tls_ca", "mqtt.tls_cert",
              "mqtt.tls_key", "mqtt.outbox_path", "mqtt.command_secret_file", "mqtt.command_state_path",
-             "mqtt.claim_secret_file", "mqtt.claim_state_path", "camera.source"}
+             "mqtt.claim_secret_file", "mqtt.claim_state_path", "camera.source", "web.accounts_path",
+             "web.decisions_path"}
 
 
 def _defaults() -> dict[str, Any]:
@@ -248,7 +249,9 @@ def _base(site: dict[str, Path], n: int) -> dict[str, Any]:
             "store": {"path": str(work / "s.db"), "create": True},
             "mqtt": {"enabled": False, "outbox_path": str(work / "o.db"),
                      "command_state_path": str(work / "c.json"), "claim_state_path": str(work / "cl.json")},
-            "health": {"listen": "127.0.0.1:0"}}
+            "health": {"listen": "127.0.0.1:0"},
+            "web": {"listen": "127.0.0.1:0", "accounts_path": str(work / "a.db"),
+                    "decisions_path": str(work / "d.db")}}
 
 
 def _no_nan(value: Any) -> bool:
@@ -285,7 +288,7 @@ def test_a_configuration_that_passes_the_check_starts(site, monkeypatch, changes
     for key, value in changes:
         if key in PATH_KEYS:
             continue
-        if key == "health.listen" and isinstance(value, str) and not value.endswith(":0"):
+        if key in ("health.listen", "web.listen") and isinstance(value, str) and not value.endswith(":0"):
             continue  # never bind a real port number from a fuzzer
         _set(data, key, value)
     for key, kind in paths:

@@ -167,8 +167,10 @@ def test_export_writes_bundles(tmp_path: Path, lfw: Path) -> None:
     """The whole recipe, small: template fit, ONNX + TFLite, parity against dlib; thresholds skipped."""
     pytest.importorskip("dlib")
     pytest.importorskip("litert_torch")
-    results = recipe.export(tmp_path, images=lfw / "images", parity_images=20, template_images=60,
-                            calibrate=False)
+    # The float variants only: the int8 one needs its 200 calibration crops and the View-1 check both ways
+    # (minutes), and 20 parity crops are too few for its target; docs/results/int8.md has its full run.
+    results = recipe.export(tmp_path, variants=("onnx-fp32", "tflite-fp32"), images=lfw / "images",
+                            parity_images=20, template_images=60, calibrate=False)
     by_name = {p.name: (p, ok) for p, ok in results}
     assert set(by_name) == {"dlib-resnet", "dlib-resnet-tflite"}
     for name, (path, ok) in by_name.items():
