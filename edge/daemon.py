@@ -202,7 +202,8 @@ class Daemon:
         if cfg.profile == "kiosk":
             self.liveness = None  # every kiosk event says not_checked
         store_path, key = store_location(cfg)
-        self.store = Store(store_path, key=key, create=cfg.store.create)
+        # A fleet door's store is created when missing: the hub fills it (no grants until it has).
+        self.store = Store(store_path, key=key, create=cfg.store.create or cfg.fleet.enabled)
         self.decision_log = open_decision_log(cfg.web, key)
         if self.decision_log is not None:
             # Identities deleted while no daemon ran leave the log now; crops past their time go too.
