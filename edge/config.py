@@ -34,6 +34,9 @@ CREDENTIAL_STORE_KEY = "facegate.store-key"
 CREDENTIAL_MQTT_PASSWORD = "facegate.mqtt-password"
 CREDENTIAL_COMMAND_SECRET = "facegate.command-secret"
 CREDENTIAL_CLAIM_SECRET = "facegate.claim-secret"
+CREDENTIAL_SITE_KEY = "facegate.site-key"  # a fleet door's site key (templates on the wire are sealed with it)
+CREDENTIAL_HUB_SIGNING_KEY = "facegate.hub-signing-key"  # the hub's Ed25519 private key
+CREDENTIAL_COLLECT_DSN = "facegate.collect-dsn"  # the collector's PostgreSQL connection string
 
 
 class ConfigError(FacegateError):
@@ -189,6 +192,59 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """A door that takes its gallery from a hub (deploy/FLEET.md); off: the door's own store, enrolled locally."""
+
+    enabled: bool = False
+    site: str = ""  # the site this door belongs to: it reads <topic_prefix>/<site>/records and …/manifest
+    hub_url: str = ""  # the hub's HTTP(S) address for catch-up and snapshots, e.g. "https://hub.example:8710"
+    hub_ca: str = ""  # https: the CA that signed the hub's certificate ("" = the system's)
+    hub_cert: str = ""  # https with client certificates: this door's certificate and key
+    hub_key: str = ""
+    public_key: str = ""  # the hub's Ed25519 public key (base64, 32 bytes); or public_key_file
+    public_key_file: str = ""
+    site_key_file: str = ""  # the site key (AES-256); "" = the credential facegate.site-key
+    # Fail secure: a door that has not confirmed within this many seconds that it holds the hub's current
+    # gallery refuses every grant (and says so in /healthz and its state) until it has.
+    max_gallery_age_s: float = 3600.0
+    poll_s: float = 30.0  # ask the hub over HTTP this often too, whatever the broker delivers
+    topic_prefix: str = "facegate-fleet"
+    client_id: str = ""  # the sync's own MQTT client; default: <mqtt client id>-fleet
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """`facegate hub run`: the authoritative store ([store]) published to the doors of each site."""
+
+    sites: list[str] = field(default_factory=list)  # every site receives every identity
+    signing_key_file: str = ""  # Ed25519 private key (PEM); "" = the credential facegate.hub-signing-key
+    site_keys_dir: str = ""  # <site>.key for each site (AES-256, 0600)
+    journal_path: str = ""  # the published batches and what each site holds; "" = <state dir>/hub-journal.db
+    listen: str = "127.0.0.1:8710"  # HTTP(S) for doors catching up: manifest, batches, snapshot
+    tls_cert: str = ""  # https: the hub's certificate and key
+    tls_key: str = ""
+    tls_client_ca: str = ""  # https: require client certificates signed by this CA
+    poll_s: float = 0.05  # how often the hub looks for committed changes in its store
+    manifest_interval_s: float = 10.0  # the retained, signed manifest is re-published this often (freshness)
+    # A batch larger than this is announced by the manifest only, and not kept: doors behind it load a snapshot.
+    max_delta_bytes: int = 262144
+    keep_batches: int = 100000  # batches kept for catch-up; a door further behind loads a snapshot
+    topic_prefix: str = "facegate-fleet"
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """`facegate collect run`: every door's events into PostgreSQL, once each."""
+
+    dsn: str = ""  # libpq connection string; better dsn_file or the credential facegate.collect-dsn
+    dsn_file: str = ""
+    topics: list[str] = field(default_factory=lambda: ["facegate/+/event"])
+    retention_days: float = 365.0  # events older than this are purged (0: kept for ever)
+    purge_every_s: float = 3600.0
+    client_id: str = "facegate-collect"
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "door"  # door: liveness required | kiosk: no liveness, no door commands
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -204,6 +260,9 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
     origin: str = field(default="(defaults)", compare=False)  # the file it came from, for messages
 
     @property
@@ -233,6 +292,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "decision.tailgating_wait": (0, 1000), "decision.iou": (0.01, 1.0), "decision.track_ttl_s": (0.05, 60),
     "door.unlock_s": (0.5, 3600), "door.max_delay_ms": (50, 60000), "mqtt.keepalive": (5, 3600),
     "mqtt.reconnect_min_s": (0.01, None), "mqtt.reconnect_max_s": (0.01, None),
+    "fleet.max_gallery_age_s": (5, 30 * 86400), "fleet.poll_s": (0.1, 86400),
+    "hub.poll_s": (0.005, 60), "hub.manifest_interval_s": (0.1, 3600), "hub.max_delta_bytes": (1024, 64 * 2**20),
+    "hub.keep_batches": (1, None), "collect.retention_days": (0, None), "collect.purge_every_s": (1, None),
     "web.decisions_kept": (0, 10_000_000), "web.keep_unknown_crops_h": (0, 24 * 365),
     "web.session_idle_min": (1, 24 * 60), "web.session_max_h": (0.1, 24 * 30), "web.max_upload_mb": (1, 1024),
     "web.max_bulk_mb": (1, 16384), "web.login_attempts": (1, 1000), "web.login_window_s": (1, 86400),
@@ -241,7 +303,8 @@ WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
 
 
-SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret"})
+SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret", "collect.dsn"})
+SITE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a topic level and a file name: letters, digits, "_" and "-"
 
 
 def _shown(value: Any, key: str) -> str:
@@ -346,6 +409,47 @@ def _check(cfg: Config) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"{key}: {listen!r} is not HOST:PORT")
+    _check_fleet(cfg)
+
+
+def _check_fleet(cfg: Config) -> None:
+    f, h = cfg.fleet, cfg.hub
+    for key, prefix in (("fleet.topic_prefix", f.topic_prefix), ("hub.topic_prefix", h.topic_prefix)):
+        if not prefix or any(c in prefix for c in "+#\0") or any(not level for level in prefix.split("/")):
+            raise ConfigError(f"{key}: {prefix!r} must be non-empty topic levels without '+', '#' or NUL")
+    if f.site and not SITE_RE.fullmatch(f.site):
+        raise ConfigError(f"fleet.site: {f.site!r} must be 1 to 64 letters, digits, '_' or '-'")
+    for i, site in enumerate(h.sites):
+        if not SITE_RE.fullmatch(site):
+            raise ConfigError(f"hub.sites[{i}]: {site!r} must be 1 to 64 letters, digits, '_' or '-'")
+    if len(set(h.sites)) != len(h.sites):
+        raise ConfigError("hub.sites: a site is named twice")
+    if f.enabled:
+        if not f.site:
+            raise ConfigError("fleet.site: fleet mode needs the door's site")
+        if not f.hub_url:
+            raise ConfigError("fleet.hub_url: fleet mode needs the hub's address (catch-up and snapshots)")
+        if not f.hub_url.startswith(("http://", "https://")):
+            raise ConfigError(f"fleet.hub_url: {f.hub_url!r} is not an http:// or https:// address")
+        if bool(f.public_key) == bool(f.public_key_file):
+            raise ConfigError("fleet.public_key: give the hub's public key, either public_key or public_key_file")
+        if f.poll_s >= f.max_gallery_age_s:
+            raise ConfigError(f"fleet.poll_s: {f.poll_s} s is not below fleet.max_gallery_age_s "
+                              f"({f.max_gallery_age_s} s): the door would fail secure between two polls")
+    if bool(f.hub_cert) != bool(f.hub_key):
+        raise ConfigError("fleet.hub_key: hub_cert and hub_key go together: give both or neither")
+    if bool(h.tls_cert) != bool(h.tls_key):
+        raise ConfigError("hub.tls_key: tls_cert and tls_key go together: give both or neither")
+    if h.tls_client_ca and not h.tls_cert:
+        raise ConfigError("hub.tls_client_ca: client certificates need the hub's own TLS (tls_cert, tls_key)")
+    host, _, port = h.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"hub.listen: {h.listen!r} is not HOST:PORT")
+    if cfg.collect.dsn and cfg.collect.dsn_file:
+        raise ConfigError("collect.dsn: give either dsn or dsn_file, not both")
+    for i, topic in enumerate(cfg.collect.topics):
+        if not topic or "\0" in topic:
+            raise ConfigError(f"collect.topics[{i}]: {topic!r} is not a topic filter")
 
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

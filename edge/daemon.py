@@ -95,8 +95,12 @@ def store_location(cfg: Config) -> tuple[Path, bytes | None]:
 
 
 def open_store(cfg: Config, create: bool | None = None, keep_crops: bool = False) -> Store:
+    """The store [store] names. A fleet door's store is created when missing: the hub fills it, and until then
+    the door fails secure (a "gallery" problem)."""
     path, key = store_location(cfg)
-    return Store(path, key=key, create=cfg.store.create if create is None else create, keep_crops=keep_crops)
+    if create is None:
+        create = cfg.store.create or cfg.fleet.enabled
+    return Store(path, key=key, create=create, keep_crops=keep_crops)
 
 
 def resolve_liveness(cfg: Config, registry: Registry) -> LivenessCheck | None:
@@ -177,6 +181,7 @@ class Daemon:
         self.store: Store | None = None  # type: ignore[assignment]
         self.sink: Any = None
         self.scorer: Any = None
+        self.fleet: Any = None  # edge.fleet.door.DoorSync in fleet mode
         self.decision_log: DecisionLog | None = None
         self.door: DoorControl | None = None
         try:
@@ -197,7 +202,8 @@ class Daemon:
         if cfg.profile == "kiosk":
             self.liveness = None  # every kiosk event says not_checked
         store_path, key = store_location(cfg)
-        self.store = Store(store_path, key=key, create=cfg.store.create)
+        # A fleet door's store is created when missing: the hub fills it (no grants until it has).
+        self.store = Store(store_path, key=key, create=cfg.store.create or cfg.fleet.enabled)
         self.decision_log = open_decision_log(cfg.web, key)
         if self.decision_log is not None:
             # Identities deleted while no daemon ran leave the log now; crops past their time go too.
@@ -220,6 +226,12 @@ class Daemon:
         self.engine.on_forget = self._forget  # a deletion seen in the store also empties the outbox and the log
         if self.decision_log is not None and cfg.web.keep_unknown_crops_h > 0:
             self.engine.keep_crop = lambda d: d.decision == "unknown"
+        if cfg.fleet.enabled:
+            from edge.fleet.door import DoorSync
+
+            # The models this door scores with: entries of other models are refused, never mixed in.
+            models = {e: registry.manifest(e).sha256 for e in self.scorer.embedders}
+            self.fleet = DoorSync(cfg, models=models)
         if cfg.profile == "door":
             # The switch's persisted state is read here (a damaged file stops the start, naming its key) and
             # applied to the policy before any frame is decided.
@@ -242,6 +254,8 @@ class Daemon:
             self.door.close()
         if self.health_server is not None:
             self.health_server.close()
+        if self.fleet is not None:
+            self.fleet.stop()
         if self.sink is not None:
             self.sink.close()
         if self.scorer is not None and self.scorer.gallery is not None:
@@ -327,6 +341,10 @@ class Daemon:
             out.append(f"models: {self._model_error}")
         if self._store_error:
             out.append(f"store: {self._store_error}")
+        if self.fleet is not None:
+            gallery = self.fleet.problem()  # fleet.max_gallery_age_s: fail secure on an old gallery
+            if gallery:
+                out.append(gallery)
         return out
 
     def status(self, problems: list[str]) -> str:
@@ -340,7 +358,9 @@ class Daemon:
                 "profile": self.cfg.profile,
                 "liveness": self.liveness_mode, "fps": round(self.fps(), 2),
                 "mqtt_connected": bool(self.sink.connected), "outbox_depth": self.sink.outbox_depth,
-                "identities": self.engine.identities, "frames": asdict(self.capture.stats)}
+                "identities": self.engine.identities, "frames": asdict(self.capture.stats),
+                **({"fleet": {k: v for k, v in self.fleet.status().items() if k != "refused"}}
+                   if self.fleet is not None else {})}
 
     def _check_store(self) -> None:
         """The store's file checked while no frame follows it (a camera that is down): the same fault either way."""
@@ -457,6 +477,8 @@ class Daemon:
         if self.door is not None:
             self.door.attach()  # the start-up LOCK once connected, Home Assistant's lock and switch
         self.sink.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self._started_t = time.monotonic()
         self.capture.start()
         if self.health_server is not None:
@@ -590,6 +612,9 @@ class Daemon:
         if self.door is not None:
             self.door.close()
         try:
+            if self.fleet is not None:
+                self.fleet.stop()
+                self.fleet = None
             self.sink.stop(flush_timeout=5.0)
         finally:
             if self.health_server is not None:

@@ -5,7 +5,8 @@ reports every problem at once (exit 2) instead of the first: models resolved and
 for the door profile, the face-unlock switch's file readable (door profile), the store readable (key present and
 right if encrypted), access rules naming enrolled identities, secrets readable and long enough, TLS files usable,
 the camera source present where it is a file, folder or device, the health port free, the admin page's extra and
-an account to log in with when it is enabled. Each part is checked on its own so one broken part does not hide
+an account to log in with when it is enabled, and in fleet mode the hub's public key, the site key and the hub's
+TLS files. Each part is checked on its own so one broken part does not hide
 the next; when all pass, the whole daemon is built once more exactly as `run` builds it and closed again, so a
 configuration that passes the check is one that starts.
 """
@@ -167,6 +168,10 @@ def check(cfg: Config) -> Report:
     report.step("store", lambda: _store(cfg, report))
     report.step("access", lambda: AccessPolicy(cfg.access))
     report.step("mqtt", lambda: _mqtt(cfg))
+    if cfg.fleet.enabled:
+        from edge.fleet.door import check as fleet_check
+
+        report.step("fleet", lambda: fleet_check(cfg))
     report.step("camera", lambda: _camera(cfg))
     if cfg.web.enabled:
         report.step("web", lambda: _web(cfg))

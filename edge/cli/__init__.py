@@ -19,7 +19,8 @@ from edge.errors import FacegateError
 GROUPS: tuple[str, ...] = ("edge.cli.faces", "edge.cli.people", "edge.cli.store", "edge.cli.run", "edge.cli.web",
                            "edge.cli.doctor",
                            "edge.cli.liveness", "edge.cli.calibrate", "edge.cli.models", "edge.cli.bench",
-                           "edge.cli.data", "edge.cli.explain", "edge.cli.stylize", "edge.cli.demo")
+                           "edge.cli.data", "edge.cli.explain", "edge.cli.stylize", "edge.cli.demo", "edge.cli.hub",
+                           "edge.cli.fleet", "edge.cli.collect")
 # Groups that need PyTorch: handed to export/ (the [export] extra), the only place edge/ imports it.
 TORCH_GROUPS = ("export", "train", "style")
 

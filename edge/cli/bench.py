@@ -145,6 +145,19 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return YES
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from edge.bench import fleet as bench
+
+    r = bench.run(doors=args.doors, gallery=args.gallery, sites=args.sites, changes=args.changes,
+                  offline_changes=args.offline_changes, keep=args.keep, progress=not args.json)
+    u, v, c = r["upsert"], r["revoke"], r["catch_up"]
+    emit(args, r, f"{r['doors']} doors, {r['gallery']} identities, {r['sites']} sites ({r['brokers']} brokers): "
+                  f"upsert p50 {u['p50_ms']} ms p99 {u['p99_ms']} ms; revoke p50 {v['p50_ms']} ms p99 {v['p99_ms']} "
+                  f"ms; catch-up after {c['changes']} changes {c['from_process_start_s']} s from start "
+                  f"({c['via']}); hashes equal: {r['hashes_equal']}")
+    return YES if r["hashes_equal"] and c["converged"] else 1
+
+
 def cmd_liveness(args: argparse.Namespace) -> int:
     from edge.bench import liveness as bench
 
@@ -317,6 +330,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     liveness_model_options(p)
     p.set_defaults(func=cmd_liveness)
     _planar_parser(bench)
+    _fleet_parser(bench)
+
+
+def _fleet_parser(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("fleet", help="gallery sync: a hub and N door processes over bridged mosquitto brokers; "
+                                       "upsert / revoke latency to all doors, catch-up, hashes (deploy/FLEET.md)")
+    p.add_argument("--doors", type=bounded(int, 1, 200), default=20)
+    p.add_argument("--gallery", type=bounded(int, 1, 1000000), default=10000, help="identities in the hub's store")
+    p.add_argument("--sites", type=bounded(int, 1, 8), default=2, help="site brokers bridged to the hub's")
+    p.add_argument("--changes", type=bounded(int, 1, 10000), default=20, help="upserts, then revocations, measured")
+    p.add_argument("--offline-changes", type=bounded(int, 1, 100000), default=1000,
+                   help="changes made while one door is down")
+    p.add_argument("--keep", type=Path, help="run in this folder and keep it (configurations, logs, stores)")
+    json_option(p)
+    p.set_defaults(func=cmd_fleet)
 
     p = bench.add_parser("web", help="the admin page's people page on a large store: server time per request "
                                      "(needs [web])")

@@ -75,6 +75,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE templates ADD COLUMN image_sha256 TEXT",
         "CREATE INDEX templates_by_image ON templates(identity_id, embedder, image_sha256)",
     ),
+    (
+        # Fleet mode (edge/fleet, edge/store/fleet.py): an identity written from the hub's gallery carries the
+        # hub's id for it; each gallery entry the door holds (refused ones too) is kept with the revision and
+        # digest it came with, so the door's gallery hash is computed from what it stores.
+        "ALTER TABLE identities ADD COLUMN fleet_id TEXT",
+        "CREATE UNIQUE INDEX identities_by_fleet_id ON identities(fleet_id) WHERE fleet_id IS NOT NULL",
+        """CREATE TABLE fleet_entries (
+            fleet_id TEXT PRIMARY KEY,
+            rev INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            status TEXT NOT NULL)""",
+    ),
 ]
 
 KEY_CHECK = b"facegate store key check"
@@ -641,10 +653,14 @@ class Store:
     def templates(self, embedder: str, name: str | None = None) -> list[tuple[str, int, np.ndarray]]:
         """(identity name, template id, float32 vector) for one embedder (and one identity, if `name`); other
         embedders never mix in. A 1:1 check reads only the claimed identity's rows, not the whole gallery."""
+        sql = ("SELECT i.name, t.id, t.vector FROM templates t JOIN identities i ON i.id = t.identity_id "
+               "WHERE t.embedder = ?")
+        # Two statements, not "(? IS NULL OR i.name = ?)": that form keeps SQLite from using the name index, and
+        # one identity's read became a scan of the whole gallery (quadratic when a sync changes thousands).
+        args: tuple[str, ...] = (embedder,) if name is None else (embedder, name)
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT i.name, t.id, t.vector FROM templates t JOIN identities i ON i.id = t.identity_id "
-                "WHERE t.embedder = ? AND (? IS NULL OR i.name = ?) ORDER BY t.id", (embedder, name, name)).fetchall()
+            rows = self._conn.execute(sql + (" AND i.name = ?" if name is not None else "") + " ORDER BY t.id",
+                                      args).fetchall()
         return [(who, tid, self._decode(blob, who, embedder)) for who, tid, blob in rows]
 
     def crops(self, name: str, embedder: str | None = None) -> list[tuple[int, bytes]]:

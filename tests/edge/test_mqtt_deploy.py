@@ -36,7 +36,8 @@ from tests.mqtt_broker import (
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 USERS = {"door1": "pw-door1", "door2": "pw-door2", "homeassistant": "pw-ha", "admin": "pw-admin",
-         "doorrelay": "pw-relay", "badgereader": "pw-badge"}
+         "doorrelay": "pw-relay", "badgereader": "pw-badge", "hub": "pw-hub", "lobby": "pw-lobby",
+         "collector": "pw-collector"}
 SECRET = b"deploy-test-secret-0123"
 
 
@@ -195,3 +196,33 @@ def test_only_the_badge_reader_publishes_claims(site: tuple[Broker, Pki], tmp_pa
     finally:
         pub.stop()
     assert claims == ["badgereader"]
+
+
+def test_fleet_roles(site: tuple[Broker, Pki]) -> None:
+    """The hub publishes gallery topics; a door reads its own site's only and writes only its own
+    acknowledgement; the collector reads events (deploy/FLEET.md)."""
+    broker, _ = site
+
+    def send(user: str, topic: str, payload: bytes) -> None:
+        publish(broker, topic, payload, username=user, password=USERS[user])
+
+    with Subscriber(broker, ["facegate-fleet/#"], client_id="door1-fleet", username="door1",
+                    password=USERS["door1"]) as door1, \
+            Subscriber(broker, ["facegate-fleet/+/ack/+"], client_id="hub-acks", username="hub",
+                       password=USERS["hub"]) as hub, \
+            Subscriber(broker, ["facegate/+/event"], client_id="collector", username="collector",
+                       password=USERS["collector"]) as collector:
+        send("hub", "facegate-fleet/other/records", b"other site")
+        send("door1", "facegate-fleet/hq/records", b"forged by a door")
+        send("hub", "facegate-fleet/hq/records", b"genuine")
+        assert [m.payload for m in door1.wait_count("facegate-fleet/#", 1)] == [b"genuine"]
+        send("door1", "facegate-fleet/hq/ack/lobby", b"posing as lobby")
+        send("lobby", "facegate-fleet/hq/ack/lobby", b"lobby")
+        send("door1", "facegate-fleet/hq/ack/door1", b"door1")
+        acks = hub.wait_count("facegate-fleet/+/ack/+", 2)
+        assert sorted((m.topic, m.payload) for m in acks) == [("facegate-fleet/hq/ack/door1", b"door1"),
+                                                              ("facegate-fleet/hq/ack/lobby", b"lobby")]
+        send("door1", "facegate/door1/event", b"{}")
+        assert collector.wait_count("facegate/+/event", 1)[0].topic == "facegate/door1/event"
+        time.sleep(0.3)  # anything refused would have arrived by now
+        assert len(door1.on("facegate-fleet/#")) == 1 and len(hub.on("facegate-fleet/+/ack/+")) == 2
