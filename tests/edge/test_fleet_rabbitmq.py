@@ -1,6 +1,7 @@
 """The same sync and event collection through a real two-node RabbitMQ cluster (MQTT plugin, MQTT 3.1.1): the
-hub and the collector on node 1, the doors on node 2. RabbitMQ keeps retained messages per node, so the doors
-may never see the hub's retained manifest: they converge anyway (the manifest is a hint; HTTP is the truth)."""
+hub and the collector on node 1, door1 on node 2 and door2 on node 1 (the doors on different nodes, one across the
+cluster from the hub). RabbitMQ keeps retained messages per node, so a door may never see the hub's retained
+manifest: it converges anyway (the manifest is a hint; HTTP is the truth)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ def test_sync_and_collection_through_a_two_node_rabbitmq_cluster(tmp_path):
         doors = []
         publishers = []
         try:
+            node_of = {"door1": node2, "door2": node1}
             for device in ("door1", "door2"):
-                conf = door_dict(tmp_path, keys, node2, "a", device, hub.url)
-                conf["mqtt"] = _mqtt(node2, device, tmp_path)
+                conf = door_dict(tmp_path, keys, node_of[device], "a", device, hub.url)
+                conf["mqtt"] = _mqtt(node_of[device], device, tmp_path)
                 d = DoorSync(parse(conf))
                 d.start()
                 doors.append(d)
@@ -62,16 +64,16 @@ def test_sync_and_collection_through_a_two_node_rabbitmq_cluster(tmp_path):
             assert wait(in_step, 30)
             enrol(hub.store, "carol")
             assert wait(lambda: in_step() and all(d.state.count == 3 for d in doors), 15)
-            assert all(d.applied_batches >= 1 for d in doors)  # the delta crossed the cluster (node 1 → node 2)
+            assert all(d.applied_batches >= 1 for d in doors)  # door1's delta crossed the cluster (node 1 → node 2)
             hub.store.delete("alice", command="test")
             assert wait(lambda: in_step() and all(d.state.count == 2 for d in doors), 15)
             assert all(sorted(gallery(d.store.path)) == ["bob", "carol"] for d in doors)
             # The doors' acknowledgements cross the other way, to the hub on node 1.
             assert wait(lambda: len(hub.status()["doors"]) == 2 and all(x["in_step"] for x in hub.status()["doors"]),
                         15)
-            # Events from doors on node 2 into PostgreSQL through the collector on node 1, once each.
+            # Events from doors on both nodes into PostgreSQL through the collector on node 1, once each.
             for i, device in enumerate(("door1", "door2")):
-                conf = _mqtt(node2, f"{device}-events", tmp_path)
+                conf = _mqtt(node_of[device], f"{device}-events", tmp_path)
                 p = Publisher(MqttSettings(**{**conf, "device": device, "outbox_path":
                                               str(tmp_path / f"ev{i}" / "outbox.db")}))
                 p.start()
