@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -34,3 +37,18 @@ def open_private_wal(path: Path, synchronous: str, what: str, error: type[Except
         conn.close()
         raise
     return conn
+
+
+@contextmanager
+def immediate_tx(conn: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite3.Connection]:
+    """One writer at a time (the lock, for this process's threads; BEGIN IMMEDIATE, for other processes); committed
+    whole or rolled back."""
+    with lock:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

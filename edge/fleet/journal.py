@@ -17,13 +17,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.fleet import FleetError
 from edge.fleet.records import EMPTY_HASH
+from edge.sqlitefile import immediate_tx
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -90,17 +90,8 @@ class Journal:
             raise FleetError(f"hub journal {self.path}: not usable ({exc})") from None
         self.epoch = str(self._conn.execute("SELECT value FROM info WHERE key = 'epoch'").fetchone()[0])
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+    def tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_tx(self._conn, self._lock)
 
     def close(self) -> None:
         with self._lock:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from edge.mqtt import MqttError
-from edge.sqlitefile import open_private_wal
+from edge.sqlitefile import immediate_tx, open_private_wal
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -74,17 +74,8 @@ class Outbox:
             self._conn.close()
             raise
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_tx(self._conn, self._lock)
 
     def close(self) -> None:
         with self._lock:
