@@ -29,17 +29,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from edge.errors import ModelError
+from edge.models.onnx_build import GraphBuilder
 from edge.models.registry import sha256_file
 from edge.models.torch_pickle import load_state_dict
 
 SIZE = (80, 80)
 LIVE_INDEX = 1
 BN_EPS = 1e-5  # PyTorch's BatchNorm default, which the published nets were trained with
-OPSET = 17
-IR_VERSION = 8  # readable by onnxruntime ≥ 1.10, so older device images can run the bundle
 INPUT, OUTPUT = "input", "probabilities"
 STRIDE2 = ("conv_23", "conv_34", "conv_45")  # the down-sampling bottlenecks between residual stages
 STAGES = ("conv_3", "conv_4", "conv_5")
@@ -85,25 +83,16 @@ def synthetic_inputs(n: int = 4) -> np.ndarray:
 
 
 # -- the graph --------------------------------------------------------------------------------------------------
-class _Builder:
+class _Builder(GraphBuilder):
     def __init__(self, sd: dict[str, np.ndarray]) -> None:
-        self.sd, self.nodes, self.inits = sd, [], []
-        self.count = 0
+        super().__init__()
+        self.sd = sd
 
     def tensor(self, key: str) -> np.ndarray:
         try:
             return np.asarray(self.sd[key], np.float64)
         except KeyError:
             raise ModelError(f"the state dict has no {key!r}: not a MiniFASNet") from None
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        self.count += 1
-        self.nodes.append(helper.make_node(op, inputs, [name], name=f"{op}_{self.count}", **attrs))
-        return name
 
     def _folded(self, weight: np.ndarray, bn: str) -> tuple[np.ndarray, np.ndarray]:
         """Fold the batch norm `bn` (eval mode: running statistics) into the preceding layer's weight."""
@@ -170,19 +159,9 @@ def build_graph(sd: dict[str, np.ndarray], name: str = "minifasnet") -> onnx.Mod
     x = b.conv_bn(x, "conv_6_dw", act=None, depthwise=True, pad=0)  # covers the whole 5×5 map
     out = b.head(x)
     classes = int(sd["prob.weight"].shape[0]) if "prob.weight" in sd else 0
-    graph = helper.make_graph(
-        b.nodes, name,
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, SIZE[1], SIZE[0]])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", classes])],
-        initializer=b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="facegate",
-                              doc_string="MiniFASNet built by edge.liveness.minifasnet_graph from a state dict")
-    model.ir_version = IR_VERSION
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ModelError(f"{name}: the built graph is not valid ONNX ({exc}): not a MiniFASNet state dict?") from None
-    return model
+    return b.model(name, INPUT, ["batch", 3, SIZE[1], SIZE[0]], out, ["batch", classes],
+                   "MiniFASNet built by edge.liveness.minifasnet_graph from a state dict",
+                   hint=": not a MiniFASNet state dict?")
 
 
 # -- bundles ----------------------------------------------------------------------------------------------------

@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from edge.errors import ModelError
 from edge.models.dlib_dat import DlibFormatError, DlibNet, Layer, bn_as_affine, load_net
+from edge.models.onnx_build import GraphBuilder
 
 # (width, number of blocks, whether the first block down-samples), from the input upwards.
 STAGES: tuple[tuple[int, int, bool], ...] = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True),
@@ -54,8 +55,6 @@ BLOCK_KINDS = ("mark", "con", "affine", "relu", "con", "affine", "add_prev", "re
 DOWN_BLOCK_KINDS = ("mark", "con", "affine", "relu", "con", "affine", "mark", "mark", "avg_pool", "add_prev", "relu")
 HEAD_KINDS = ("avg_pool", "fc")
 
-OPSET = 17
-IR_VERSION = 8  # readable by onnxruntime ≥ 1.10, so older device images can run it
 INPUT, OUTPUT = "input", "output"
 # Converter version: part of the prepared file's cache key, so a changed converter rebuilds old caches.
 VERSION = "1"
@@ -103,30 +102,18 @@ def input_mean(net: DlibNet) -> tuple[float, float, float]:
 
 
 # -- the graph --------------------------------------------------------------------------------------------------
-class _Builder:
+class _Builder(GraphBuilder):
     """Emits nodes while tracking each tensor's (C, H, W): the input size is fixed, so every shape is known."""
 
     def __init__(self, layers: list[Layer]) -> None:
+        super().__init__()
         self.layers = iter(layers)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.count = 0
 
     def take(self, kind: str) -> Layer:
         layer = next(self.layers)
         if layer.kind != kind and not (kind == "affine" and layer.kind == "bn_con"):
             raise ModelError(f"{layer.version}: expected a {kind} layer")  # check_structure makes this unreachable
         return layer
-
-    def const(self, name: str, value: np.ndarray, dtype: Any = np.float32) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
-        self.count += 1
-        out = f"{op.lower()}_{self.count}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{op}_{self.count}", **attrs))
-        return out
 
     def conv_affine(self, x: str, shape: tuple[int, int, int]) -> tuple[str, tuple[int, int, int]]:
         """con → affine as one Conv: W·s and b·s + t per output channel, folded in float64."""
@@ -222,19 +209,8 @@ def build_graph(net: DlibNet, name: str = "dlib-resnet") -> onnx.ModelProto:
         for i in range(n):
             x, shape = b.block(x, shape, down and i == 0)
     out = b.head(x, shape)
-    graph = helper.make_graph(
-        b.nodes, name,
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, INPUT_SIZE, INPUT_SIZE])],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", EMBEDDING_DIM])],
-        initializer=b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="facegate",
-                              doc_string="dlib face-recognition ResNet built by edge.models.dlib_resnet_graph")
-    model.ir_version = IR_VERSION
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ModelError(f"{name}: the built graph is not valid ONNX ({exc})") from None
-    return model
+    return b.model(name, INPUT, ["batch", 3, INPUT_SIZE, INPUT_SIZE], out, ["batch", EMBEDDING_DIM],
+                   "dlib face-recognition ResNet built by edge.models.dlib_resnet_graph")
 
 
 # -- the check before use ---------------------------------------------------------------------------------------
