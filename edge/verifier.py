@@ -156,7 +156,7 @@ def resolve_head(spec: str | Path, registry: Any = None) -> VerifierHead:
 def head_identities(head: VerifierHead, images: Path) -> tuple[set[str], list[str]]:
     """Identities the head was trained or calibrated on (pairs files named in its manifest, found beside the
     images folder): a benchmark must leave them out."""
-    from edge.eval.lfw import pair_identities, read_pairs
+    from edge.eval.lfw import identities_of_files
 
     names: list[str] = []
     m = head.manifest
@@ -164,13 +164,4 @@ def head_identities(head: VerifierHead, images: Path) -> tuple[set[str], list[st
         trained = (m.extra.get("trained_on") or {}).get("pairs_file")
         names += [trained] if trained else []
         names += [t.provenance["pairs_file"] for t in m.thresholds.values() if t.provenance.get("pairs_file")]
-    out: set[str] = set()
-    used = []
-    for name in dict.fromkeys(names):
-        path = Path(images).parent / name
-        if not path.is_file():
-            raise ModelError(f"verifier {head.name!r} was trained/calibrated on {name}, not found beside {images}: "
-                             "cannot keep its identities out of the benchmark")
-        out |= pair_identities(read_pairs(path))
-        used.append(str(path))
-    return out, used
+    return identities_of_files(images, names, f"verifier {head.name!r} was trained/calibrated", ModelError)

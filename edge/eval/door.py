@@ -24,7 +24,7 @@ import numpy as np
 from edge.enroll import person_folders
 from edge.errors import FacegateError
 from edge.eval.identify import dir_at_fpir
-from edge.eval.lfw import embed_paths, pair_identities, read_pairs
+from edge.eval.lfw import embed_paths, identities_of_files, pair_identities, read_pairs
 from edge.match import Scorer, accept_all
 from edge.match.gallery import Gallery
 from edge.match.thresholds import identify_threshold
@@ -41,16 +41,7 @@ def fitted_identities(scorers: dict[str, Scorer], images: Path) -> tuple[set[str
             name = t.provenance.get("pairs_file")
             if name:
                 files.append(name)
-    out: set[str] = set()
-    used = []
-    for name in dict.fromkeys(files):
-        path = Path(images).parent / name
-        if not path.is_file():
-            raise FacegateError(f"a scorer was calibrated on {name}, not found beside {images}: cannot keep its "
-                                "identities out of the benchmark")
-        out |= pair_identities(read_pairs(path))
-        used.append(str(path))
-    return out, used
+    return identities_of_files(images, files, "a scorer was calibrated")
 
 
 def _cell(scorer: Scorer, people: dict[str, list[str]], probes: dict[str, Any], k: int, e: int, m: int,

@@ -131,6 +131,22 @@ def embed_paths(pipeline, root: Path, rels: list[str], policy: str = "best", des
     return embeddings, no_face
 
 
+def identities_of_files(images: Path, names: Iterable[str], what: str, error: type[Exception] = FacegateError
+                        ) -> tuple[set[str], list[str]]:
+    """Identities of the pairs files `names` (as a manifest's provenance names them, found beside `images`) and
+    the paths read: what a benchmark must leave out because `what` was fitted on them."""
+    out: set[str] = set()
+    used = []
+    for name in dict.fromkeys(names):
+        path = Path(images).parent / name
+        if not path.is_file():
+            raise error(f"{what} on {name}, not found beside {images}: cannot keep its identities out of the "
+                        "benchmark")
+        out |= pair_identities(read_pairs(path))
+        used.append(str(path))
+    return out, used
+
+
 class _ProbeCache:
     """Probes of one image folder under one pipeline (detector + embedders, by sha256) and face policy."""
 
