@@ -12,7 +12,6 @@ Erasure: a tombstone removes every stored batch that carried the person's templa
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from edge.fleet import FleetError
 from edge.fleet.records import EMPTY_HASH
-from edge.sqlitefile import immediate_tx
+from edge.sqlitefile import immediate_tx, open_private_wal
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -68,16 +67,9 @@ class NewBatch:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.RLock()
+        self._conn = open_private_wal(self.path, "FULL", "hub journal", FleetError, timeout=10.0)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA secure_delete=ON")
-            if self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
-                raise FleetError(f"hub journal {self.path}: cannot switch to WAL mode")
-            self._conn.execute("PRAGMA synchronous=FULL")
             with self.tx() as conn:
                 for statement in SCHEMA:
                     conn.execute(statement)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic import fsync
+from edge.sqlitefile import open_private_wal
 from edge.store import StoreError
 from edge.store.crypto import KEY_ENV, OVERHEAD, Cipher
 
@@ -137,28 +138,7 @@ def _crop_aad(name: str, template_id: int) -> bytes:
 
 
 def _connect(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Biometric data: owner-only from the first byte (SQLite gives -wal/-shm the same mode).
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA secure_delete=ON")  # per connection, not stored in the file
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise StoreError(f"{path}: cannot switch to WAL mode (got {mode!r}; a network filesystem?)")
-        conn.execute("PRAGMA synchronous=FULL")
-    except sqlite3.OperationalError as exc:
-        conn.close()
-        raise StoreError(f"{path}: cannot open the store ({exc})") from None
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise StoreError(f"{path}: not a facegate store ({exc})") from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return open_private_wal(path, "FULL", "store", StoreError, timeout=timeout, foreign_keys=True)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, cipher: Cipher | None) -> None:
