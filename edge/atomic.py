@@ -6,6 +6,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edge.errors import FacegateError
@@ -69,3 +71,23 @@ def replace_dir(tmp: Path, target: Path, staging: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(target.parent)
+
+
+@contextmanager
+def staged_folder(target: Path, staging: Path) -> Iterator[Path]:
+    """A fresh folder (mode 0755: a service user must read what is installed) inside `staging` to fill; when the
+    block ends without an error it replaces `target` whole (`replace_dir`), otherwise it is removed. `staging`
+    (same file system as `target`) is removed afterwards when empty: another writer may be assembling there."""
+    target, staging = Path(target), Path(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{target.name}."))
+    try:
+        tmp.chmod(0o755)
+        yield tmp
+        replace_dir(tmp, target, staging)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            staging.rmdir()

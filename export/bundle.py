@@ -7,18 +7,15 @@ exported file with its source model on real face crops cut by the device's own d
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.atomic import replace_dir
+from edge.atomic import staged_folder
 from edge.errors import FacegateError, ImageError, NoFaceError
 from edge.eval.lfw import cross_validate, embed_paths, pair_scores, read_pairs
 from edge.imageio import image_files, load_bgr
@@ -55,20 +52,11 @@ def write_bundle(out_dir: Path, manifest: dict[str, Any], model_file: Path, pari
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / name
-    staging = staging_dir(out_dir)  # out_dir may be a model directory: the registry never looks in there
-    tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{name}."))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the installed bundle from a service user
-    try:
+    # out_dir may be a model directory: its .staging/ is where the registry never looks
+    with staged_folder(target, staging_dir(out_dir)) as tmp:
         stage_model(tmp, manifest, model_file, flat=True)
         report = {"name": name, **parity, "summary": parity_summary(name, parity)}
         (tmp / "parity.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        replace_dir(tmp, target, staging)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            staging.rmdir()  # only when empty: another export may be assembling beside us
     print(report["summary"], flush=True)
     return target
 

@@ -29,12 +29,9 @@ naming it, never a reason to run the other net alone.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.atomic import replace_dir
+from edge.atomic import staged_folder
 from edge.embed import to_input
 from edge.errors import ModelError
 from edge.liveness.base import LivenessResult
@@ -316,20 +313,9 @@ def write_fused(model_dir: Path, members: Sequence[str] = MEMBERS, prefer_tflite
     }
     Manifest.from_dict(manifest, origin=str(folder / "manifest.json"))  # refuse what the registry would
     # Both files change together: assembled beside the model directory's bundles, then swapped in whole.
-    staging = Path(model_dir) / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{FUSED_NAME}."))
-    try:
-        tmp.chmod(0o755)
+    with staged_folder(folder, Path(model_dir) / ".staging") as tmp:
         (tmp / FUSION_FILE).write_bytes(data)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_dir(tmp, folder, staging)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            staging.rmdir()  # only when empty: another install may be assembling beside us
     return folder
 
 

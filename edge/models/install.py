@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.atomic import replace_dir
+from edge.atomic import staged_folder
 from edge.errors import ModelError
 from edge.models.manifest import Manifest
 from edge.models.registry import Registry, sha256_file
@@ -217,17 +217,10 @@ def install_bundle(bundle: Path, model_dir: Path) -> str:
     actual = sha256_file(model)
     if actual != m.sha256:
         raise ModelError(f"{bundle}: {src} has sha256 {actual}, but its manifest says {m.sha256}")
-    staging = staging_dir(model_dir)
-    tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{m.name}."))
-    os.chmod(tmp, 0o755)
-    try:
+    with staged_folder(model_dir / m.name, staging_dir(model_dir)) as tmp:
         for name in {src, *BUNDLE_FILES}:
             if (bundle / name).is_file():
                 shutil.copyfile(bundle / name, tmp / name)
-        replace_dir(tmp, model_dir / m.name, staging)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return m.name
 
 
