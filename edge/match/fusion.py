@@ -26,6 +26,7 @@ import numpy as np
 from edge.errors import ModelError
 from edge.match.base import Probe, Scorer
 from edge.match.gallery import Gallery
+from edge.match.templates import IdentityRows
 from edge.match.thresholds import DEFAULT_FPIR
 from edge.models.manifest import Manifest
 from edge.store.matcher import Match
@@ -78,8 +79,6 @@ class TemplateIndex:
 
     def __init__(self, members: tuple[str, ...], combine, paired: dict[str, dict[str, np.ndarray]],
                  aggregate: str = "max") -> None:
-        if aggregate not in AGGREGATES:
-            raise ModelError(f"templates {aggregate!r} is not one of {', '.join(AGGREGATES)}")
         self.members, self.combine, self.aggregate = members, combine, aggregate
         names: list[str] = []
         blocks: dict[str, list[np.ndarray]] = {m: [] for m in members}
@@ -88,37 +87,26 @@ class TemplateIndex:
             names += [who] * n
             for m in members:
                 blocks[m].append(np.asarray(rows[m], np.float32))
-        self.names = np.array(names)
-        self.order = sorted(set(names))
-        self.slot = np.array([self.order.index(n) for n in names], np.int64) if names else np.zeros(0, np.int64)
-        self.counts = np.bincount(self.slot, minlength=len(self.order)) if names else np.zeros(0)
+        self.who = IdentityRows(names, aggregate)
+        self.order = self.who.order
         self.rows = {m: (np.concatenate(b) if b else np.zeros((0, 1), np.float32)) for m, b in blocks.items()}
         self.identities = len(self.order)
 
+    def _per_row(self, probe: Probe) -> np.ndarray:
+        cos = np.stack([self.rows[m] @ np.asarray(probe[m], np.float32) for m in self.members], axis=-1)
+        return self.combine(cos)
+
     def identity_scores(self, probe: Probe) -> np.ndarray:
         """(identities,) scores in `self.order`."""
-        cos = np.stack([self.rows[m] @ np.asarray(probe[m], np.float32) for m in self.members], axis=-1)
-        per_row = self.combine(cos)
-        if self.aggregate == "mean":
-            return np.bincount(self.slot, weights=per_row, minlength=len(self.order)) / self.counts
-        out = np.full(len(self.order), -np.inf)
-        np.maximum.at(out, self.slot, per_row)
-        return out
+        return self.who.scores(self._per_row(probe))
 
     def search(self, probe: Probe, k: int) -> list[Match]:
-        if not self.order:
-            return []
-        s = self.identity_scores(probe)
-        top = np.argsort(-s, kind="stable")[:k]
-        return [Match(self.order[i], float(s[i])) for i in top]
+        return self.who.top(self._per_row(probe), k) if self.order else []
 
     def score(self, probe: Probe, name: str) -> float | None:
         if name not in self.order:
             return None
         return float(self.identity_scores(probe)[self.order.index(name)])
-
-
-AGGREGATES = ("max", "mean")
 
 
 class FusionScorer(Scorer):

@@ -15,19 +15,22 @@ import numpy as np
 from edge.errors import FacegateError
 from edge.match.base import Probe, Scorer
 from edge.match.gallery import Gallery
+from edge.match.templates import IdentityRows
 from edge.match.thresholds import DEFAULT_FPIR
 from edge.store.matcher import Match
 from edge.verifier import VerifierHead
 
 
 class HeadIndex:
-    """The whole gallery under a head: search is exhaustive (an identity's best row wins)."""
+    """The whole gallery under a head: search is exhaustive; an identity scores by `decision.templates` over its
+    rows' logits (edge/match/templates.py)."""
 
     def __init__(self, head: VerifierHead, templates: str = "max") -> None:
         self.head = head
         self.templates = templates
         self._names: list[str] = []
         self._rows: list[np.ndarray] = []
+        self._stacked: tuple[np.ndarray, IdentityRows] | None = None  # built once per gallery, not per probe
 
     @property
     def rows(self) -> int:
@@ -40,23 +43,15 @@ class HeadIndex:
     def add(self, name: str, vectors: Mapping[str, np.ndarray]) -> None:
         self._rows.extend(self.head.concat(vectors))
         self._names.extend([name] * (len(self._rows) - len(self._names)))
+        self._stacked = None
 
     def search(self, probe: Mapping[str, np.ndarray], k: int = 1) -> list[Match]:
         if not self._rows:
             return []
-        logits = self.head.logit_matrix(self.head.concat(probe), np.stack(self._rows))[0]
-        per: dict[str, list[float]] = {}
-        for name, logit in zip(self._names, logits.tolist(), strict=True):
-            per.setdefault(name, []).append(logit)
-        scores = {n: aggregate(v, self.templates) for n, v in per.items()}
-        best = sorted(scores.items(), key=lambda item: -item[1])[:k]
-        return [Match(n, s) for n, s in best]
-
-
-def aggregate(logits: list[float] | np.ndarray, templates: str) -> float:
-    """An identity's score from its photos' logits: the best ("max") or their mean ("mean")."""
-    values = np.asarray(logits, dtype=np.float64)
-    return float(values.mean() if templates == "mean" else values.max())
+        if self._stacked is None:
+            self._stacked = (np.stack(self._rows), IdentityRows(self._names, self.templates))
+        rows, who = self._stacked
+        return who.top(self.head.logit_matrix(self.head.concat(probe), rows)[0], k)
 
 
 class HeadScorer(Scorer):
@@ -77,8 +72,8 @@ class HeadScorer(Scorer):
         templates = self._gallery().paired(self.embedders, name).get(name)
         if templates is None:
             return None
-        return aggregate(self.head.logit_matrix(self.head.concat(probe), self.head.concat(templates))[0],
-                         self.templates)
+        logits = self.head.logit_matrix(self.head.concat(probe), self.head.concat(templates))[0]
+        return float(IdentityRows([name] * len(logits), self.templates).scores(logits)[0])
 
     def index(self) -> HeadIndex:
         gallery = self._gallery()
