@@ -44,8 +44,13 @@ def _explainer(args: argparse.Namespace):
         m = pipe.registry.manifest("fused")
         fusion = Fusion(m)
         fusion.check_members(pipe.registry)
+    templates = "mean"
+    if getattr(args, "config", None) is not None:  # identify: the photos reduced as the daemon reduces them
+        from edge import config
+
+        templates = config.load(args.config).decision.templates
     return MatchExplainer(pipe, patch=args.patch, stride=args.stride, batch=args.batch, progress=_progress,
-                          fusion=fusion,
+                          fusion=fusion, templates=templates,
                           **({"margin": args.margin} if getattr(args, "margin", None) is not None else {}))
 
 

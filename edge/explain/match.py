@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import FacegateError, NoFaceError
 from edge.explain import draw
-from edge.explain.occlusion import CENTRAL_MARGIN, GREY, FaceView, Occluder, OcclusionMap, central_box, mean_cosine
+from edge.explain.occlusion import CENTRAL_MARGIN, GREY, FaceView, Occluder, OcclusionMap, central_box
 from edge.match.base import accept
 from edge.match.fusion import Fusion
 from edge.models.manifest import Manifest
@@ -89,8 +89,9 @@ class MatchExplainer:
 
     def __init__(self, pipeline: FacePipeline, patch: int = 16, stride: int = 8, batch: int = 64,
                  fill: float = GREY, progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
-                 margin: float = CENTRAL_MARGIN, fusion: Fusion | None = None) -> None:
+                 margin: float = CENTRAL_MARGIN, fusion: Fusion | None = None, templates: str = "mean") -> None:
         self.pipeline = pipeline
+        self.templates = templates  # decision.templates: how a stored identity's photos make its score
         # With a fusion, occlusion drops and thresholds are those of the fused z-score the door decides on;
         # without one, several embedders are scored by the mean of their cosines (no calibrated threshold).
         self.fusion = fusion
@@ -116,12 +117,14 @@ class MatchExplainer:
         return self.embedders[0].manifest if len(self.embedders) == 1 else None
 
     def score(self, probe: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray:
-        """(N,) scores of probe rows against the reference's rows (the best reference row)."""
+        """(N,) scores of probe rows against the reference's rows, reduced over the reference's photos as the
+        decisions reduce them (`templates`: their mean, or the best one)."""
         if self.fusion is None:
-            return mean_cosine(probe, reference)
-        fusion = self.fusion
-        cos = np.stack([probe[m] @ reference[m].T for m in fusion.members], axis=-1)  # (N, T, members)
-        return fusion.combine(cos).max(axis=1)
+            per = np.mean([probe[e] @ reference[e].T for e in reference], axis=0)  # (N, T)
+        else:
+            cos = np.stack([probe[m] @ reference[m].T for m in self.fusion.members], axis=-1)  # (N, T, members)
+            per = self.fusion.combine(cos)
+        return per.mean(axis=1) if self.templates == "mean" else per.max(axis=1)
 
     def view(self, image: np.ndarray, policy: str = "largest") -> FaceView:
         face = select_face(self.pipeline.detect(image), image.shape, policy)
