@@ -11,7 +11,7 @@ measures them once and writes them into the twin's manifest, with the evidence f
 3. the choice, on View 1 only: both embedders on the same detections, threshold from one View-1 file and
    accuracy on the other, both ways, pooled over the 3,200 pairs; the twin becomes the default embedder
    (manifest "default") when it loses at most `max_loss_pp` there;
-4. its thresholds, calibrated on pairsDevTrain through the device pipeline (export.calibrate).
+4. its thresholds, calibrated on pairsDevTrain through the device pipeline (edge.eval.calibrate).
 View 2 is never read here; `facegate bench pairs --model NAME --pairs pairs.txt` reports it afterwards.
 """
 
@@ -118,12 +118,10 @@ def build(source: str = "sface", images: Path | None = None, name: str | None = 
           percentile: float = PERCENTILE, max_loss_pp: float = MAX_LOSS_PP, far: float = 1e-3, fpir: float = 0.01,
           registry: Registry | None = None, command: str = "") -> dict[str, Any]:
     """The int8 twin's manifest (a dict), measured and checked as the module docstring says."""
-    import onnx
-
+    from edge.eval.calibrate import calibrate
     from edge.models.int8 import WEIGHT_BITS, tensors_to_range
-    from edge.models.prepare import prepare
+    from edge.models.prepare import prepare_file
     from edge.paths import data_dir
-    from export.calibrate import calibrate
 
     registry = registry or Registry()
     m = registry.manifest(source)
@@ -137,7 +135,8 @@ def build(source: str = "sface", images: Path | None = None, name: str | None = 
             raise FacegateError(f"{f}: missing (the int8 check needs LFW's View-1 files; View 2 is only held out)")
     name = name or f"{source}-int8"
     steps = float_steps(m)
-    float_graph = prepare(onnx.load(str(registry.verify(m))), steps)
+    # prepare_file: a source that starts with a converter (dlib's .dat) is converted first
+    float_graph = prepare_file(registry.verify(m), steps)
     names = tensors_to_range(float_graph)
     held_out = images_named_by([view2])
     crops, crop_paths = heldout_face_crops(images, m.alignment, calib_images, skip=held_out, seed=1,
@@ -166,9 +165,14 @@ def build(source: str = "sface", images: Path | None = None, name: str | None = 
         (Path(tmp) / name / "manifest.json").write_text(json.dumps(data))
         check = view1_choice(source, name, images, staged, dev_files)
         data["quantize"]["provenance"]["view1"] = check
-        data["quantize"]["provenance"]["rule"] = (f"default embedder when the View-1 pooled accuracy loses at "
-                                                  f"most {max_loss_pp} pp against {source}")
-        data["default"] = bool(check["delta_pp"] >= -max_loss_pp)
+        # Only the twin of the embedder used where none is named may take its place: a second embedder's twin
+        # (dlib-resnet-int8) is a fusion member, and two defaults would be an error.
+        replaces = registry.default_embedder() in (source, name)
+        data["quantize"]["provenance"]["rule"] = (
+            f"default embedder when the View-1 pooled accuracy loses at most {max_loss_pp} pp against {source}"
+            + ("" if replaces else f" and {source} is the default embedder (it is not: never the default)"))
+        data["default"] = bool(replaces and check["delta_pp"] >= -max_loss_pp)
+        data["quantize"]["provenance"]["within_loss"] = bool(check["delta_pp"] >= -max_loss_pp)
         data["quantize"]["provenance"]["prepared_sha256"] = sha256_file(staged.runtime_file(staged.manifest(name)))
         entries = calibrate(name, images, dev_files[0], far, registry=staged, fpir=fpir)
     for e in entries.values():

@@ -26,6 +26,8 @@ from edge.errors import ModelError
 
 WEIGHT_BITS = 7
 QUANTISED_OPS = ("Conv", "Gemm")  # ops whose weights are quantised when their activation input is
+# ops whose output is kept in uint8 when something other than a Relu reads it (see tensors_to_range)
+INTEGER_OUTPUT_OPS = ("Conv", "Add", "Max", "Relu", "MaxPool", "AveragePool", "Pad")
 
 
 def activation_params(lo: float, hi: float) -> tuple[float, int]:
@@ -50,10 +52,11 @@ def quantise_weights(w: np.ndarray, axis: int, bits: int = WEIGHT_BITS) -> tuple
 def tensors_to_range(model: onnx.ModelProto) -> list[str]:
     """The activations a quantised graph needs ranges for, in graph order.
 
-    The activation input of every Conv / Gemm with constant weights, and the output of every Conv read only by
-    Conv, Max or Add nodes (so the integer result flows on without a float round trip). A Conv read by a Relu
-    is ranged after the Relu instead (its input to the next Conv): the Relu then disappears into the uint8
-    clamp of the convolution, zero point 0.
+    The activation input of every Conv / Gemm with constant weights, and the output of every node onnxruntime
+    has an integer kernel for (Conv, Add, the pools, Pad, Relu, Max) when something reads it, so the integer
+    result flows on without a float round trip. An output read only by Relu nodes is ranged after the Relu
+    instead: the Relu then disappears into the uint8 clamp of its producer (zero point 0), as onnxruntime fuses
+    Conv → Relu → QuantizeLinear and Add → Relu → QuantizeLinear into QLinearConv and QLinearAdd.
     """
     g = model.graph
     consts = {i.name for i in g.initializer}
@@ -66,9 +69,9 @@ def tensors_to_range(model: onnx.ModelProto) -> list[str]:
     for node in g.node:
         if node.op_type in QUANTISED_OPS and len(node.input) > 1 and node.input[1] in consts:
             names.append(node.input[0])
-        if node.op_type == "Conv" and node.output[0] not in outputs:
+        if node.op_type in INTEGER_OUTPUT_OPS and node.output[0] not in outputs:
             after = readers.get(node.output[0], [])
-            if after and all(r.op_type in ("Conv", "Max", "Add") for r in after):
+            if after and not all(r.op_type == "Relu" for r in after):
                 names.append(node.output[0])
     return list(dict.fromkeys(n for n in names if n not in consts and n not in outputs))
 

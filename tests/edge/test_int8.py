@@ -186,3 +186,33 @@ def test_shipped_sface_int8_is_prepared_on_first_use_and_matches_fp32(faces, tmp
     # Integer end to end: only the input normalisation (Sub, Mul) and the final batch norms stay float.
     assert "Conv" not in ops and ops.count("QLinearConv") >= 27 and "PRelu" not in ops, ops
     assert ops.count("Mul") <= 1 and "Add" not in ops and ops.count("DequantizeLinear") <= 2, ops
+
+
+def test_shipped_dlib_resnet_int8_runs_residual_blocks_on_integer_kernels(faces, tmp_path):
+    """dlib's ReLU ResNet as the device quantises it: convolutions, residual additions and pools integer."""
+    from edge.embed import Embedder
+    from edge.vision.align import align
+
+    reg = Registry(tmp_path)
+    m = reg.manifest("dlib-resnet-int8")
+    assert not m.default, "a fusion member's twin must not take the default embedder's place"
+    fp32, int8 = Embedder(*reg.open("dlib-resnet")), Embedder(*reg.open("dlib-resnet-int8"))
+    crops = np.stack([align(img, f.landmarks, m.alignment) for img, f in faces])
+    cos = (fp32.embed(crops) * int8.embed(crops)).sum(axis=1)
+    assert cos.min() > 0.99 and cos.mean() > 0.995, (cos.min(), cos.mean())
+    so_path = tmp_path / "opt.onnx"
+    _session(onnx.load(str(reg.runtime_file(m))), str(so_path))
+    ops = [n.op_type for n in onnx.load(str(so_path)).graph.node]
+    assert "Conv" not in ops and ops.count("QLinearConv") == 29, ops
+    # The 14 residual additions (Add → Relu → Q fused) and the 4 shortcut pools run on uint8.
+    assert "Add" not in ops and ops.count("QLinearAdd") == 14 and ops.count("QLinearAveragePool") == 4, ops
+    assert "Relu" not in ops, ops
+
+
+def test_fused_builtin_uses_the_int8_members():
+    reg = Registry()
+    fused = reg.manifest("fused")
+    members = fused.extra["members"]
+    assert members == ["sface-int8", "dlib-resnet-int8"], members
+    for name in members:
+        assert reg.manifest(name).quantize, name
