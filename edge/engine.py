@@ -136,14 +136,22 @@ class Engine:
         self.gallery.follow()  # before anything is decided on this frame
         faces = self.pipeline.detect(frame.image, frame=True)
         t = self._timed("detect", t)
-        records = self.pipeline.analyse(frame.image, self.gate, embedders=[self.primary], faces=faces)
-        embed_ms = self.pipeline.timings.last_embed_ms
-        now = time.perf_counter()
-        self.hist["quality"].observe((now - t) * 1e3 - embed_ms)  # align and the quality gate
-        self.hist["embed"].observe(embed_ms)
-        t = now
+        records = self.pipeline.analyse(frame.image, self.gate, embedders=[], faces=faces)  # align + quality
+        t = self._timed("quality", t)
         self.blocking_reason = self._gate_report(records)
         assigned, _ = self.tracker.update(faces, frame.t_capture)  # in face order: assigned[i] is records[i]
+        # Every face that passed gets the primary embedding (it also tells one person from the next within a
+        # track); the scorer's other embedders only the faces whose track is still to decide. One batch per
+        # embedder, the embedders side by side when models.threads gives each a thread (edge/pipeline.py).
+        passed = [i for i, r in enumerate(records) if r.passed]
+        missing = [e for e in self.scorer.embedders if e != self.primary]
+        undecided = [i for i in passed if not assigned[i][0].state.get("decided")]
+        vectors = self.pipeline.embed_jobs(frame.image, faces, {self.primary: passed,
+                                                                **{m: undecided for m in missing}},
+                                           primary_crops=np.stack([r.crop for r in records]) if records else None)
+        for record, v in zip(records, vectors, strict=True):
+            record.embeddings = v
+        t = self._timed("embed", t)
         if self.live_gate is not None:
             self.live_gate.frame(assigned, frame.image, frame.t_capture)  # a challenge follows turned faces too
         pending: list[tuple[Any, Face, dict[str, np.ndarray], Any, float]] = []
@@ -165,13 +173,13 @@ class Engine:
                 if live is None:
                     continue  # its liveness challenge is under way: nothing to decide on yet
             pending.append((track, face, dict(record.embeddings), live, frame_quality(record.quality)))
-        # The scorer's other embedders run only here, for faces still to decide, in one batch per embedder.
-        missing = [e for e in self.scorer.embedders if e != self.primary]
-        if pending and missing:
+        # A face whose decided track was split off above (someone else stepped in) has no other embeddings yet.
+        short = [k for k, (_, _, probe, _, _) in enumerate(pending) if any(m not in probe for m in missing)]
+        if short:
             t = time.perf_counter()
-            extra = self.pipeline.embed(frame.image, [face for _, face, _, _, _ in pending], missing)
-            for (_, _, probe, _, _), more in zip(pending, extra, strict=True):
-                probe.update(more)
+            extra = self.pipeline.embed(frame.image, [pending[k][1] for k in short], missing)
+            for k, more in zip(short, extra, strict=True):
+                pending[k][2].update(more)
             self._timed("embed", t)
         claim = self.policy.claimed
         decisions = []

@@ -3,13 +3,19 @@
 Enrolment, the CLI, the daemon's engine, the benchmarks and the export stage all go through FacePipeline, so
 a face is found, aligned, judged and embedded the same way everywhere. Work is batched: the faces of one image
 are aligned per embedder (each with its own template) and each embedder runs once on all of them.
+
+Threads (`models.threads`): with one embedder, its session and the detector's use them all (intra-op). With
+several (a fusion) and at least one thread each, the embedders run side by side instead, each session on its
+share (threads // embedders): a fused face then costs the slower model's time, not the sum, and the sessions
+together never hold more threads than configured. Measured: docs/results/int8.md § 9.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,8 +75,12 @@ class FacePipeline:
         self.rescued: Counter[str] = Counter()
         # The first embedder is the primary one (quality crops, track identity); the others are computed for
         # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.
-        self.embedders = [Embedder(*self.registry.open(name, threads=threads))
-                          for name in dict.fromkeys((embedder, *extra_embedders))]
+        names = list(dict.fromkeys((embedder, *extra_embedders)))
+        # Several embedders and a thread for each: they run side by side, each on its share of the threads.
+        self.parallel = len(names) >= 2 and threads >= len(names)
+        share = threads // len(names) if self.parallel else threads
+        self.embedders = [Embedder(*self.registry.open(name, threads=share)) for name in names]
+        self._pool: ThreadPoolExecutor | None = None
         self.embedder = self.embedders[0]
         self.by_name = {e.manifest.name: e for e in self.embedders}
         self.timings = Timings()
@@ -110,21 +120,44 @@ class FacePipeline:
               primary_crops: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
         """Each face's embeddings under each named embedder (default: all): one batched call per embedder, each
         embedder's crops aligned with its own template (`primary_crops` reuses the primary's, already cut)."""
+        everyone = list(range(len(faces)))
+        return self.embed_jobs(image, faces, {n: everyone for n in (embedders if embedders is not None
+                                                                    else self.names)}, primary_crops)
+
+    def embed_jobs(self, image: np.ndarray, faces: list[Face], jobs: Mapping[str, Sequence[int]],
+                   primary_crops: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+        """Embeddings of `faces[i]` under each job's embedder for the i it lists (embedder → face indices): one
+        batched call per embedder, side by side when the pipeline has a thread for each (`parallel`).
+        `primary_crops[i]` is faces[i] already cut with the primary's template. `timings.last_embed_ms` is the
+        step's wall time."""
         out: list[dict[str, np.ndarray]] = [{} for _ in faces]
+        work = [(name, list(idx)) for name, idx in jobs.items() if len(idx)]
         self.timings.last_embed_ms = 0.0
-        if not faces:
+        if not work:
             return out
-        for name in (embedders if embedders is not None else self.names):
+
+        def run(name: str, idx: list[int]) -> np.ndarray:
             emb = self.by_name[name]
-            same_template = emb.manifest.alignment == self.embedder.manifest.alignment
-            crops = primary_crops if primary_crops is not None and same_template else self.crops(image, faces, emb)
+            if primary_crops is not None and emb.manifest.alignment == self.embedder.manifest.alignment:
+                crops = primary_crops[idx]
+            else:
+                crops = self.crops(image, [faces[i] for i in idx], emb)
             t = time.perf_counter()
             vectors = emb.embed(crops)
-            ms = (time.perf_counter() - t) * 1e3
-            self.timings.embed.append(ms)
-            self.timings.last_embed_ms += ms
-            for record, v in zip(out, vectors, strict=True):
-                record[name] = v
+            self.timings.embed.append((time.perf_counter() - t) * 1e3)
+            return vectors
+
+        t = time.perf_counter()
+        if self.parallel and len(work) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(len(self.embedders), thread_name_prefix="embed")
+            results = list(self._pool.map(lambda w: run(*w), work))
+        else:
+            results = [run(*w) for w in work]
+        self.timings.last_embed_ms = (time.perf_counter() - t) * 1e3
+        for (name, idx), vectors in zip(work, results, strict=True):
+            for i, v in zip(idx, vectors, strict=True):
+                out[i][name] = v
         return out
 
     def analyse(self, image: np.ndarray, gate: QualityGate | None = None, embedders: Sequence[str] | None = None,

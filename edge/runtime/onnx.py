@@ -17,7 +17,8 @@ class OnnxRuntime:
     def __init__(self, path: Path | bytes, threads: int = 1) -> None:
         """`path`: the model file, or a serialised model built in memory (e.g. with extra outputs)."""
         so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, threads)
+        self.threads = max(1, threads)  # intra-op threads of this session (edge/pipeline.py shares them out)
+        so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
