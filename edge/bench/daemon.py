@@ -103,6 +103,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
             for name, path in enrol:
                 judged = enroller.judge(path)
                 enrolled += bool(enroller.commit(name, [judged], command="bench daemon"))
+            frames = _frame_timer(daemon)
             captured: dict[str, float] = {}
             daemon.on_decision = lambda d, e: captured.__setitem__(e["event_id"], d.t_capture)
             sub = Subscriber(host, int(port), "facegate/facegate-bench/event")
@@ -135,4 +136,40 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
             "rss_peak_mb": rss_peak_mb(), "liveness": liveness, "frames": stats.produced,
             "frames_corrupt": stats.corrupt, "decisions": len(latencies), "decisions_by_kind": kinds,
             "images": len(shown), "enrolled": enrolled, "frames_per_image": frames_per_image, "target_fps": fps,
-            "broker": started.kind if started else broker}
+            "broker": started.kind if started else broker, "frame_ms": _frame_summary(frames)}
+
+
+def _frame_timer(daemon: Any) -> list[tuple[int, float]]:
+    """(faces detected, ms) of every frame the engine processes: where a latency tail comes from (a frame with
+    two faces costs both faces' embeddings, and the next frame waits for it)."""
+    engine, pipeline = daemon.engine, daemon.engine.pipeline
+    out: list[tuple[int, float]] = []
+    seen = [0]
+    detect, process = pipeline.detect, engine.process
+
+    def counted(image: Any, frame: bool = False) -> Any:
+        faces = detect(image, frame=frame)
+        seen[0] = len(faces)
+        return faces
+
+    def timed(frame: Any, problems: list[str]) -> Any:
+        t = time.perf_counter()
+        try:
+            return process(frame, problems)
+        finally:
+            out.append((seen[0], (time.perf_counter() - t) * 1e3))
+
+    pipeline.detect, engine.process = counted, timed
+    return out
+
+
+def _frame_summary(frames: list[tuple[int, float]]) -> dict[str, Any]:
+    """Per-frame processing ms (p50 / p99 / max), overall and by the number of faces in the frame."""
+    def stats(ms: list[float]) -> dict[str, Any]:
+        a = np.asarray(ms)
+        return {"frames": len(ms), "p50": round(float(np.percentile(a, 50)), 1),
+                "p99": round(float(np.percentile(a, 99)), 1), "max": round(float(a.max()), 1)} if ms else {"frames": 0}
+    by_faces: dict[str, list[float]] = {}
+    for n, ms in frames:
+        by_faces.setdefault(str(n) if n < 2 else "2+", []).append(ms)
+    return {"all": stats([ms for _, ms in frames]), "by_faces": {k: stats(v) for k, v in sorted(by_faces.items())}}

@@ -1,0 +1,33 @@
+"""`facegate bench daemon` on a few LFW people: decisions reach a real broker, and the per-frame times add up."""
+
+import shutil
+
+import pytest
+
+from edge.bench import daemon as bench
+
+
+@pytest.fixture(scope="module")
+def people(lfw, tmp_path_factory):
+    """Two people with two photos each (enrolled by their first) and one with a single photo (a stranger)."""
+    if not shutil.which("mosquitto"):
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    root = tmp_path_factory.mktemp("people")
+    for name, count in (("Aaron_Peirsol", 2), ("Abdullah_Gul", 2), ("AJ_Cook", 1)):
+        (root / name).mkdir()
+        for src in sorted((lfw / "images" / name).glob("*.jpg"))[:count]:
+            (root / name / src.name).symlink_to(src)
+    return root
+
+
+def test_bench_daemon_reports_latency_and_per_frame_costs(people):
+    r = bench.run(people, fps=15, frames_per_image=4, limit=10)
+    assert r["enrolled"] == 2 and r["images"] == 3
+    assert r["decisions"] >= 2 and r["frames_corrupt"] == 0
+    assert 0 < r["p50_ms"] <= r["p99_ms"]
+    frames = r["frame_ms"]
+    # Every frame the engine took is timed once, and sorted by the faces it held.
+    assert 0 < frames["all"]["frames"] <= r["frames"]
+    assert sum(v["frames"] for v in frames["by_faces"].values()) == frames["all"]["frames"]
+    assert set(frames["by_faces"]) <= {"0", "1", "2+"} and frames["by_faces"]["1"]["frames"] > 0
+    assert frames["all"]["p50"] <= frames["all"]["p99"] <= frames["all"]["max"]
