@@ -108,8 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = group.add_parser("fusion", help="a score fusion of several embedders: impostor statistics per member and "
                                         "the fused score's 1:1 threshold and 1:N tail")
     p.add_argument("--name", default="fused", help="the fusion's model name (default: fused)")
-    p.add_argument("--members", default="sface,dlib-resnet", help="comma-separated embedders (default: "
-                                                                   "sface,dlib-resnet)")
+    p.add_argument("--members", default="sface-int8,dlib-resnet-int8",
+                   help="comma-separated embedders (default: sface-int8,dlib-resnet-int8, the built-in fused's)")
     p.add_argument("--weights", help="NAME=W,… relative weights (default: equal)")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--pairs", type=Path, required=True, help="LFW-format pairs file (use View 1, never View 2)")

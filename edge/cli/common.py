@@ -79,8 +79,8 @@ def recognition_options(p: argparse.ArgumentParser, policy: str = "best", verifi
                        help=f"{verifier} (installed name or bundle folder; default: models.verifier, else the "
                             "embedder's cosine)")
         p.add_argument("--fusion", metavar="NAME",
-                       help="score with a fusion of several embedders (e.g. fused: sface + dlib-resnet; "
-                            "default: models.fusion)")
+                       help="score with a fusion of several embedders (e.g. fused: sface-int8 + dlib-resnet-int8, "
+                            "fused-fp32: sface + dlib-resnet; default: models.fusion)")
     json_option(p)
 
 
