@@ -141,11 +141,13 @@ class Engine:
         self.blocking_reason = self._gate_report(records)
         assigned, _ = self.tracker.update(faces, frame.t_capture)  # in face order: assigned[i] is records[i]
         # Every face that passed gets the primary embedding (it also tells one person from the next within a
-        # track); the scorer's other embedders only the faces whose track is still to decide. One batch per
-        # embedder, the embedders side by side when models.threads gives each a thread (edge/pipeline.py).
+        # track). The scorer's other embedders are for faces still to decide: when models.threads gives each
+        # embedder a thread (edge/pipeline.py) they run here, beside the primary, for every face on an undecided
+        # track; on one thread they wait until the faces to decide are known (below), so a face whose liveness
+        # challenge is under way costs no second model.
         passed = [i for i, r in enumerate(records) if r.passed]
         missing = [e for e in self.scorer.embedders if e != self.primary]
-        undecided = [i for i in passed if not assigned[i][0].state.get("decided")]
+        undecided = [i for i in passed if not assigned[i][0].state.get("decided")] if self.pipeline.parallel else []
         vectors = self.pipeline.embed_jobs(frame.image, faces, {self.primary: passed,
                                                                 **{m: undecided for m in missing}},
                                            primary_crops=np.stack([r.crop for r in records]) if records else None)
@@ -173,7 +175,8 @@ class Engine:
                 if live is None:
                     continue  # its liveness challenge is under way: nothing to decide on yet
             pending.append((track, face, dict(record.embeddings), live, frame_quality(record.quality)))
-        # A face whose decided track was split off above (someone else stepped in) has no other embeddings yet.
+        # The other embedders for faces to decide that lack them: all of them on one thread; with threads, only a
+        # face split off a decided track above (someone else stepped in).
         short = [k for k, (_, _, probe, _, _) in enumerate(pending) if any(m not in probe for m in missing)]
         if short:
             t = time.perf_counter()

@@ -67,18 +67,20 @@ class FacePipeline:
             raise ValueError(f"rescue must be one of {RESCUE_MODES}, not {rescue!r}")
         self.registry = registry or Registry()
         embedder = embedder or self.registry.default_embedder()  # "" or None: what the manifests choose
-        self.detector: Detector = make_detector(self.registry, detector, threads=threads, min_face_px=min_face_px)
+        # The first embedder is the primary one (quality crops, track identity); the others are computed for
+        # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.
+        names = list(dict.fromkeys((embedder, *extra_embedders)))
+        # Several embedders and a thread for each: they run side by side, each on its share of the threads, and
+        # the detector gets a share too: a session with more intra-op threads keeps them spinning after each
+        # run, which would take a core from the embedders (measured: docs/results/int8.md § 9).
+        self.parallel = len(names) >= 2 and threads >= len(names)
+        share = threads // len(names) if self.parallel else threads
+        self.detector: Detector = make_detector(self.registry, detector, threads=share, min_face_px=min_face_px)
         # When the first detection pass finds nothing: look again (edge/vision/rescue.py) on photos, on every
         # frame too, or never. `rescued` counts the faces' finds by step, for the benchmarks.
         self.rescue_mode = rescue
         self.rescue = Rescue(self.detector)
         self.rescued: Counter[str] = Counter()
-        # The first embedder is the primary one (quality crops, track identity); the others are computed for
-        # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.
-        names = list(dict.fromkeys((embedder, *extra_embedders)))
-        # Several embedders and a thread for each: they run side by side, each on its share of the threads.
-        self.parallel = len(names) >= 2 and threads >= len(names)
-        share = threads // len(names) if self.parallel else threads
         self.embedders = [Embedder(*self.registry.open(name, threads=share)) for name in names]
         self._pool: ThreadPoolExecutor | None = None
         self.embedder = self.embedders[0]

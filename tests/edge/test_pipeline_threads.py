@@ -27,6 +27,9 @@ def test_embedders_run_side_by_side_on_their_share_of_the_threads(frame):
     assert [e.runtime.threads for e in two.embedders] == [1, 1]
     assert [e.runtime.threads for e in four.embedders] == [2, 2]
     assert alone.embedder.runtime.threads == 2
+    # The detector takes a share too when the members run side by side (its idle pool threads would spin).
+    assert two.detector.runtime.threads == 1 and four.detector.runtime.threads == 2
+    assert alone.detector.runtime.threads == 2
     faces = one.detect(frame, frame=True)
     assert len(faces) == 3, len(faces)
     want, got = one.embed(frame, faces), two.embed(frame, faces)

@@ -1,0 +1,93 @@
+"""The engine with the built-in fusion: which faces pay for the second model, on one thread and on two."""
+
+import numpy as np
+import pytest
+
+from edge.config import parse
+from edge.decide import AccessPolicy, Policy
+from edge.engine import Engine
+from edge.enroll import Enroller
+from edge.health import Metrics
+from edge.imageio import load_bgr
+from edge.liveness.base import LivenessResult
+from edge.match.factory import make_scorer
+from edge.pipeline import FacePipeline
+from edge.sources import Frame
+from edge.store.db import Store
+
+MEMBERS = ("sface-int8", "dlib-resnet-int8")
+
+
+class SlowChallenge:
+    """A liveness gate whose challenge is under way for a track's first `wait` frames, then live: what the engine
+    sees while a visitor turns their head."""
+
+    def __init__(self, wait: int) -> None:
+        self.wait, self.seen = wait, {}
+
+    def frame(self, assigned, image, t) -> None:
+        pass
+
+    def observe(self, track, image, face, t):
+        self.seen[track.id] = self.seen.get(track.id, 0) + 1
+        return None if self.seen[track.id] <= self.wait else LivenessResult("live", 0.99)
+
+    def take_prompts(self) -> list[str]:
+        return []
+
+
+class Counted:
+    """Wraps an embedder: how many crops it embedded."""
+
+    def __init__(self, embedder) -> None:
+        self.inner, self.crops = embedder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        self.crops += len(crops)
+        return self.inner.embed(crops)
+
+
+@pytest.fixture(scope="module")
+def faces(lfw):
+    root = lfw / "images"
+    return {"enrol": load_bgr(root / "Colin_Powell/Colin_Powell_0038.jpg"),
+            "probe": load_bgr(root / "Colin_Powell/Colin_Powell_0040.jpg")}
+
+
+def _run(threads: int, faces, tmp_path, frames: int = 10) -> tuple[list[int], int, int]:
+    """(frames that decided, crops the second member embedded, crops the primary embedded)."""
+    pipe = FacePipeline(embedder=MEMBERS[0], extra_embedders=MEMBERS[1:], threads=threads)
+    store = Store(tmp_path / f"t{threads}.db")
+    scorer = make_scorer(pipe.registry, MEMBERS[0], store=store, fusion="fused")
+    enroller = Enroller(store, pipe, scorer=scorer)
+    assert enroller.commit("colin", [enroller.judge("colin", image=faces["enrol"])], command="test")
+    cfg = parse({"profile": "door"})
+    clock = [1000.0]
+    policy = Policy(cfg.decision, AccessPolicy(cfg.access), liveness_required=True, clock=lambda: clock[0])
+    engine = Engine(pipe, make_scorer(pipe.registry, MEMBERS[0], store=store, fusion="fused"), policy, cfg,
+                    Metrics(), live_gate=SlowChallenge(wait=2))
+    primary, second = Counted(pipe.by_name[MEMBERS[0]]), Counted(pipe.by_name[MEMBERS[1]])
+    pipe.by_name[MEMBERS[0]], pipe.by_name[MEMBERS[1]] = primary, second
+    decided = []
+    for i in range(1, frames + 1):
+        clock[0] += 1 / 15
+        out = engine.process(Frame(faces["probe"], i, clock[0], "test"), [])
+        decided += [i for d in out if d.decision == "granted" and d.identity == "colin"]
+    store.close()
+    return decided, second.crops, primary.crops
+
+
+def test_the_second_model_runs_only_for_faces_to_decide(faces, tmp_path):
+    # Liveness under way for frames 1–2, then k = 3 agreeing frames: granted at frame 5 either way.
+    one, second_one, primary_one = _run(1, faces, tmp_path)
+    two, second_two, primary_two = _run(2, faces, tmp_path)
+    assert one == two == [5], (one, two)
+    # The primary runs on every frame (it tells one person from the next within a track).
+    assert primary_one == primary_two == 10
+    # One thread: the second model waits until a face is to be decided: frames 3, 4, 5.
+    assert second_one == 3, second_one
+    # Two threads: it runs beside the primary for every face on an undecided track (frames 1–5), then stops.
+    assert second_two == 5, second_two
