@@ -34,7 +34,7 @@ from export.style import StyleError
 from export.style.costs import Costs, CostSettings, StyleCost, build_cost, loss_taps
 from export.style.images import load_image, save_grid
 from export.style.lossnet import LossNet, default_weights
-from export.style.optimize import descend, progress_bar, start_image
+from export.style.optimize import descend_pixels, progress_bar, start_image
 from export.style.reference import content_key
 
 FF_PASSES = 3  # timed feed-forward passes per pair; their median is the pair's feedforward_ms
@@ -146,13 +146,7 @@ def optimize_until(cost: StyleCost, content: torch.Tensor, j_ff: float, lr: floa
         done_timing = reached_s is not None or step >= max_steps
         return done_timing and (style_at is None or step >= style_at)
 
-    def advance(_step: int, _c: Costs) -> bool:
-        if bar is not None:
-            bar.update(1)
-        return False
-
-    descend(torch.optim.Adam([g], lr=lr), lambda _k: cost(g, target), watch, advance,
-            project=lambda: g.clamp_(0.0, 1.0))
+    descend_pixels(g, lambda _k: cost(g, target), lr, watch, bar)
     if bar is not None:
         bar.close()
     return reached_s is not None, (reached_s if reached_s is not None else time.perf_counter() - t0), style_value

@@ -46,6 +46,16 @@ def descend(opt: torch.optim.Optimizer, evaluate: Callable[[int], Costs], stop: 
         k += 1
 
 
+def descend_pixels(g: torch.Tensor, evaluate: Callable[[int], Costs], lr: float, stop: Watch, bar: Any = None) -> int:
+    """`descend` with Adam on the pixels of G, kept in [0, 1] after each step, a progress bar advanced per step."""
+    def advance(_step: int, _c: Costs) -> bool:
+        if bar is not None:
+            bar.update(1)
+        return False
+
+    return descend(torch.optim.Adam([g], lr=lr), evaluate, stop, advance, project=lambda: g.clamp_(0.0, 1.0))
+
+
 def progress_bar(total: int, enabled: bool, unit: str = "step"):
     if not enabled:
         return None
@@ -108,13 +118,7 @@ def optimize(cost: StyleCost, content: torch.Tensor, steps: int = 500, lr: float
                 return True
             return step == steps
 
-        def advance(_step: int, _c: Costs) -> bool:
-            if bar is not None:
-                bar.update(1)
-            return False
-
-        descend(torch.optim.Adam([g], lr=lr), lambda _k: cost(g, target), watch, advance,
-                project=lambda: g.clamp_(0.0, 1.0))
+        descend_pixels(g, lambda _k: cost(g, target), lr, watch, bar)
     else:
         # Not `descend`: L-BFGS evaluates J itself, several times per step in its line search, via a closure.
         opt = torch.optim.LBFGS([g], lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
