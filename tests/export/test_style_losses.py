@@ -122,3 +122,17 @@ def test_style_cost_module_keeps_per_position_grams(weights: Path, data: Path) -
     cost = StyleCost(net, settings, style)
     a = net(style)["b2.expand"]
     assert torch.allclose(cost.gram_b2_expand, gram(a)[0] / (a.shape[2] * a.shape[3]))
+
+
+def test_bench_descent_times_until_j_falls_to_the_target(weights: Path, data: Path) -> None:
+    from export.style.bench import optimize_until
+
+    torch.set_num_threads(1)
+    cost = build_cost(data / "style" / "the_scream.jpg", CostSettings(style_size=128), weights)
+    content = load_image(data / "lfw" / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg", size=(64, 64))
+    start = float(cost(content, cost.content_target(content)).total[0])
+    reached, seconds, style = optimize_until(cost, content, start * 0.9, lr=0.02, max_steps=60, style_at=3,
+                                             progress=False)
+    assert reached and seconds > 0 and style > 0
+    unreachable, _, _ = optimize_until(cost, content, 0.0, lr=0.02, max_steps=3, style_at=None, progress=False)
+    assert not unreachable
