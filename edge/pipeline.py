@@ -5,9 +5,9 @@ a face is found, aligned, judged and embedded the same way everywhere. Work is b
 are aligned per embedder (each with its own template) and each embedder runs once on all of them.
 
 Threads (`models.threads`): with one embedder, its session and the detector's use them all (intra-op). With
-several (a fusion) and at least one thread each, the embedders run side by side instead, each session on its
-share (threads // embedders): a fused face then costs the slower model's time, not the sum, and the sessions
-together never hold more threads than configured. Measured: docs/results/int8.md § 9.
+several (a fusion) and at least one thread each, the embedders run side by side instead, each session — the
+detector's too — on its share (threads // embedders): a fused face then costs the slower model's time, not the
+sum, and no session holds idle threads that spin while the others work. Measured: docs/results/int8.md § 9.
 """
 
 from __future__ import annotations
@@ -34,14 +34,12 @@ def _recent() -> deque[float]:
 
 @dataclass
 class Timings:
-    """Milliseconds per stage, accumulated over calls (a benchmark reads them); the last embed() call's total
-    is kept apart for the daemon's per-frame stage histogram."""
+    """Milliseconds per stage, accumulated over calls (a benchmark reads them)."""
 
     detect: deque[float] = field(default_factory=_recent)
     align: deque[float] = field(default_factory=_recent)
     quality: deque[float] = field(default_factory=_recent)
     embed: deque[float] = field(default_factory=_recent)
-    last_embed_ms: float = 0.0
 
 
 @dataclass
@@ -130,11 +128,9 @@ class FacePipeline:
                    primary_crops: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
         """Embeddings of `faces[i]` under each job's embedder for the i it lists (embedder → face indices): one
         batched call per embedder, side by side when the pipeline has a thread for each (`parallel`).
-        `primary_crops[i]` is faces[i] already cut with the primary's template. `timings.last_embed_ms` is the
-        step's wall time."""
+        `primary_crops[i]` is faces[i] already cut with the primary's template."""
         out: list[dict[str, np.ndarray]] = [{} for _ in faces]
         work = [(name, list(idx)) for name, idx in jobs.items() if len(idx)]
-        self.timings.last_embed_ms = 0.0
         if not work:
             return out
 
@@ -149,14 +145,12 @@ class FacePipeline:
             self.timings.embed.append((time.perf_counter() - t) * 1e3)
             return vectors
 
-        t = time.perf_counter()
         if self.parallel and len(work) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(len(self.embedders), thread_name_prefix="embed")
             results = list(self._pool.map(lambda w: run(*w), work))
         else:
             results = [run(*w) for w in work]
-        self.timings.last_embed_ms = (time.perf_counter() - t) * 1e3
         for (name, idx), vectors in zip(work, results, strict=True):
             for i, v in zip(idx, vectors, strict=True):
                 out[i][name] = v
@@ -176,7 +170,6 @@ class FacePipeline:
                 r.reasons = gate.reasons(r.quality)
             self.timings.quality.append((time.perf_counter() - t) * 1e3)
         passed = [i for i, r in enumerate(records) if r.passed]
-        self.timings.last_embed_ms = 0.0
         if passed:
             vectors = self.embed(image, [records[i].face for i in passed], embedders,
                                  primary_crops=crops[passed])
