@@ -171,8 +171,9 @@ def build(source: str = "sface", images: Path | None = None, name: str | None = 
         data["quantize"]["provenance"]["rule"] = (
             f"default embedder when the View-1 pooled accuracy loses at most {max_loss_pp} pp against {source}"
             + ("" if replaces else f" and {source} is the default embedder (it is not: never the default)"))
-        data["default"] = bool(replaces and check["delta_pp"] >= -max_loss_pp)
-        data["quantize"]["provenance"]["within_loss"] = bool(check["delta_pp"] >= -max_loss_pp)
+        within = bool(check["delta_pp"] >= -max_loss_pp)
+        data["quantize"]["provenance"]["within_loss"] = within
+        data["default"] = replaces and within
         data["quantize"]["provenance"]["prepared_sha256"] = sha256_file(staged.runtime_file(staged.manifest(name)))
         entries = calibrate(name, images, dev_files[0], far, registry=staged, fpir=fpir)
     for e in entries.values():
