@@ -224,14 +224,21 @@ class DoorSync:
         level = logging.INFO if exc.reason == "old" else logging.WARNING
         limited.log(level, f"refused:{exc.reason}", "fleet: %s refused: %s (%s)", what, exc.reason, exc.detail)
 
+    def _site_document(self, payload: bytes, kind: str) -> dict | None:
+        """The hub-signed document of this `kind` for this door's site, or None (refused and logged)."""
+        try:
+            doc = verify(self.public_key, payload, kind)
+            if doc["site"] != self.site:
+                raise Refused("wrong_site", f"a {kind} of site {doc['site'][:64]!r}")
+        except Refused as exc:
+            self._refuse(exc, f"a {kind}")
+            return None
+        return doc
+
     def handle_batch(self, payload: bytes) -> bool:
         """Apply a batch from the broker if it is the next revision; True if applied."""
-        try:
-            doc = verify(self.public_key, payload, "batch")
-            if doc["site"] != self.site:
-                raise Refused("wrong_site", f"a batch of site {doc['site'][:64]!r}")
-        except Refused as exc:
-            self._refuse(exc, "a batch")
+        doc = self._site_document(payload, "batch")
+        if doc is None:
             return False
         with self._lock:
             s = self.state
@@ -276,12 +283,8 @@ class DoorSync:
         return True
 
     def handle_manifest(self, payload: bytes) -> None:
-        try:
-            doc = verify(self.public_key, payload, "manifest")
-            if doc["site"] != self.site:
-                raise Refused("wrong_site", f"a manifest of site {doc['site'][:64]!r}")
-        except Refused as exc:
-            self._refuse(exc, "a manifest")
+        doc = self._site_document(payload, "manifest")
+        if doc is None:
             return
         with self._lock:
             self._follow(doc)
