@@ -64,7 +64,8 @@ class ModelsConfig:
     verifier: str = ""  # an installed verification head (task verify_head); "" scores by the embedder's cosine
     # A score fusion (task "fusion", edge/match/fusion.py): its members' normalised cosines, combined; "" = none.
     fusion: str = ""
-    threads: int = 1
+    # 0 = auto: one per embedder where the box has a core for each (a fusion's members side by side), else 1
+    threads: int = 0
     min_face_px: float = 40.0
     # When the first detection pass finds no face: look again at full resolution, turned, below the score
     # threshold (edge/vision/rescue.py). photos | always | off; "photos" spares camera frames, mostly empty.
@@ -284,7 +285,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "camera.fps": (0, 240), "camera.frames_per_image": (1, None), "camera.width": (0, 16384),
     "camera.height": (0, 16384), "camera.reconnect_min_s": (0.01, None), "camera.reconnect_max_s": (0.01, None),
-    "camera.stale_s": (0.1, None), "models.threads": (1, 64), "models.min_face_px": (8, None),
+    "camera.stale_s": (0.1, None), "models.threads": (0, 64), "models.min_face_px": (8, None),
     "liveness.threads": (1, 64), "liveness.challenge_yaw_deg": (10, 35), "liveness.challenge_timeout_s": (1, 60),
     "decision.k": (1, 100), "decision.n": (1, 100), "decision.fpir": (1e-6, 0.5),
     "decision.max_frames": (1, 10000), "decision.track_frames": (1, 20),

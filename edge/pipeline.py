@@ -8,10 +8,12 @@ Threads (`models.threads`): with one embedder, its session and the detector's us
 several (a fusion) and at least one thread each, the embedders run side by side instead, each session — the
 detector's too — on its share (threads // embedders): a fused face then costs the slower model's time, not the
 sum, and no session holds idle threads that spin while the others work. Measured: docs/results/int8.md § 9.
+0 (the configuration's default) = auto: one thread per embedder where the box has the cores, else one.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -57,6 +59,21 @@ class FaceRecord:
         return not self.reasons
 
 
+def cores() -> int:
+    """CPU cores this process may run on (its affinity, which a container or `taskset` narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_threads(embedders: int) -> int:
+    """`models.threads = 0`: one thread per embedder when the box has a core for each, so a fusion's members run
+    side by side; otherwise one. Never more per session: intra-op threads on one small model were slower than
+    one (docs/results/int8.md § 8), while members side by side cut a fused face to the slower model's time (§ 9)."""
+    return embedders if embedders >= 2 and cores() >= embedders else 1
+
+
 class FacePipeline:
     def __init__(self, registry: Registry | None = None, detector: str = "yunet", embedder: str | None = None,
                  threads: int = 1, min_face_px: float = 40.0, extra_embedders: Sequence[str] = (),
@@ -68,6 +85,10 @@ class FacePipeline:
         # The first embedder is the primary one (quality crops, track identity); the others are computed for
         # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.
         names = list(dict.fromkeys((embedder, *extra_embedders)))
+        if threads < 0:
+            raise ValueError(f"threads must be ≥ 0 (0 = auto), not {threads}")
+        self.threads = threads or auto_threads(len(names))
+        threads = self.threads
         # Several embedders and a thread for each: they run side by side, each on its share of the threads, and
         # the detector gets a share too: a session with more intra-op threads keeps them spinning after each
         # run, which would take a core from the embedders (measured: docs/results/int8.md § 9).

@@ -121,6 +121,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
             for _, e in sub.events:
                 kinds[e["decision"]] = kinds.get(e["decision"], 0) + 1
             liveness = daemon.liveness_mode
+            threads = {"models": daemon.pipeline.threads, "members_side_by_side": daemon.pipeline.parallel}
     finally:
         if started is not None:
             started.stop()
@@ -136,7 +137,8 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
             "rss_peak_mb": rss_peak_mb(), "liveness": liveness, "frames": stats.produced,
             "frames_corrupt": stats.corrupt, "decisions": len(latencies), "decisions_by_kind": kinds,
             "images": len(shown), "enrolled": enrolled, "frames_per_image": frames_per_image, "target_fps": fps,
-            "broker": started.kind if started else broker, "frame_ms": _frame_summary(frames)}
+            "broker": started.kind if started else broker, "frame_ms": _frame_summary(frames),
+            "threads": threads}
 
 
 def _frame_timer(daemon: Any) -> list[tuple[int, float]]:

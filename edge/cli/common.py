@@ -65,7 +65,8 @@ def recognition_options(p: argparse.ArgumentParser, policy: str = "best", verifi
     p.add_argument("--model", help="embedder model name (default: models.embedder, else the manifests' default: "
                    "sface-int8; sface is fp32)")
     p.add_argument("--detector", help="detector model name (default: models.detector, yunet)")
-    p.add_argument("--threads", type=bounded(int, 1, 64), help="inference threads (default: models.threads, 1)")
+    p.add_argument("--threads", type=bounded(int, 0, 64),
+                   help="inference threads; 0 = one per embedder where the cores allow (default: models.threads, 0)")
     p.add_argument("--min-face", type=bounded(float, 8), metavar="PX",
                    help="smallest face to find, in image pixels (default: models.min_face_px, 40)")
     p.add_argument("--rescue", choices=RESCUE_MODES,

@@ -31,3 +31,5 @@ def test_bench_daemon_reports_latency_and_per_frame_costs(people):
     assert sum(v["frames"] for v in frames["by_faces"].values()) == frames["all"]["frames"]
     assert set(frames["by_faces"]) <= {"0", "1", "2+"} and frames["by_faces"]["1"]["frames"] > 0
     assert frames["all"]["p50"] <= frames["all"]["p99"] <= frames["all"]["max"]
+    # The default configuration's threads (0 = auto) resolve to one for a single embedder.
+    assert r["threads"] == {"models": 1, "members_side_by_side": False}

@@ -48,3 +48,28 @@ def test_embed_jobs_runs_each_embedder_on_its_own_faces_only(frame):
     full = pipe.embed(frame, [faces[1]])[0]
     assert float(out[1][MEMBERS[1]] @ full[MEMBERS[1]]) > 0.9999
     assert pipe.embed_jobs(frame, faces, {MEMBERS[0]: [], MEMBERS[1]: []}) == [{}, {}, {}]
+
+
+def test_auto_threads_give_each_member_a_core_when_the_box_has_them(monkeypatch):
+    import edge.pipeline as pipeline
+
+    # 0 = auto: a fusion runs its members side by side when there is a core for each, else on one thread;
+    # one embedder stays on one thread (intra-op threads were slower, docs/results/int8.md § 8).
+    monkeypatch.setattr(pipeline, "cores", lambda: 2)
+    fused = FacePipeline(embedder=MEMBERS[0], extra_embedders=MEMBERS[1:], threads=0)
+    single = FacePipeline(embedder=MEMBERS[0], threads=0)
+    assert fused.threads == 2 and fused.parallel and [e.runtime.threads for e in fused.embedders] == [1, 1]
+    assert single.threads == 1 and single.embedder.runtime.threads == 1
+    monkeypatch.setattr(pipeline, "cores", lambda: 1)
+    assert FacePipeline(embedder=MEMBERS[0], extra_embedders=MEMBERS[1:], threads=0).threads == 1
+    with pytest.raises(ValueError, match="threads"):
+        FacePipeline(embedder=MEMBERS[0], threads=-1)
+
+
+def test_the_configuration_defaults_to_auto_threads_and_names_a_bad_value():
+    from edge import config
+    from edge.errors import FacegateError
+
+    assert config.parse({}).models.threads == 0
+    with pytest.raises(FacegateError, match=r"models\.threads"):
+        config.parse({"models": {"threads": -1}})
