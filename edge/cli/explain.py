@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.common import bounded, config_option, open_store, store_options
+from edge.explain.occlusion import FILLS
 from edge.vision.detect import POLICIES
 
 
@@ -49,7 +50,8 @@ def _explainer(args: argparse.Namespace):
         from edge import config
 
         templates = config.load(args.config).decision.templates
-    return MatchExplainer(pipe, patch=args.patch, stride=args.stride, batch=args.batch, progress=_progress,
+    return MatchExplainer(pipe, patch=args.patch, stride=args.stride, batch=args.batch, fill=args.fill,
+                          progress=_progress,
                           fusion=fusion, templates=templates,
                           **({"margin": args.margin} if getattr(args, "margin", None) is not None else {}))
 
@@ -174,7 +176,10 @@ def _occlusion_opts(p: argparse.ArgumentParser, policy: str = "largest") -> None
                    help="embedder: sface, sface-int8, dlib-resnet, fused (the built-in fusion's score and thresholds), "
                         "or names joined by + (scored by the mean of their cosines; default: the manifests' "
                         "default embedder, as enrol uses)")
-    p.add_argument("--patch", type=int, default=16, help="side of the grey patch, crop pixels (default: 16)")
+    p.add_argument("--patch", type=int, default=16, help="side of the occluding patch, crop pixels (default: 16)")
+    p.add_argument("--fill", choices=FILLS, default="grey",
+                   help="what the patch shows: mid-grey, or the face blurred (detail removed, colour kept; "
+                        "default: grey)")
     p.add_argument("--stride", type=int, default=8, help="step between patches, crop pixels (default: 8)")
     p.add_argument("--batch", type=int, default=64, help="occluded crops per inference batch (default: 64)")
     _device_opts(p, policy)

@@ -90,7 +90,8 @@ def run(explainer: MatchExplainer, images: Path, pairs_file: Path, limit: int = 
     faces = [f for r in rows for f in r["faces"]]
     return {
         "model": explainer.model, "pairs_file": str(pairs_file), "pairs": n, "scored": len(rows),
-        "no_face": no_face, "patch": explainer.patch, "stride": explainer.stride, "top_cells": top,
+        "no_face": no_face, "patch": explainer.patch, "stride": explainer.stride, "fill": explainer.fill,
+        "top_cells": top,
         "margin_eye_distances": explainer.margin,
         "central_box_xyxy": [round(v, 2) for v in box] if box else None,
         "inside_fraction": round(sum(r["inside"][top] for r in rows) / n, 4),

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import FacegateError, NoFaceError
 from edge.explain import draw
-from edge.explain.occlusion import CENTRAL_MARGIN, GREY, FaceView, Occluder, OcclusionMap, central_box
+from edge.explain.occlusion import CENTRAL_MARGIN, FaceView, Occluder, OcclusionMap, central_box
 from edge.match.base import accept
 from edge.match.fusion import Fusion
 from edge.models.manifest import Manifest
@@ -88,7 +88,7 @@ class MatchExplainer:
     """The device's own detection, alignment and embedders, and the occlusion settings."""
 
     def __init__(self, pipeline: FacePipeline, patch: int = 16, stride: int = 8, batch: int = 64,
-                 fill: float = GREY, progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
+                 fill: str = "grey", progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
                  margin: float = CENTRAL_MARGIN, fusion: Fusion | None = None, templates: str = "mean") -> None:
         self.pipeline = pipeline
         self.templates = templates  # decision.templates: how a stored identity's photos make its score
@@ -136,7 +136,8 @@ class MatchExplainer:
                 for e in self.embedders}
 
     def occluder(self, view: FaceView, reference: dict[str, np.ndarray]) -> Occluder:
-        return Occluder(view, self.embedders, reference, fill=self.fill, batch=self.batch, score=self.score)
+        return Occluder(view, self.embedders, reference, fill=self.fill, patch=self.patch,
+                        batch=self.batch, score=self.score)
 
     def _map(self, occluder: Occluder, label: str) -> OcclusionMap:
         prog = (lambda it: self.progress(it, label)) if self.progress else None

@@ -25,7 +25,13 @@ from edge.errors import FacegateError
 from edge.models.manifest import AlignmentTemplate
 from edge.vision.align import align, similarity_transform
 
-GREY = 128.0  # the occluder: mid-grey in 0–255 pixels, before any normalisation of the model's
+GREY = 128.0  # the grey occluder: mid-grey in 0–255 pixels, before any normalisation of the model's
+FILLS = ("grey", "blur")
+# The blur occluder: the patch shows the same crop under a Gaussian blur of this σ, in patches. A grey square
+# removes the region but also paints a new edge and a new colour into it (on dark hair or at the face's border
+# that change alone moves the embedding); a blurred patch keeps the region's colour and coarse shape and removes
+# only its detail, so a drop measures how much the model relies on what is *drawn* there.
+BLUR_SIGMA_PATCHES = 0.5
 
 
 @dataclass(frozen=True)
@@ -140,23 +146,33 @@ class Occluder:
     """Scores a face against a fixed reference with any set of patches greyed out, in batches."""
 
     def __init__(self, view: FaceView, embedders: list[Embedder], reference: dict[str, np.ndarray],
-                 fill: float = GREY, batch: int = 64,
+                 fill: str = "grey", patch: int = 16, batch: int = 64,
                  score: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], np.ndarray] = mean_cosine) -> None:
         self.embedders = embedders
         self.reference = reference
         self.score = score  # (probe rows, reference rows) -> (N,): the explained decision's own score
-        self.fill = float(fill)
+        if fill not in FILLS:
+            raise FacegateError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
+        self.fill = fill
         self.batch = max(1, int(batch))
         display = embedders[0].manifest.alignment
         assert display is not None, "an embedder manifest must carry an alignment template"
         self.display = display
         self.size = (display.size[1], display.size[0])
         to_display = view.to(display)
-        self._crops, self._maps = [], []
+        self._crops, self._maps, self._fills = [], [], []
         for e in embedders:
             tpl = e.manifest.alignment
             assert tpl is not None
-            self._crops.append(view.crop(tpl).astype(np.float32))
+            crop = view.crop(tpl).astype(np.float32)
+            self._crops.append(crop)
+            # what shows under a patch, in this embedder's crop: grey, or the crop blurred (σ in display pixels,
+            # carried to this crop's scale so every member sees the same occluder)
+            if fill == "grey":
+                self._fills.append(np.float32(GREY))
+            else:
+                sigma = BLUR_SIGMA_PATCHES * patch * tpl.size[0] / display.size[0]
+                self._fills.append(cv2.GaussianBlur(crop, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT))
             # display crop → this embedder's crop; None where they are the same frame (no warp needed)
             m = (view.to(tpl) @ np.linalg.inv(to_display))[:2]
             same = tpl.size == display.size and np.allclose(m, [[1, 0, 0], [0, 1, 0]], atol=1e-6)
@@ -173,14 +189,14 @@ class Occluder:
         for k in range(0, len(masks), self.batch):
             chunk = masks[k:k + self.batch]
             probe = {}
-            for e, crop, m in zip(self.embedders, self._crops, self._maps, strict=True):
+            for e, crop, m, fill in zip(self.embedders, self._crops, self._maps, self._fills, strict=True):
                 if m is None:
                     mm = chunk
                 else:
                     w, h = e.manifest.alignment.size  # type: ignore[union-attr]
                     mm = np.stack([cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR) for x in chunk])
                 mm = mm[..., None]
-                occluded = crop[None] * (1.0 - mm) + self.fill * mm
+                occluded = crop[None] * (1.0 - mm) + fill * mm
                 probe[e.manifest.name] = e.embed(np.clip(occluded + 0.5, 0, 255).astype(np.uint8))
             out.append(self.score(probe, self.reference))
         return np.concatenate(out) if out else np.zeros(0)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from edge.cli import main
+from edge.errors import FacegateError
 from edge.explain.bench import masking_check, view1_genuine
 from edge.explain.match import MatchExplainer, explain_stored
-from edge.explain.occlusion import Grid, Occluder, central_box, mean_cosine
+from edge.explain.occlusion import FaceView, Grid, Occluder, central_box, mean_cosine
 from edge.explain.units import TopK, UnitModel
 from edge.imageio import load_bgr
 from edge.models.registry import BUILTIN_DIR, Registry
@@ -80,6 +81,26 @@ def test_batching_changes_nothing(explainer: MatchExplainer, explained) -> None:
     one = Occluder(views[0], explainer.embedders, reference, batch=64).scores(masks)
     few = Occluder(views[0], explainer.embedders, reference, batch=4).scores(masks)
     assert np.allclose(one, few, atol=1e-5)
+
+
+def test_the_blur_occluder_removes_detail_only(explainer: MatchExplainer, explained) -> None:
+    """A blurred patch over a flat region changes nothing; a grey one paints a new colour there."""
+    views, _ = explained
+    tpl = explainer.display
+    crop = views[0].crop(tpl).copy()
+    crop[:48, :48] = (40, 60, 90)  # a flat corner, wider than the blur's reach from the first patch
+    flat = FaceView(crop, np.asarray(tpl.points, np.float64))  # the crop is its own aligned face
+    reference = explainer.embed(views[1])
+    grid = Grid((112, 112), 16, 8)
+    masks = np.stack([np.zeros((112, 112), np.float32), grid.mask([(0, 0)]), grid.mask([(6, 6)])])
+    blur = Occluder(flat, explainer.embedders, reference, fill="blur", patch=16).scores(masks)
+    grey = Occluder(flat, explainer.embedders, reference, fill="grey", patch=16).scores(masks)
+    assert blur[0] == pytest.approx(grey[0], abs=1e-6)  # unoccluded: the same face
+    assert blur[1] == pytest.approx(blur[0], abs=1e-4)  # flat corner blurred: the same pixels
+    assert abs(grey[1] - grey[0]) > 1e-3
+    assert blur[0] - blur[2] > 0.01  # the face's centre blurred: its detail is gone, the score drops
+    with pytest.raises(FacegateError, match="fill"):
+        Occluder(flat, explainer.embedders, reference, fill="noise")
 
 
 def test_masking_the_top_cells_costs_more_than_random_cells(explained) -> None:
