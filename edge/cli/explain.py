@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.common import bounded, config_option, open_store, store_options
-from edge.explain.occlusion import FILLS
+from edge.explain.occlusion import DEFAULT_FILL, FILLS
 from edge.vision.detect import POLICIES
 
 
@@ -177,9 +177,9 @@ def _occlusion_opts(p: argparse.ArgumentParser, policy: str = "largest") -> None
                         "or names joined by + (scored by the mean of their cosines; default: the manifests' "
                         "default embedder, as enrol uses)")
     p.add_argument("--patch", type=int, default=16, help="side of the occluding patch, crop pixels (default: 16)")
-    p.add_argument("--fill", choices=FILLS, default="grey",
-                   help="what the patch shows: mid-grey, or the face blurred (detail removed, colour kept; "
-                        "default: grey)")
+    p.add_argument("--fill", choices=FILLS, default=DEFAULT_FILL,
+                   help="what the patch shows: the face blurred (detail removed, colour and shape kept), or "
+                        f"mid-grey (default: {DEFAULT_FILL})")
     p.add_argument("--stride", type=int, default=8, help="step between patches, crop pixels (default: 8)")
     p.add_argument("--batch", type=int, default=64, help="occluded crops per inference batch (default: 64)")
     _device_opts(p, policy)

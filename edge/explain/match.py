@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import FacegateError, NoFaceError
 from edge.explain import draw
-from edge.explain.occlusion import CENTRAL_MARGIN, FaceView, Occluder, OcclusionMap, central_box
+from edge.explain.occlusion import CENTRAL_MARGIN, DEFAULT_FILL, FaceView, Occluder, OcclusionMap, central_box
 from edge.match.base import accept
 from edge.match.fusion import Fusion
 from edge.models.manifest import Manifest
@@ -88,7 +88,7 @@ class MatchExplainer:
     """The device's own detection, alignment and embedders, and the occlusion settings."""
 
     def __init__(self, pipeline: FacePipeline, patch: int = 16, stride: int = 8, batch: int = 64,
-                 fill: str = "grey", progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
+                 fill: str = DEFAULT_FILL, progress: Callable[[Iterable[Any], str], Iterable[Any]] | None = None,
                  margin: float = CENTRAL_MARGIN, fusion: Fusion | None = None, templates: str = "mean") -> None:
         self.pipeline = pipeline
         self.templates = templates  # decision.templates: how a stored identity's photos make its score
@@ -275,6 +275,7 @@ def match_figure(ex: MatchExplanation) -> np.ndarray:
     bar_w = min(240, canvas.shape[1] - 2 * margin - 140)
     canvas[y + 32:y + 44, margin:margin + bar_w] = draw.colour_bar(bar_w)
     grid = maps[0].grid if maps else None
-    what = f"drop of the score, {grid.patch} px grey patch, stride {grid.stride}" if grid else ""
+    what = (f"drop of the score, {grid.patch} px {'blurred' if maps[0].fill == 'blur' else 'grey'} patch, "
+            f"stride {grid.stride}") if grid else ""
     draw.text(canvas, f"0 .. {vmax:.3f}  {what}", margin + bar_w + 8, y + 43, 0.42)
     return canvas

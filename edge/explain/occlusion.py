@@ -1,4 +1,4 @@
-"""Occlusion sensitivity of a match score (Zeiler & Fergus, 2014): grey a patch, re-embed, record the drop.
+"""Occlusion sensitivity of a match score (Zeiler & Fergus, 2014): occlude a patch, re-embed, record the drop.
 
 A face is held as its source image and five landmarks (`FaceView`), so every embedder aligns it with its own
 template, exactly as the recognition path does. Patches are placed on a grid over the *display* crop (the
@@ -27,6 +27,10 @@ from edge.vision.align import align, similarity_transform
 
 GREY = 128.0  # the grey occluder: mid-grey in 0–255 pixels, before any normalisation of the model's
 FILLS = ("grey", "blur")
+# The default, chosen on 50 View-1 genuine pairs of pairsDevTrain disjoint from both bench sets: strongest cell
+# of both maps inside the central box 0.90 (blur) vs 0.86 (grey), top three 0.76 vs 0.70
+# (docs/results/explain-bench.md, "The blur occluder").
+DEFAULT_FILL = "blur"
 # The blur occluder: the patch shows the same crop under a Gaussian blur of this σ, in patches. A grey square
 # removes the region but also paints a new edge and a new colour into it (on dark hair or at the face's border
 # that change alone moves the embedding); a blurred patch keeps the region's colour and coarse shape and removes
@@ -105,8 +109,9 @@ class Grid:
 class OcclusionMap:
     grid: Grid
     score: float  # the unoccluded score
-    drops: np.ndarray  # (ny, nx): score − score with that cell's patch grey; > 0 where the region supports it
+    drops: np.ndarray  # (ny, nx): score − score with that cell's patch occluded; > 0 where the region supports it
     ms: float  # time to compute it
+    fill: str = DEFAULT_FILL  # what the patch showed: the face blurred, or grey
 
     def top_cells(self, k: int) -> list[tuple[int, int]]:
         """The k cells whose occlusion lowers the score most, strongest first."""
@@ -125,7 +130,7 @@ class OcclusionMap:
         return (total / np.maximum(count, 1)).astype(np.float32)
 
     def to_dict(self, k: int = 3) -> dict[str, Any]:
-        return {"score": round(self.score, 6), **self.grid.to_dict(),
+        return {"score": round(self.score, 6), **self.grid.to_dict(), "fill": self.fill,
                 "drops": np.round(self.drops, 5).tolist(),
                 "top_cells": [{"cell": [i, j], "centre_xy": list(self.grid.centre(i, j)),
                                "drop": round(float(self.drops[i, j]), 5)} for i, j in self.top_cells(k)],
@@ -146,7 +151,7 @@ class Occluder:
     """Scores a face against a fixed reference with any set of patches greyed out, in batches."""
 
     def __init__(self, view: FaceView, embedders: list[Embedder], reference: dict[str, np.ndarray],
-                 fill: str = "grey", patch: int = 16, batch: int = 64,
+                 fill: str = DEFAULT_FILL, patch: int = 16, batch: int = 64,
                  score: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], np.ndarray] = mean_cosine) -> None:
         self.embedders = embedders
         self.reference = reference
@@ -159,6 +164,7 @@ class Occluder:
         assert display is not None, "an embedder manifest must carry an alignment template"
         self.display = display
         self.size = (display.size[1], display.size[0])
+        Grid(self.size, patch, 1)  # the patch's bounds, checked before a blur is sized by it
         to_display = view.to(display)
         self._crops, self._maps, self._fills = [], [], []
         for e in embedders:
@@ -184,7 +190,7 @@ class Occluder:
         return self._crops[0].astype(np.uint8)
 
     def scores(self, masks: np.ndarray) -> np.ndarray:
-        """(N,) scores with each (H, W) display-frame mask's pixels greyed; an all-zero mask scores the face."""
+        """(N,) scores with each (H, W) display-frame mask's pixels occluded; an all-zero mask scores the face."""
         out = []
         for k in range(0, len(masks), self.batch):
             chunk = masks[k:k + self.batch]
@@ -214,7 +220,7 @@ class Occluder:
         scores = [self.scores(np.stack([grid.mask([c]) for c in chunk]))
                   for chunk in (progress(chunks) if progress else chunks)]
         drops = (base - np.concatenate(scores)).reshape(grid.shape)
-        return OcclusionMap(grid, base, drops.astype(np.float32), (time.perf_counter() - t) * 1e3)
+        return OcclusionMap(grid, base, drops.astype(np.float32), (time.perf_counter() - t) * 1e3, self.fill)
 
 
 # The central region's margin, in eye distances. 0.25 (the whole eye, not just its centre) was declared first
