@@ -148,7 +148,7 @@ def mean_cosine(probe: dict[str, np.ndarray], reference: dict[str, np.ndarray]) 
 
 
 class Occluder:
-    """Scores a face against a fixed reference with any set of patches greyed out, in batches."""
+    """Scores a face against a fixed reference with any set of patches occluded (blurred or grey), in batches."""
 
     def __init__(self, view: FaceView, embedders: list[Embedder], reference: dict[str, np.ndarray],
                  fill: str = DEFAULT_FILL, patch: int = 16, batch: int = 64,
