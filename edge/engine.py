@@ -178,12 +178,23 @@ class Engine:
         # The other embedders for faces to decide that lack them: all of them on one thread; with threads, only a
         # face split off a decided track above (someone else stepped in).
         short = [k for k, (_, _, probe, _, _) in enumerate(pending) if any(m not in probe for m in missing)]
+        deferred: set[int] = set()
+        if len(short) > 1 and not self.pipeline.parallel:
+            # One thread: the other models for one face per frame — the one whose track has waited longest — and
+            # the others on the next frames. Otherwise a frame with two faces to decide costs both faces' second
+            # models, and the frames queued behind it wait too (the one-thread latency tail,
+            # docs/results/int8.md § 11); a face deferred here is observed again one frame later.
+            short.sort(key=lambda k: pending[k][0].state.get("fused_at", float("-inf")))
+            deferred, short = set(short[1:]), short[:1]
         if short:
             t = time.perf_counter()
             extra = self.pipeline.embed(frame.image, [pending[k][1] for k in short], missing)
             for k, more in zip(short, extra, strict=True):
                 pending[k][2].update(more)
+                pending[k][0].state["fused_at"] = frame.t_capture
             self._timed("embed", t)
+        if deferred:
+            pending = [p for k, p in enumerate(pending) if k not in deferred]
         claim = self.policy.claimed
         decisions = []
         for track, face, probe, live, quality in pending:

@@ -91,3 +91,38 @@ def test_the_second_model_runs_only_for_faces_to_decide(faces, tmp_path):
     assert second_one == 3, second_one
     # Two threads: it runs beside the primary for every face on an undecided track (frames 1–5), then stops.
     assert second_two == 5, second_two
+
+
+def test_one_thread_gives_the_second_model_to_one_face_per_frame_in_turn(faces, lfw, tmp_path):
+    """Two enrolled people to decide in one frame, one thread: each frame embeds one face with the second model,
+    the faces take turns, and both are granted."""
+    pipe = FacePipeline(embedder=MEMBERS[0], extra_embedders=MEMBERS[1:], threads=1)
+    store = Store(tmp_path / "two.db")
+    scorer = make_scorer(pipe.registry, MEMBERS[0], store=store, fusion="fused")
+    enroller = Enroller(store, pipe, scorer=scorer)
+    gul = lfw / "images" / "Abdullah_Gul"
+    for name, image in (("colin", faces["enrol"]), ("gul", load_bgr(gul / "Abdullah_Gul_0001.jpg"))):
+        assert enroller.commit(name, [enroller.judge(name, image=image)], command="test")
+    frame = np.ascontiguousarray(np.hstack([faces["probe"], load_bgr(gul / "Abdullah_Gul_0007.jpg")]))
+    cfg = parse({"profile": "kiosk"})
+    clock = [1000.0]
+    policy = Policy(cfg.decision, AccessPolicy(cfg.access), liveness_required=False, clock=lambda: clock[0])
+    engine = Engine(pipe, make_scorer(pipe.registry, MEMBERS[0], store=store, fusion="fused"), policy, cfg,
+                    Metrics())
+    second = Counted(pipe.by_name[MEMBERS[1]])
+    pipe.by_name[MEMBERS[1]] = second
+    per_frame, decided = [], {}
+    for i in range(1, 13):
+        clock[0] += 1 / 15
+        before = second.crops
+        for d in engine.process(Frame(frame, i, clock[0], "test"), []):
+            decided.setdefault(d.identity or d.decision, (i, d.decision, d.reason))
+        per_frame.append(second.crops - before)
+    store.close()
+    assert len(pipe.detect(frame, frame=True)) == 2
+    # Never both faces' second model in one frame; while both are undecided, one per frame, taking turns.
+    assert max(per_frame) == 1 and per_frame[:4] == [1, 1, 1, 1], per_frame
+    assert {k: v[1] for k, v in decided.items()} == {"colin": "granted", "gul": "granted"}, decided
+    # Taking turns, the two are decided one frame apart, each within twice the frames one face alone needs.
+    first, last = sorted(v[0] for v in decided.values())
+    assert last - first == 1 and last <= 8, decided
