@@ -147,7 +147,7 @@ def test_verify_and_identify_with_a_verifier_head(capsys, faces, tmp_path, monke
 
 
 @pytest.mark.parametrize("args", [["--fpir", "2"], ["--fpir", "0"], ["--fpir", "-0.1"], ["--fpir", "nan"],
-                                  ["--top", "-1"], ["--threads", "0"], ["--min-face", "inf"]])
+                                  ["--top", "-1"], ["--threads", "-1"], ["--min-face", "inf"]])
 def test_out_of_range_options_are_errors(tmp_path, args):
     from edge.cli import main
 
