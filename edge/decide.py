@@ -34,6 +34,9 @@ from edge.vision.track import Track
 DECISIONS = ("granted", "denied", "unknown", "spoof")
 
 
+GATE_PASSED = "gate_passed"  # Track.state key: a face of this track passed the quality gate (set by the engine)
+
+
 @dataclass(frozen=True)
 class Observation:
     """One quality-gated frame of one track."""
@@ -231,10 +234,13 @@ class Policy:
     def _tailgating(self, track: Track, name: str, window: deque[Observation], others: list[Track]) -> Decision | None:
         s = track.state
         s["eligible_at"] = s.get("eligible_at", s["observations"])  # recognised and allowed: waiting at most
-        # Faces that passed the quality gate at least once count; granted ones, and ones recognised and allowed
-        # but waiting like this one, are allowed company (two colleagues arriving together both get in).
-        # A face held in its liveness challenge (edge/liveness/temporal.py) has passed the quality gate too.
-        company = [o for o in others if (o.state.get("observations") or o.state.get("liveness_track"))
+        # Faces that passed the quality gate at least once count, scored or not: the engine marks them
+        # (GATE_PASSED) before anything decides whether this frame scores them — a face held in its liveness
+        # challenge, or waiting for a fusion's second model on one thread (edge/engine.py), is company too.
+        # Granted ones, and ones recognised and allowed but waiting like this one, are allowed company (two
+        # colleagues arriving together both get in).
+        company = [o for o in others
+                   if (o.state.get("observations") or o.state.get("liveness_track") or o.state.get(GATE_PASSED))
                    and o.state.get("decided") != "granted" and "eligible_at" not in o.state]
         if not company or self.cfg.tailgating == "allow":
             reason = f"{len(company)} other face(s) in view" if company else ""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import Config
-from edge.decide import Decision, Observation, Policy
+from edge.decide import GATE_PASSED, Decision, Observation, Policy
 from edge.enroll import face_crop_png
 from edge.health import Metrics
 from edge.liveness import LivenessCheck
@@ -165,6 +165,8 @@ class Engine:
             if last is not None and not accept(float(last @ emb), self.split_threshold):
                 track = self.tracker.split(track, face, frame.t_capture)  # someone else stepped in
             track.state["embedding"] = emb
+            # Company for the tailgating rule from now on, whether or not this frame scores the face (edge/decide.py)
+            track.state[GATE_PASSED] = True
             if track.state.get("decided"):
                 continue
             live = None

@@ -126,3 +126,54 @@ def test_one_thread_gives_the_second_model_to_one_face_per_frame_in_turn(faces, 
     # Taking turns, the two are decided one frame apart, each within twice the frames one face alone needs.
     first, last = sorted(v[0] for v in decided.values())
     assert last - first == 1 and last <= 8, decided
+
+
+def _agreed(policy, track, name: str, k: int) -> None:
+    from edge.decide import Observation
+
+    for i in range(k):
+        policy.observe(track, Observation(name, name, 0.9, 0.5, None, 1000.0 + i / 15, 0.5))
+
+
+def test_a_face_waiting_for_its_second_model_still_blocks_a_tailgate():
+    """A face that passed the quality gate but was not scored this frame (on one thread the second model goes
+    to one face per frame) is company for the tailgating rule: the grant waits, then is denied."""
+    from edge.decide import GATE_PASSED
+    from edge.vision.track import Track
+
+    cfg = parse({"profile": "kiosk"})
+    policy = Policy(cfg.decision, AccessPolicy(cfg.access), liveness_required=False, clock=lambda: 1000.0)
+    box = np.zeros(4)
+    # Unscored and unflagged: nobody the rule can see (what the engine had before it marked gated faces).
+    me, other = Track(1, box, 0.0, 0.0), Track(2, box, 0.0, 0.0)
+    _agreed(policy, me, "colin", cfg.decision.k)
+    assert policy.evaluate(me, [other], []).decision == "granted"
+    # Flagged by the engine, never scored: the grant waits for it, then is denied when it stays unrecognised.
+    me, other = Track(3, box, 0.0, 0.0), Track(4, box, 0.0, 0.0, state={GATE_PASSED: True})
+    _agreed(policy, me, "tony", cfg.decision.k)
+    assert policy.evaluate(me, [other], []) is None
+    for _ in range(cfg.decision.tailgating_wait):
+        _agreed(policy, me, "tony", 1)
+        d = policy.evaluate(me, [other], [])
+    assert d is not None and d.decision == "denied" and "tailgating" in d.reason, d
+
+
+def test_the_engine_marks_every_gated_face_scored_or_not(faces, lfw, tmp_path):
+    """One thread, a fusion, two faces: one is scored on the first frame, both are marked for the rule."""
+    pipe = FacePipeline(embedder=MEMBERS[0], extra_embedders=MEMBERS[1:], threads=1)
+    store = Store(tmp_path / "mark.db")
+    scorer = make_scorer(pipe.registry, MEMBERS[0], store=store, fusion="fused")
+    enroller = Enroller(store, pipe, scorer=scorer)
+    assert enroller.commit("colin", [enroller.judge("colin", image=faces["enrol"])], command="test")
+    gul = load_bgr(lfw / "images" / "Abdullah_Gul" / "Abdullah_Gul_0007.jpg")
+    cfg = parse({"profile": "kiosk"})
+    policy = Policy(cfg.decision, AccessPolicy(cfg.access), liveness_required=False, clock=lambda: 1000.0)
+    engine = Engine(pipe, make_scorer(pipe.registry, MEMBERS[0], store=store, fusion="fused"), policy, cfg,
+                    Metrics())
+    engine.process(Frame(np.ascontiguousarray(np.hstack([faces["probe"], gul])), 1, 1000.0, "test"), [])
+    store.close()
+    from edge.decide import GATE_PASSED
+
+    tracks = list(engine.tracker.tracks.values())
+    assert len(tracks) == 2 and all(t.state.get(GATE_PASSED) for t in tracks)
+    assert sorted(t.state.get("observations", 0) for t in tracks) == [0, 1]
