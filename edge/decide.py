@@ -235,12 +235,11 @@ class Policy:
         s = track.state
         s["eligible_at"] = s.get("eligible_at", s["observations"])  # recognised and allowed: waiting at most
         # Faces that passed the quality gate at least once count, scored or not: the engine marks them
-        # (GATE_PASSED) before anything decides whether this frame scores them — a face held in its liveness
-        # challenge, or waiting for a fusion's second model on one thread (edge/engine.py), is company too.
-        # Granted ones, and ones recognised and allowed but waiting like this one, are allowed company (two
-        # colleagues arriving together both get in).
-        company = [o for o in others
-                   if (o.state.get("observations") or o.state.get("liveness_track") or o.state.get(GATE_PASSED))
+        # (GATE_PASSED) before it observes or defers them — a face waiting for a fusion's second model on one
+        # thread (edge/engine.py) is company too — and a face the liveness challenge follows counts even on
+        # frames where it is turned. Granted ones, and ones recognised and allowed but waiting like this one,
+        # are allowed company (two colleagues arriving together both get in).
+        company = [o for o in others if (o.state.get(GATE_PASSED) or o.state.get("liveness_track"))
                    and o.state.get("decided") != "granted" and "eligible_at" not in o.state]
         if not company or self.cfg.tailgating == "allow":
             reason = f"{len(company)} other face(s) in view" if company else ""
