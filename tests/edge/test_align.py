@@ -57,3 +57,26 @@ def test_align_puts_landmarks_on_template():
     for x, y in lm @ m[:, :2].T + m[:, 2]:
         window = crop[round(y) - 2:round(y) + 3, round(x) - 2:round(x) + 3]
         assert window.max() > 100
+
+
+def _umeyama_svd(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Umeyama's SVD route (reflection excluded), the reference the closed form must reproduce."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    rot = u @ sign @ vt
+    scale = (sig * np.diag(sign)).sum() / ((s ** 2).sum() / len(src))
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def test_closed_form_equals_the_svd_route():
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        n = int(rng.integers(2, 69))  # five landmarks, dlib's 68, and the two-point minimum
+        src = rng.uniform(-50, 250, (n, 2))
+        dst = rng.uniform(0, 112, (n, 2)) if i % 3 == 0 else src * [-1 if i % 3 == 1 else 1, 1] * 0.4 \
+            + rng.normal(0, 3, (n, 2))  # unrelated points, mirrored ones, and a noisy similarity
+        np.testing.assert_allclose(similarity_transform(src, dst), _umeyama_svd(src, dst), atol=1e-9, rtol=1e-9)
+    same = np.ones((5, 2))  # degenerate: all source points equal → identity plus shift, as before
+    np.testing.assert_allclose(similarity_transform(same, same + 2), [[1, 0, 2], [0, 1, 2]])
