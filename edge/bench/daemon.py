@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.bench.host import HostWatch, machine
 from edge.errors import FacegateError
 from edge.imageio import image_files
 
@@ -107,6 +108,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
             captured: dict[str, float] = {}
             daemon.on_decision = lambda d, e: captured.__setitem__(e["event_id"], d.t_capture)
             sub = Subscriber(host, int(port), "facegate/facegate-bench/event")
+            watch = HostWatch().start()
             t0 = time.monotonic()
             try:
                 with running(daemon) as thread:
@@ -122,6 +124,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
                 kinds[e["decision"]] = kinds.get(e["decision"], 0) + 1
             liveness = daemon.liveness_mode
             threads = {"models": daemon.pipeline.threads, "members_side_by_side": daemon.pipeline.parallel}
+            host = machine(watch)
     finally:
         if started is not None:
             started.stop()
@@ -138,7 +141,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
             "frames_corrupt": stats.corrupt, "decisions": len(latencies), "decisions_by_kind": kinds,
             "images": len(shown), "enrolled": enrolled, "frames_per_image": frames_per_image, "target_fps": fps,
             "broker": started.kind if started else broker, "frame_ms": _frame_summary(frames),
-            "threads": threads}
+            "threads": threads, "machine": host}
 
 
 def _frame_timer(daemon: Any) -> list[tuple[int, float]]:

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge.bench.host import HostWatch, machine
 from edge.errors import FacegateError, ImageError
 from edge.imageio import sample_images
 from edge.models.registry import Registry
@@ -262,6 +263,7 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
                 decoded.append(img)
         if not decoded:
             raise ImageError(f"{images_dir}: no image could be decoded")
+        watch = HostWatch().start()
         warm = Clock()
         warm.image()
         for name, pipe in pipes.items():  # warm-up: first-call allocations are not the steady state
@@ -277,6 +279,7 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
                     found = clocks[name].timed("total", lambda p=pipes[name], x=img: p(x)) is not None
                 no_face[name] += not found
     result = _report(pipeline, clocks, decode, no_face, notes, len(decoded), frames)
+    result["machine"] = machine(watch)
     result["threads"] = threads
     result["rescue"] = {"mode": rescue, "steps": {k: v for k, v in pipeline.rescued.items()},
                         "empty_frames": rescue_cost(pipeline, faceless_frames(decoded))}
@@ -336,8 +339,6 @@ def _report(pipeline: FacePipeline, clocks: dict[str, Clock], decode: Clock, no_
                                                     "per_face_cpu_ms": result["stages_cpu_ms"]["liveness"]}
     result["no_face"] = no_face
     result["notes"] = notes
-    result["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(),
-                         "load_average_1m": round(os.getloadavg()[0], 2)}
     return result
 
 
@@ -354,13 +355,3 @@ def _detector_input(pipeline: FacePipeline, frames: tuple[int, int] | None) -> s
     return f"{sw}x{sh} padded to {pw}x{ph} (scale {s:.3g} of {w}x{h})"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

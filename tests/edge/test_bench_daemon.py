@@ -33,3 +33,6 @@ def test_bench_daemon_reports_latency_and_per_frame_costs(people):
     assert frames["all"]["p50"] <= frames["all"]["p99"] <= frames["all"]["max"]
     # The default configuration's threads (0 = auto) resolve to one for a single embedder.
     assert r["threads"] == {"models": 1, "members_side_by_side": False}
+    host = r["machine"]["host"]  # the machine's own speed before and after, so a slow host shows as one
+    assert host["probe_ms"]["start"] > 0 and host["probe_ms"]["end"] > 0
+    assert host["steal_pct"] is None or 0 <= host["steal_pct"] <= 100

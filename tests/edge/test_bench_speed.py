@@ -55,6 +55,7 @@ def test_frames_mode_reports_every_stage_and_the_detector_policy(capsys, lfw):
     assert policy["input"].startswith("320x240") and policy["native_input"] == "640x480"
     assert policy["frames_with_a_face"] == {"policy": 3, "native": 3}
     assert data["ours_ms"] >= stages["detect"] and data["ratios"] == {"naive": None, "face_recognition": None}
+    assert data["machine"]["cores"] >= 1 and data["machine"]["host"]["probe_ms"]["start"] > 0
     # Door frames are frames: the rescue (photos by default) spares them; its cost on empty frames is reported.
     rescue = data["rescue"]
     assert rescue["mode"] == "photos" and rescue["steps"] == {}
