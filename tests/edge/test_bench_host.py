@@ -20,11 +20,19 @@ def test_steal_share_from_proc_stat(tmp_path):
 
 
 def test_watch_reports_both_probes_and_a_bounded_steal_share():
-    watch = HostWatch().start()
+    watch = HostWatch(interval=0.02).start()
     sum(i * i for i in range(200_000))  # some CPU time between the two readings
-    time.sleep(0.05)
+    time.sleep(0.3)
     host = machine(watch)["host"]
-    assert host["probe_ms"]["start"] > 0 and host["probe_ms"]["end"] > 0
+    probe = host["probe_ms"]
+    assert probe["start"] > 0 and probe["end"] > 0
+    # Sampled through the run by its thread, which stops with the report.
+    assert probe["samples"] >= 3 and 0 < probe["p10"] <= probe["p50"] <= probe["p90"]
+    assert 0 <= host["slowed_share"] <= 0.9  # the fast decile itself is never counted as slowed
+    assert not watch._thread.is_alive()
+    n = len(watch.samples)
+    time.sleep(0.1)
+    assert len(watch.samples) == n
     if cpu_jiffies() is not None:  # Linux
         assert 0 <= host["steal_pct"] <= 100
     else:
