@@ -116,6 +116,7 @@ def run(source: Path, fps: float = 15.0, frames_per_image: int = 8, limit: int =
                 elapsed = time.monotonic() - t0
                 sub.wait_for(len(captured), 10)
             finally:
+                watch.stop()
                 sub.close()
             stats = daemon.capture.stats
             latencies = [(t - captured[e["event_id"]]) * 1e3 for t, e in sub.events if e.get("event_id") in captured]

@@ -47,7 +47,7 @@ def cpu_jiffies(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
 
 
 class HostWatch:
-    """`start()` before the timed work, `report()` after.
+    """`start()` before the timed work (or `with HostWatch() as watch:` around it), `report()` after.
 
     The host's slow spells come and go within seconds (a probe timed at the start and the end of a run that
     was slowed throughout read normal), so a background thread times the probe once a `interval` seconds for
@@ -61,6 +61,7 @@ class HostWatch:
         self.interval = interval
         self.start_probe: float | None = None
         self.start_jiffies: tuple[int, int] | None = None
+        self.end_jiffies: tuple[int, int] | None = None
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,11 +77,23 @@ class HostWatch:
         while not self._stop.wait(self.interval):
             self.samples.append(probe_ms(repeats=1))
 
-    def report(self) -> dict[str, Any]:
+    def stop(self) -> None:
+        """End the sampling (idempotent); `report()` does it too, a `with` block does it on any exit."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        end = cpu_jiffies()
+        if self.end_jiffies is None:
+            self.end_jiffies = cpu_jiffies()
+
+    def __enter__(self) -> HostWatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def report(self) -> dict[str, Any]:
+        self.stop()
+        end = self.end_jiffies
         steal = None
         if self.start_jiffies is not None and end is not None and end[1] > self.start_jiffies[1]:
             steal = round(100.0 * (end[0] - self.start_jiffies[0]) / (end[1] - self.start_jiffies[1]), 2)

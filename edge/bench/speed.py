@@ -263,21 +263,21 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
                 decoded.append(img)
         if not decoded:
             raise ImageError(f"{images_dir}: no image could be decoded")
-        watch = HostWatch().start()
-        warm = Clock()
-        warm.image()
-        for name, pipe in pipes.items():  # warm-up: first-call allocations are not the steady state
-            pipe.run(decoded[0], warm) if name == "ours" else pipe(decoded[0])
-        ours.found = dict.fromkeys(ours.found, 0)
-        order = list(pipes)
-        for i, img in enumerate(tqdm(decoded, desc="speed", unit="img", file=sys.stderr, disable=None)):
-            for name in order[i % len(order):] + order[:i % len(order)]:
-                clocks[name].image()
-                if name == "ours":
-                    found = ours.run(img, clocks["ours"])
-                else:
-                    found = clocks[name].timed("total", lambda p=pipes[name], x=img: p(x)) is not None
-                no_face[name] += not found
+        with HostWatch() as watch:
+            warm = Clock()
+            warm.image()
+            for name, pipe in pipes.items():  # warm-up: first-call allocations are not the steady state
+                pipe.run(decoded[0], warm) if name == "ours" else pipe(decoded[0])
+            ours.found = dict.fromkeys(ours.found, 0)
+            order = list(pipes)
+            for i, img in enumerate(tqdm(decoded, desc="speed", unit="img", file=sys.stderr, disable=None)):
+                for name in order[i % len(order):] + order[:i % len(order)]:
+                    clocks[name].image()
+                    if name == "ours":
+                        found = ours.run(img, clocks["ours"])
+                    else:
+                        found = clocks[name].timed("total", lambda p=pipes[name], x=img: p(x)) is not None
+                    no_face[name] += not found
     result = _report(pipeline, clocks, decode, no_face, notes, len(decoded), frames)
     result["machine"] = machine(watch)
     result["threads"] = threads

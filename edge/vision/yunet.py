@@ -27,7 +27,9 @@ def _anchors(input_hw: tuple[int, int], strides: tuple[int, ...]) -> tuple[np.nd
         r, c = np.divmod(np.arange((h // s) * (w // s)), w // s)
         cells.append(np.stack([c, r], axis=1).astype(np.float64))
         steps.append(np.full(len(r), s, np.float32))
-    return np.concatenate(cells), np.concatenate(steps)
+    cells_all, steps_all = np.concatenate(cells), np.concatenate(steps)
+    cells_all.flags.writeable = steps_all.flags.writeable = False  # shared by every call: read-only
+    return cells_all, steps_all
 
 
 def decode(outputs: dict[str, np.ndarray], input_hw: tuple[int, int], strides: tuple[int, ...],

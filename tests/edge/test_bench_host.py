@@ -37,3 +37,14 @@ def test_watch_reports_both_probes_and_a_bounded_steal_share():
         assert 0 <= host["steal_pct"] <= 100
     else:
         assert host["steal_pct"] is None
+
+
+def test_a_with_block_stops_the_sampler_even_on_an_error():
+    try:
+        with HostWatch(interval=0.01) as watch:
+            time.sleep(0.05)
+            raise RuntimeError("the timed work failed")
+    except RuntimeError:
+        pass
+    assert not watch._thread.is_alive()
+    assert machine(watch)["host"]["probe_ms"]["samples"] == len(watch.samples)
