@@ -59,7 +59,6 @@ class HostWatch:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self.start_probe: float | None = None
         self.start_jiffies: tuple[int, int] | None = None
         self.end_jiffies: tuple[int, int] | None = None
         self.samples: list[float] = []
@@ -67,7 +66,7 @@ class HostWatch:
         self._thread: threading.Thread | None = None
 
     def start(self) -> HostWatch:
-        self.start_probe = probe_ms()
+        self.samples = [probe_ms()]  # the first sample is the start's, the last (taken by stop) the end's
         self.start_jiffies = cpu_jiffies()
         self._thread = threading.Thread(target=self._sample, name="host-probe", daemon=True)
         self._thread.start()
@@ -84,6 +83,7 @@ class HostWatch:
             self._thread.join()
         if self.end_jiffies is None:
             self.end_jiffies = cpu_jiffies()
+            self.samples.append(probe_ms())
 
     def __enter__(self) -> HostWatch:
         return self.start()
@@ -97,11 +97,12 @@ class HostWatch:
         steal = None
         if self.start_jiffies is not None and end is not None and end[1] > self.start_jiffies[1]:
             steal = round(100.0 * (end[0] - self.start_jiffies[0]) / (end[1] - self.start_jiffies[1]), 2)
-        probe: dict[str, Any] = {"start": self.start_probe, "end": probe_ms(), "samples": len(self.samples)}
+        probe: dict[str, Any] = {"start": None, "end": None, "samples": len(self.samples)}
         slowed = None
         if self.samples:
             q = np.percentile(self.samples, [10, 50, 90])
-            probe.update(p10=round(float(q[0]), 2), p50=round(float(q[1]), 2), p90=round(float(q[2]), 2))
+            probe.update(start=self.samples[0], end=self.samples[-1], p10=round(float(q[0]), 2),
+                         p50=round(float(q[1]), 2), p90=round(float(q[2]), 2))
             slowed = round(float(np.mean(np.asarray(self.samples) > self.SLOW * q[0])), 3)
         return {"probe_ms": probe, "slowed_share": slowed, "steal_pct": steal}
 

@@ -57,35 +57,8 @@ def decode(outputs: dict[str, np.ndarray], input_hw: tuple[int, int], strides: t
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int) -> np.ndarray:
-    """Greedy non-maximum suppression; returns kept indices, best first.
-
-    The IoU of every pair among the `top_k` best is one matrix (a photo has a few dozen candidates); the
-    greedy pass then only reads it.
-    """
+    """Greedy non-maximum suppression; returns kept indices, best first."""
     order = np.argsort(-scores, kind="stable")[:top_k]
-    if order.size <= 1:
-        return order.astype(np.int64)
-    if order.size > 256:  # a low rescue threshold on a large frame: the matrix would grow as N²
-        return _nms_by_rows(boxes, order, iou_threshold)
-    b = boxes[order]
-    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    wh = np.clip(np.minimum(b[:, None, 2:], b[None, :, 2:]) - np.maximum(b[:, None, :2], b[None, :, :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    overlaps = (~(inter / np.maximum(areas[:, None] + areas[None, :] - inter, 1e-9) <= iou_threshold)).tolist()
-    suppressed = [False] * len(order)
-    keep: list[int] = []
-    for i, row in enumerate(overlaps):
-        if suppressed[i]:
-            continue
-        keep.append(int(order[i]))
-        for j in range(i + 1, len(row)):
-            if row[j]:
-                suppressed[j] = True
-    return np.asarray(keep, dtype=np.int64)
-
-
-def _nms_by_rows(boxes: np.ndarray, order: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """The same greedy pass, one kept box's overlaps at a time (memory linear in the candidates)."""
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep: list[int] = []
     while order.size:
