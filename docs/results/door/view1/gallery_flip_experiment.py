@@ -6,34 +6,15 @@ The draws of tnorm_experiment.py (pairsDevTest identities not in pairsDevTrain, 
 repository root:
     FACEGATE_DATA=../shared python docs/results/door/view1/gallery_flip_experiment.py
 """
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
+from view1_draws import draw, eligible, embed, files, fused, images, matrix, pipe, rels
 
-from edge.enroll import person_folders
 from edge.eval.identify import dir_at_fpir
-from edge.eval.lfw import embed_paths, pair_identities, read_pairs
-from edge.match.fusion import Fusion
-from edge.models.registry import Registry
-from edge.pipeline import FacePipeline
 from edge.vision.align import align
 from edge.vision.detect import select_face
 
-root = Path(os.environ.get("FACEGATE_DATA", "../shared")) / "lfw"
-images = root / "images"
-reg = Registry()
-fus = Fusion(reg.manifest("fused"))
-pipe = FacePipeline(reg, embedder=fus.members[0], extra_embedders=fus.members[1:], threads=1)
-dev = pair_identities(read_pairs(root / "pairsDevTest.txt"))
-trn = pair_identities(read_pairs(root / "pairsDevTrain.txt"))
-people = [(n, f) for n, f in person_folders(images) if n in dev and n not in trn]
-rels = [f"{n}/{p.name}" for n, fs in people for p in fs]
-emb, _ = embed_paths(pipe, images, rels, policy="best", every=True, cache=True)
-members = fus.members
-eligible = [n for n, f in people if len(f) >= 2]
-files = dict(people)
+emb, _ = embed(rels)
 sface = pipe.by_name["sface-int8"]
 mirrored = {}
 for n in eligible:
@@ -43,16 +24,15 @@ for n in eligible:
     v = sface.embed(np.stack([crop, crop[:, ::-1]])).mean(0)
     mirrored[rel] = v / np.linalg.norm(v)
 probes = [r for r in rels if r in emb]
-P = {m: np.stack([emb[k][m] for k in probes]) for m in members}
+P = matrix(emb, probes)
 for variant in ("plain", "gallery crop + mirror"):
     known, correct, unknown = [], [], []
     for seed in range(10):
-        chosen = sorted(np.random.default_rng(seed).choice(eligible, size=100, replace=False).tolist())
-        gallery = [f"{n}/{files[n][0].name}" for n in chosen]
-        G = {m: np.stack([emb[k][m] for k in gallery]) for m in members}
+        chosen, gallery = draw(seed)
+        G = matrix(emb, gallery)
         if variant != "plain":
             G["sface-int8"] = np.stack([mirrored[k] for k in gallery])
-        S = fus.combine(np.stack([P[m] @ G[m].T for m in members], axis=-1))
+        S = fused(P, G)
         best, top = S.argmax(1), S.max(1)
         for i, r in enumerate(probes):
             name = r.split("/")[0]

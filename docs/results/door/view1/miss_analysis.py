@@ -6,26 +6,15 @@ Run from the repository root:
     FACEGATE_DATA=../shared python docs/results/door/view1/miss_analysis.py
 """
 import collections
-import os
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+from view1_draws import draw, embed, fused, images, matrix, pipe, rels
 
-from edge.enroll import person_folders
 from edge.eval.identify import dir_at_fpir
-from edge.eval.lfw import embed_paths, pair_identities, read_pairs
-from edge.match.fusion import Fusion
-from edge.models.registry import Registry
-from edge.pipeline import FacePipeline
 from edge.vision.detect import select_face
-
-root = Path(os.environ.get("FACEGATE_DATA", "../shared")) / "lfw"
-images = root / "images"
-reg = Registry()
-fus = Fusion(reg.manifest("fused"))
-pipe = FacePipeline(reg, embedder=fus.members[0], extra_embedders=fus.members[1:], threads=1)
 
 
 def sheet(out: str, names: list[str]) -> None:
@@ -49,28 +38,13 @@ if len(sys.argv) > 2 and sys.argv[1] == "--sheet":
     sheet(sys.argv[2], sys.argv[3:])
     sys.exit(0)
 
-dev = pair_identities(read_pairs(root / "pairsDevTest.txt"))
-trn = pair_identities(read_pairs(root / "pairsDevTrain.txt"))
-people = [(n, f) for n, f in person_folders(images) if n in dev and n not in trn]
-rels = [f"{n}/{p.name}" for n, fs in people for p in fs]
-emb, no_face = embed_paths(pipe, images, rels, policy="best", every=True, cache=True)
-members = fus.members
-
-
-def mat(keys: list[str]) -> dict[str, np.ndarray]:
-    return {m: np.stack([emb[k][m] for k in keys]).astype(np.float32) for m in members}
-
-
-eligible = [n for n, f in people if len(f) >= 2]
-files = dict(people)
+emb, no_face = embed(rels)
 probes = [r for r in rels if r in emb]
-P = mat(probes)
+P = matrix(emb, probes)
 known, correct, unknown, records = [], [], [], []
 for seed in range(10):
-    chosen = sorted(np.random.default_rng(seed).choice(eligible, size=100, replace=False).tolist())
-    gallery = [f"{n}/{files[n][0].name}" for n in chosen]
-    G = mat(gallery)
-    S = fus.combine(np.stack([P[m] @ G[m].T for m in members], axis=-1))
+    chosen, gallery = draw(seed)
+    S = fused(P, matrix(emb, gallery))
     best, top = S.argmax(1), S.max(1)
     for i, r in enumerate(probes):
         name, first = r.split("/")[0], gallery[best[i]]
