@@ -545,6 +545,16 @@ class Publisher:
         self._subscribed = True
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.retain and message.topic != status_topic(self.settings):
+            # A retained message on a command topic (door/set, face_unlock/set, claim, cmd/+) is one somebody
+            # published with retain=true at some time: the broker hands it over again at every (re)connect,
+            # so acting on it would turn one UNLOCK into a standing order, or undo an operator's face-unlock OFF
+            # after each restart. Commands count only when sent live (a live message reaches a subscriber with
+            # the retain flag cleared, whatever its sender set); the stale one is dropped and named.
+            limited.warning(f"retained:{message.topic}", "mqtt: ignored a retained message on %s: commands are "
+                            "acted on only when sent live; clear it with an empty retained publish",
+                            message.topic[:80])
+            return
         self._queue_job(("message", message.topic, bytes(message.payload)))
 
     def _queue_job(self, job: tuple[str, str, bytes]) -> None:

@@ -127,6 +127,57 @@ def test_the_face_unlock_switch_is_honoured_and_survives_a_restart(broker, tmp_p
     assert (first["decision"], first["reason"]) == ("denied", "face unlock disabled")
 
 
+def test_retained_commands_are_not_acted_on_at_a_connect_live_ones_are(broker, tmp_path, caplog) -> None:
+    """An UNLOCK or face-unlock ON published once with retain=true would come back at every (re)connect: a
+    standing order, or an operator's OFF undone by each restart. Only live commands count."""
+    from edge.config import DoorConfig
+    from edge.door import DoorControl
+    from edge.mqtt.publisher import Publisher
+    from edge.mqtt.settings import MqttSettings
+
+    publish(broker, "facegate/door1/door/set", "UNLOCK", retain=True)
+    publish(broker, "facegate/door1/face_unlock/set", "ON", retain=True)
+    switch = tmp_path / "face-unlock.json"
+    settings = MqttSettings(host="127.0.0.1", port=broker.port, device="door1", discovery=False,
+                            outbox_path=str(tmp_path / "o.db"))
+    for start in range(2):  # a start, then a restart: the broker hands the retained messages over each time
+        pub = Publisher(settings, door_profile=True)
+        door = DoorControl(pub, DoorConfig(face_unlock_path=str(switch)))
+        door.attach()
+        with Subscriber(broker, [DOOR], client_id=f"door-watch-{start}") as sub:
+            pub.start()
+            try:
+                assert pub.wait_connected(10)
+                if start == 0:
+                    door.set_face_unlock(False, source="admin page")
+                # A live command now: the broker delivers in order, so the retained ones came first.
+                publish(broker, "facegate/door1/door/set", "UNLOCK", retain=start == 1)
+                assert sub.wait_for(lambda msgs: any(m.json()["source"] == "homeassistant" for m in msgs), 10)
+                time.sleep(0.5)
+                assert [m.json()["command"] for m in sub.messages].count("UNLOCK") == 1  # the live one only
+                assert door.face_unlock is False  # the admin's OFF holds
+                if start == 0:  # and said why (rate-limited: once, at the first start)
+                    for topic in ("door/set", "face_unlock/set"):
+                        assert any(f"ignored a retained message on facegate/door1/{topic}" in r.getMessage()
+                                   for r in caplog.records)
+            finally:
+                pub.stop(flush_timeout=1)
+                door.close()
+        if start == 1:
+            publish(broker, "facegate/door1/face_unlock/set", "", retain=True)  # (the clean-up the log asks for)
+    pub = Publisher(settings, door_profile=True)
+    door = DoorControl(pub, DoorConfig(face_unlock_path=str(switch)))
+    door.attach()
+    pub.start()
+    try:
+        assert pub.wait_connected(10)
+        publish(broker, "facegate/door1/face_unlock/set", "ON")  # a live ON is honoured
+        assert wait_until(lambda: door.face_unlock, 10)
+    finally:
+        pub.stop(flush_timeout=1)
+        door.close()
+
+
 def test_a_damaged_switch_file_stops_the_start_and_the_check_names_it(tmp_path, walkups, capsys) -> None:
     """Guessing "on" could open a door someone closed to faces; guessing "off" locks everyone out silently."""
     from edge.cli import main
