@@ -254,3 +254,89 @@ def test_the_single_door_setup_needs_no_hub_and_no_postgresql(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _repoint(d: DoorSync, url: str) -> None:
+    import dataclasses
+
+    d.cfg = dataclasses.replace(d.cfg, fleet=dataclasses.replace(d.cfg.fleet, hub_url=url))
+
+
+def test_a_new_hub_journal_at_the_same_revision_replaces_the_door_gallery(tmp_path):
+    """A hub rebuilt from its store (a new journal, a new epoch) can stand at the door's revision number: its
+    revisions say nothing about the old journal's, so the door loads the snapshot and drops whom it deleted."""
+    keys = make_keys(tmp_path, ["a"])
+    hub = Hub(hub_config(tmp_path, keys, 1, ["a"]), connect=False)
+    enrol(hub.store, "alice")
+    enrol(hub.store, "mallory")
+    hub.start()
+    d = DoorSync(door_config(tmp_path, keys, 1, "a", "door1", hub.url), connect=False)
+    try:
+        assert d.poll() and sorted(gallery(d.store.path)) == ["alice", "mallory"] and d.state.rev == 1
+        hub.close()
+        hub = Hub(hub_config(tmp_path, keys, 1, ["a"], journal_path=str(tmp_path / "hub" / "journal2.db")),
+                  connect=False)
+        hub.store.delete("mallory", command="revoked")
+        hub.start()
+        assert hub.journal.site("a").rev == d.state.rev and hub.journal.epoch != d.state.epoch
+        _repoint(d, hub.url)
+        assert d.poll()
+        assert sorted(gallery(d.store.path)) == ["alice"] and in_step(d, hub) and d.problem() is None
+    finally:
+        d.stop()
+        hub.close()
+
+
+def test_a_replayed_snapshot_of_an_old_journal_is_refused(tmp_path):
+    """Whoever answers for hub_url (a plain-HTTP path, a restored backup) serves the signed documents of an old
+    journal, recorded before a revocation: the door refuses them (signed before its last confirmation) and keeps
+    the revocation."""
+    import http.server
+    import urllib.request
+
+    keys = make_keys(tmp_path, ["a"])
+    hub = Hub(hub_config(tmp_path, keys, 1, ["a"]), connect=False)
+    enrol(hub.store, "alice")
+    enrol(hub.store, "mallory")
+    hub.start()
+    d = DoorSync(door_config(tmp_path, keys, 1, "a", "door1", hub.url), connect=False)
+    recorded: dict[str, bytes] = {}
+    server = None
+    try:
+        assert d.poll()
+        for what in ("manifest", "snapshot"):
+            with urllib.request.urlopen(f"{hub.url}/v1/sites/a/{what}") as r:
+                recorded[what] = r.read()
+        hub.close()
+        time.sleep(0.05)  # the new journal's documents are signed later than the recording
+        hub = Hub(hub_config(tmp_path, keys, 1, ["a"], journal_path=str(tmp_path / "hub" / "journal2.db")),
+                  connect=False)
+        hub.start()
+        hub.store.delete("mallory", command="revoked")
+        assert wait(lambda: hub.journal.site("a").rev == 2, 5)
+        _repoint(d, hub.url)
+        assert d.poll() and sorted(gallery(d.store.path)) == ["alice"] and in_step(d, hub)
+
+        class Replay(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = next((v for k, v in recorded.items() if self.path.endswith("/" + k)), None)
+                self.send_response(200 if body else 410)
+                self.end_headers()
+                self.wfile.write(body or b"{}")
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _repoint(d, f"http://127.0.0.1:{server.server_address[1]}")
+        before = d.state
+        assert d.poll()
+        assert sorted(gallery(d.store.path)) == ["alice"]
+        assert (d.state.epoch, d.state.rev, d.state.hash) == (before.epoch, before.rev, before.hash)
+        assert d.refusals["replayed"] >= 1
+    finally:
+        if server is not None:
+            server.shutdown()
+        d.stop()
+        hub.close()
