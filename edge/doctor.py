@@ -56,7 +56,13 @@ def _models(cfg: Config, report: Report) -> Any:
     from edge.models.registry import Registry
 
     registry = Registry(Path(cfg.models.model_dir) if cfg.models.model_dir else None)
-    names = [cfg.models.detector, cfg.models.embedder, *([cfg.models.verifier] if cfg.models.verifier else []),
+    try:  # "" (the default): the embedder the manifests mark default, as the daemon resolves it
+        embedder = cfg.models.embedder or registry.default_embedder()
+    except FacegateError as exc:
+        report.add("model (default embedder)", "fail", str(exc), "set models.embedder")
+        embedder = ""
+    names = [cfg.models.detector, *([embedder] if embedder else []),
+             *([cfg.models.verifier] if cfg.models.verifier else []),
              *([cfg.models.fusion] if cfg.models.fusion else [])]
     for name in dict.fromkeys(names):
         try:
@@ -64,6 +70,12 @@ def _models(cfg: Config, report: Report) -> Any:
             report.add(f"model {name}", "ok", "present, sha256 matches its manifest")
         except FacegateError as exc:
             report.add(f"model {name}", "fail", str(exc), "reinstall it (facegate models install …) or fix models.*")
+            continue
+        for t in registry.loosened_thresholds(name):
+            report.add(f"threshold {name}.{t['threshold']}", "warn",
+                       f"{t['value']:.4g}, below the shipped {t['shipped']:.4g}: set by {t['file']}"
+                       + (f" (from `{t['command']}`)" if t["command"] else "") + "; it accepts more faces",
+                       f"if nobody here calibrated it on purpose, remove {t['file']}")
     return registry
 
 

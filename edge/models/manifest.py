@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,13 +159,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
         if len(pts) != 5:
             raise ModelError("alignment.points must hold five (x, y) points")
         alignment = AlignmentTemplate(size=tuple(int(v) for v in align["size"]), points=pts)  # type: ignore[arg-type]
-    thresholds = {}
-    for key, t in (d.get("thresholds") or {}).items():
-        tail = tuple((float(f), float(v)) for f, v in t.get("tail", ()))
-        if any(a[0] <= b[0] for a, b in itertools.pairwise(tail)):
-            raise ModelError(f"thresholds.{key}.tail must list FAR values in descending order")
-        thresholds[key] = Threshold(value=float(t["value"]), metric=str(t.get("metric", "cosine")),
-                                    provenance=dict(t.get("provenance", {})), tail=tail)
+    thresholds = {key: _threshold(key, t) for key, t in (d.get("thresholds") or {}).items()}
     flip = _flag(d, "flip_average")
     quantize = d.get("quantize") or {}
     if "quantize_int8" in d.get("prepare", ()):
@@ -179,6 +174,52 @@ def _parse(d: dict[str, Any]) -> Manifest:
         thresholds=thresholds, prepare=tuple(d.get("prepare", ())), extra=dict(d.get("extra", {})),
         flip_average=flip, quantize=dict(quantize), default=_flag(d, "default"),
     )
+
+
+# Where a score of each metric lives: a threshold outside it accepts everything (or nothing) and is a mistake.
+METRIC_RANGES = {"cosine": (-1.0, 1.0), "probability": (0.0, 1.0)}
+
+
+def _threshold(key: str, t: Any) -> Threshold:
+    """One operating point, checked: a threshold decides who gets in, so an infinite, NaN or out-of-range value
+    (a hand-edited override, a damaged file) is an error naming it rather than a door that accepts anyone."""
+    where = f"thresholds.{key}"
+    if not isinstance(t, dict) or "value" not in t:
+        raise ModelError(f"{where} must be an object with a value")
+    metric = str(t.get("metric", "cosine"))
+    lo, hi = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+    value = _finite(t["value"], f"{where}.value")
+    if not lo <= value <= hi:
+        raise ModelError(f"{where}.value {value:g} is outside the {metric} range [{lo:g}, {hi:g}]")
+    try:
+        tail = tuple((_finite(f, f"{where}.tail"), _finite(v, f"{where}.tail")) for f, v in t.get("tail", ()))
+    except (TypeError, ValueError):
+        raise ModelError(f"{where}.tail must be a list of [FAR, score] pairs") from None
+    if any(not 0.0 < f < 1.0 for f, _ in tail):
+        raise ModelError(f"{where}.tail: every FAR must lie strictly between 0 and 1")
+    if any(a[0] <= b[0] for a, b in itertools.pairwise(tail)):
+        raise ModelError(f"{where}.tail must list FAR values in descending order")
+    # A lower FAR is a stricter point: its score cannot be lower (an impostor tail only rises as it thins).
+    if any(b[1] < a[1] for a, b in itertools.pairwise(tail)):
+        raise ModelError(f"{where}.tail: scores must not fall as the FAR falls")
+    if any(not lo <= v <= hi for _, v in tail):
+        raise ModelError(f"{where}.tail: scores must lie in the {metric} range [{lo:g}, {hi:g}]")
+    if key == "margin" and value < 0:
+        raise ModelError(f"{where}.value must not be negative (a lead over the runner-up), not {value:g}")
+    provenance = t.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise ModelError(f"{where}.provenance must be an object")
+    return Threshold(value=value, metric=metric, provenance=dict(provenance), tail=tail)
+
+
+def _finite(value: Any, where: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ModelError(f"{where} must be a number, not {value!r}") from None
+    if not math.isfinite(x) or isinstance(value, bool):
+        raise ModelError(f"{where} must be a finite number, not {value!r}")
+    return x
 
 
 def _flag(d: dict[str, Any], key: str) -> bool:

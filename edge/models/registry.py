@@ -35,6 +35,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_override_thresholds(partial: Any, path: Path) -> None:
+    """An override that sets a threshold's value or tail must say where it came from in the same entry: merged
+    over the shipped manifest, it would otherwise inherit the shipped calibration's provenance and look
+    measured. `facegate calibrate` always writes one."""
+    if not isinstance(partial, dict):
+        raise ModelError(f"{path}: an override must be a JSON object")
+    thresholds = partial.get("thresholds") or {}
+    if not isinstance(thresholds, dict):
+        raise ModelError(f"{path}: thresholds must be an object")
+    for key, t in thresholds.items():
+        if isinstance(t, dict) and ({"value", "tail"} & set(t)) and not t.get("provenance"):
+            raise ModelError(f"{path}: thresholds.{key} sets a value without its provenance (where it was "
+                             f"measured); recalibrate with `facegate calibrate`, or remove the entry")
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -80,11 +95,29 @@ class Registry:
         override = self.override_path(name)
         if override.is_file():
             try:
-                data = _merge(data, json.loads(override.read_text()))
+                partial = json.loads(override.read_text())
             except json.JSONDecodeError as exc:
                 raise ModelError(f"{override}: invalid JSON ({exc})") from None
+            _check_override_thresholds(partial, override)
+            data = _merge(data, partial)
             origin = override
         return Manifest.from_dict(data, origin=str(origin))
+
+    def loosened_thresholds(self, name: str) -> list[dict[str, Any]]:
+        """The thresholds an override sets below the shipped manifest's (each admits more people), with both
+        values and the override file: shown by `facegate doctor` and logged when the daemon starts."""
+        raw = self._raw_manifests()
+        override = self.override_path(name)
+        if name not in raw or not override.is_file():
+            return []
+        shipped = Manifest.from_dict(raw[name][0], origin=str(raw[name][1])).thresholds
+        out = []
+        for key, t in self.manifest(name).thresholds.items():
+            base = shipped.get(key)
+            if base is not None and t.value < base.value:
+                out.append({"model": name, "threshold": key, "value": t.value, "shipped": base.value,
+                            "file": str(override), "command": t.provenance.get("command")})
+        return out
 
     def default_embedder(self) -> str:
         """The embedder used where none is named: the one whose manifest says "default" (the int8 twin of SFace
@@ -102,6 +135,7 @@ class Registry:
     def write_override(self, name: str, partial: dict[str, Any]) -> Path:
         """Merge `partial` into the model's override file (validated against the full manifest first)."""
         path = self.override_path(name)
+        _check_override_thresholds(partial, path)
         current = json.loads(path.read_text()) if path.is_file() else {}
         merged = _merge(current, partial)
         data, origin = self._raw_manifests()[name]

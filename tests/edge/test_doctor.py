@@ -85,3 +85,35 @@ def test_each_fault_is_named(site, capsys, fault, check) -> None:
     assert code == 1 and not report["ok"]
     assert status[check] == "fail", report
     assert next(c for c in report["checks"] if c["name"] == check)["fix"]
+
+
+def test_the_default_embedder_is_checked_and_a_loosened_threshold_is_named(site, capsys, caplog) -> None:
+    """models.embedder left empty (the default) means the manifests' default embedder, as the daemon resolves
+    it; an override that lowers a threshold below the shipped calibration is a warning that names its file."""
+    from edge.models.registry import Registry
+
+    models = site["tmp"] / "models"
+    config = _config(site, embedder='""')
+    config.write_text(config.read_text().replace("[models]\n", f'[models]\nmodel_dir = "{models}"\n'))
+    default = Registry(models).default_embedder()
+    _, report = _run(capsys, config)  # (the store holds sface templates: preflight says so, not this test's point)
+    status = _status(report)
+    assert status[f"model {default}"] == "ok" and not any(c["name"] == "model " for c in report["checks"])
+    assert not any(name.startswith("threshold ") for name in status)
+    Registry(models).write_override(default, {"thresholds": {"verify": {
+        "value": 0.05, "metric": "cosine", "provenance": {"command": "hand edit"}}}})
+    _, report = _run(capsys, config)
+    check = next(c for c in report["checks"] if c["name"] == f"threshold {default}.verify")
+    assert check["status"] == "warn" and "below the shipped" in check["detail"]
+    assert str(Registry(models).override_path(default)) in check["fix"]
+    # The daemon says it at every start, whichever embedder it scores with.
+    from edge.config import load
+    from edge.daemon import Daemon
+
+    config.write_text(config.read_text().replace('embedder = ""', 'embedder = "sface"'))
+    Registry(models).write_override("sface", {"thresholds": {"identify": {
+        "value": 0.1, "metric": "cosine", "tail": [[0.01, 0.1]], "provenance": {"command": "hand edit"}}}})
+    daemon = Daemon(load(config))
+    daemon.close()
+    assert any("model sface: threshold identify 0.1 is below the shipped" in r.getMessage()
+               and r.levelname == "WARNING" for r in caplog.records)

@@ -98,6 +98,49 @@ def test_manifest_validation_names_the_key():
     assert not Manifest.from_dict(base).flip_average
 
 
+def test_a_threshold_that_would_admit_anyone_is_refused_naming_it(tmp_path):
+    """A threshold decides who gets in: infinite, NaN, out-of-range values and broken tails are errors, and an
+    override cannot set one without its own provenance (it would inherit the shipped calibration's)."""
+    base = Registry().manifest("sface").to_dict()
+    verify = base["thresholds"]["verify"]
+    identify = base["thresholds"]["identify"]
+    bad = [({"verify": {**verify, "value": -1.5}}, "thresholds.verify.value .* outside the cosine range"),
+           ({"verify": {**verify, "value": float("-inf")}}, "thresholds.verify.value must be a finite number"),
+           ({"verify": {**verify, "value": float("nan")}}, "thresholds.verify.value must be a finite number"),
+           ({"verify": {**verify, "value": "low"}}, "thresholds.verify.value must be a number"),
+           ({"identify": {**identify, "tail": [[0.1, -1], [0.01, -2]]}}, "scores must not fall"),
+           ({"identify": {**identify, "tail": [[1.5, 0.3], [0.01, 0.4]]}}, "strictly between 0 and 1"),
+           ({"identify": {**identify, "tail": [[0.1, -3.0], [0.01, -2.0]]}}, "tail: scores must lie in the cosine"),
+           ({"live": {"value": -1, "metric": "probability"}}, "outside the probability range"),
+           ({"margin": {"value": -0.5, "metric": "lead over the runner-up"}}, "must not be negative")]
+    for thresholds, message in bad:
+        with pytest.raises(ModelError, match=message):
+            Manifest.from_dict({**base, "thresholds": {**base["thresholds"], **thresholds}})
+    reg = Registry(tmp_path)
+    with pytest.raises(ModelError, match="without its provenance"):
+        reg.write_override("sface", {"thresholds": {"verify": {"value": -1}}})
+    assert not reg.override_path("sface").exists()
+    # A file put there by hand is refused when read, naming the file and the key.
+    reg.override_path("sface").parent.mkdir(parents=True)
+    reg.override_path("sface").write_text(json.dumps({"thresholds": {"identify": {"tail": [[0.1, 0.0]]}}}))
+    with pytest.raises(ModelError, match=r"sface.json: thresholds.identify sets a value without its provenance"):
+        reg.manifest("sface")
+
+
+def test_an_override_below_the_shipped_threshold_is_reported(tmp_path):
+    reg = Registry(tmp_path)
+    assert reg.loosened_thresholds("sface") == []
+    shipped = reg.manifest("sface").threshold("verify").value
+    reg.write_override("sface", {"thresholds": {"verify": {"value": 0.5, "metric": "cosine",
+                                                           "provenance": {"command": "facegate calibrate …"}}}})
+    assert reg.loosened_thresholds("sface") == []  # stricter than shipped: nothing to say
+    reg.write_override("sface", {"thresholds": {"verify": {"value": 0.1, "metric": "cosine",
+                                                           "provenance": {"command": "hand edit"}}}})
+    [t] = reg.loosened_thresholds("sface")
+    assert (t["threshold"], t["value"], t["shipped"], t["command"]) == ("verify", 0.1, shipped, "hand edit")
+    assert t["file"] == str(reg.override_path("sface"))
+
+
 def test_flip_average_embeds_a_face_and_its_mirror_alike(pipeline, lfw):
     """With the test-time flip a face and its mirror image get the same vector; without it they do not."""
     import dataclasses
