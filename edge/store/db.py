@@ -191,6 +191,13 @@ class Store:
             raise StoreError(f"no store at {self.path}: enrol someone first (facegate enroll --store …), or "
                              f"check the path; a new empty store is created only when asked (store.create = true, "
                              f"or a command's --create)")
+        if not create and self.path.is_file() and self.path.stat().st_size == 0:
+            # SQLite takes an empty file for a new database: a store truncated by a failed copy, or any empty
+            # file named by mistake, would become an empty store — a door that knows nobody and says it is
+            # healthy. A real store is never empty (its header is written when it is made).
+            raise StoreError(f"{self.path} is an empty file, not a facegate store: restore it from a backup "
+                             f"(facegate store restore), or delete it and create a new store when asked "
+                             f"(store.create = true, or a command's --create)")
         self.keep_crops = keep_crops
         self._cipher = Cipher(key) if key is not None else None
         self._lock = threading.RLock()

@@ -166,3 +166,12 @@ def test_read_commands_refuse_a_missing_store(tmp_path, lfw, capsys):
         assert main(argv) == 2
         assert "no store at" in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists()
+
+    # An empty file (a truncated copy, a wrong name) is not an empty store: refused, and left as it was.
+    (tmp_path / "empty.db").write_bytes(b"")
+    for argv in (["identify", "--store", str(tmp_path / "empty.db"), str(image)],
+                 ["verify", "--store", str(tmp_path / "empty.db"), "--id", "colin", str(image)],
+                 ["store", "list", "--store", str(tmp_path / "empty.db")]):
+        assert main(argv) == 2
+        assert "is an empty file, not a facegate store" in capsys.readouterr().err
+    assert (tmp_path / "empty.db").stat().st_size == 0
