@@ -497,6 +497,8 @@ def load(path: Path | str | None) -> Config:
         raise ConfigError(f"{p}: cannot read the configuration ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    except RecursionError:  # hundreds of nested arrays: valid TOML in principle, no configuration in fact
+        raise ConfigError(f"{p}: nested too deeply to be a facegate configuration") from None
     return parse(data, origin=str(p))
 
 

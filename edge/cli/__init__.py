@@ -50,8 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     except FacegateError as exc:
         print(f"facegate: error: {exc}", file=sys.stderr)
         return 2
+    except FILE_SYSTEM_ERRORS as exc:
+        # A folder that is read-only, a file where a folder should be: the machine's state, not a bug. One
+        # line that names the path, as for any other bad input.
+        print(f"facegate: error: {exc.filename or ''}: {exc.strerror or exc}"
+              + (f" ({exc.filename2})" if exc.filename2 else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print("facegate: interrupted", file=sys.stderr)
         return 130
+
+
+# OSErrors that describe the file system the command was pointed at (permissions, a file where a folder is
+# expected, a missing folder) rather than a fault in facegate.
+FILE_SYSTEM_ERRORS = (PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError, FileNotFoundError)
 
 
 def _torch_group(argv: list[str]) -> int:

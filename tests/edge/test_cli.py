@@ -175,3 +175,23 @@ def test_read_commands_refuse_a_missing_store(tmp_path, lfw, capsys):
         assert main(argv) == 2
         assert "is an empty file, not a facegate store" in capsys.readouterr().err
     assert (tmp_path / "empty.db").stat().st_size == 0
+
+
+def test_the_machine_s_state_and_odd_configs_are_one_line_errors(tmp_path, lfw, capsys, monkeypatch):
+    """A file where a folder should be, an existing file as an output folder, a config nested hundreds deep:
+    exit 2 with one line naming the path, never a traceback."""
+    from edge.cli import main
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["hub", "keygen", "--out", str(taken), "--site", "a"]) == 2
+    err = capsys.readouterr().err
+    assert f"{taken}: File exists" in err and "Traceback" not in err
+    monkeypatch.setenv("FACEGATE_STATE_DIR", str(taken))  # the state folder is a file
+    assert main(["detect", str(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "Not a directory" in err and str(taken) in err and "Traceback" not in err
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 600 + "]" * 600 + "\n")
+    assert main(["doctor", "--config", str(deep), "--no-camera", "--no-broker"]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
