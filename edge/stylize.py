@@ -55,6 +55,9 @@ def _ramp(length: int, overlap: int) -> np.ndarray:
     return w
 
 
+MIN_TILE = 16  # px: the smallest tile side a network is given (see tiled)
+
+
 def tiled(image: np.ndarray, fn: TileFn, tile: int, overlap: int = DEFAULT_OVERLAP, fixed: bool = True,
           stride: int = 1) -> np.ndarray:
     """Apply `fn` to overlapping tile×tile windows of an (H, W, 3) image and blend them.
@@ -64,8 +67,10 @@ def tiled(image: np.ndarray, fn: TileFn, tile: int, overlap: int = DEFAULT_OVERL
     (no neighbour to blend with); interior overlaps are cross-faded.
     """
     h, w = image.shape[:2]
-    th = tile if (fixed or h > tile) else -(-h // stride) * stride
-    tw = tile if (fixed or w > tile) else -(-w // stride) * stride
+    # A network's own reflection padding (the style nets' first 9×9 convolution pads 4) needs more pixels than
+    # it pads: a 4-pixel side failed inside onnxruntime. Short sides are padded up to MIN_TILE at least.
+    th = tile if (fixed or h > tile) else max(-(-h // stride) * stride, -(-MIN_TILE // stride) * stride)
+    tw = tile if (fixed or w > tile) else max(-(-w // stride) * stride, -(-MIN_TILE // stride) * stride)
     ph, pw = max(0, th - h), max(0, tw - w)
     padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect") if (ph or pw) else image
     ys, xs = tile_starts(padded.shape[0], th, overlap), tile_starts(padded.shape[1], tw, overlap)

@@ -195,3 +195,17 @@ def test_the_machine_s_state_and_odd_configs_are_one_line_errors(tmp_path, lfw, 
     deep.write_text("a = " + "[" * 600 + "]" * 600 + "\n")
     assert main(["doctor", "--config", str(deep), "--no-camera", "--no-broker"]) == 2
     assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_a_model_that_is_not_an_embedder_is_named_not_loaded(lfw, tmp_path, capsys):
+    from edge.cli import main
+
+    image = str(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg")
+    for argv, task in ((["embed", image, "--model", "yunet"], "'detect'"),
+                       (["embed", image, "--model", "fused"], "'fusion'"),
+                       (["embed", image, "--model", "style-starry_night"], "'stylize'"),
+                       (["explain", "match", image, image, "--out", str(tmp_path / "o.png"), "--model", "yunet"],
+                        "'detect'")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"is a {task} model, not an embedder" in err and "Traceback" not in err

@@ -129,6 +129,18 @@ def test_stylize_command_with_a_shipped_style(tmp_path: Path) -> None:
     assert np.abs(result - load_rgb(tmp_path / "photo.png")).mean() > 0.05  # it did restyle the picture
 
 
+def test_tiny_images_are_stylised_not_crashed(tmp_path: Path) -> None:
+    """Sides shorter than the network's own reflection padding (a 4-pixel side failed inside onnxruntime)."""
+    from edge.stylize import stylize_file
+
+    rng = np.random.default_rng(0)
+    for h, w in ((1, 1), (4, 4), (3, 16), (4, 40)):
+        save_rgb(rng.random((h, w, 3), dtype=np.float32), tmp_path / "tiny.png")
+        out = tmp_path / f"tiny_{h}x{w}.png"
+        stylize_file(tmp_path / "tiny.png", out, style=installed_styles()[0])
+        assert load_rgb(out).shape == (h, w, 3)
+
+
 def test_an_unknown_style_names_the_installed_ones(tmp_path: Path) -> None:
     from edge.errors import ModelError
     from edge.stylize import open_style_net
