@@ -100,6 +100,15 @@ class Ours:
         return True
 
 
+def _imdecode(data: bytes) -> np.ndarray | None:
+    """OpenCV's decoder as the peers use it, timed as such; None for a file it cannot read (an empty file returns
+    None, a header promising more pixels than OpenCV allows raises)."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+
+
 def naive(registry: Registry, policy: str, workdir: Path, threads: int = 1) -> Embed:
     import onnx
     import onnxruntime as ort
@@ -256,11 +265,14 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
             clocks[name], no_face[name] = Clock(), 0
         decode = Clock()
         decoded = []
+        undecodable = 0
         for data in encoded:
             decode.image()
-            img = decode.timed("decode", lambda d=data: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR))
+            img = decode.timed("decode", lambda d=data: _imdecode(d))
             if img is not None:
                 decoded.append(img)
+            else:
+                undecodable += 1
         if not decoded:
             raise ImageError(f"{images_dir}: no image could be decoded")
         with HostWatch() as watch:
@@ -280,6 +292,7 @@ def run(images_dir: Path, limit: int = 200, model: str | None = None, policy: st
                     no_face[name] += not found
     result = _report(pipeline, clocks, decode, no_face, notes, len(decoded), frames)
     result["machine"] = machine(watch)
+    result["undecodable"] = undecodable  # files OpenCV could not read (empty, damaged, too many pixels): skipped
     result["threads"] = threads
     result["rescue"] = {"mode": rescue, "steps": {k: v for k, v in pipeline.rescued.items()},
                         "empty_frames": rescue_cost(pipeline, faceless_frames(decoded))}

@@ -37,9 +37,11 @@ def image_rel(name: str, index: int) -> str:
 
 def read_pairs(path: Path) -> list[Pair]:
     try:
-        lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
+        lines = [ln.split() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
     except OSError as exc:
         raise FacegateError(f"{path}: cannot read pairs file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise FacegateError(f"{path}: not a pairs file (not text)") from None
     if not lines:
         raise FacegateError(f"{path}: empty pairs file")
     head = lines[0]
@@ -53,12 +55,16 @@ def read_pairs(path: Path) -> list[Pair]:
     pairs = []
     for k, row in enumerate(rows):
         fold = k // (2 * per_class)
+        if len(row) not in (3, 4):
+            raise FacegateError(f"{path}: line {k + 2} has {len(row)} fields; expected 3 or 4")
+        numbers = [row[1], row[2]] if len(row) == 3 else [row[1], row[3]]
+        if not all(n.isascii() and n.isdigit() and int(n) >= 1 for n in numbers):
+            raise FacegateError(f"{path}: line {k + 2}: image numbers must be whole numbers from 1, not "
+                                f"{' '.join(n[:20] for n in numbers)!r}")
         if len(row) == 3:
             pairs.append(Pair(image_rel(row[0], int(row[1])), image_rel(row[0], int(row[2])), True, fold))
-        elif len(row) == 4:
-            pairs.append(Pair(image_rel(row[0], int(row[1])), image_rel(row[2], int(row[3])), False, fold))
         else:
-            raise FacegateError(f"{path}: line {k + 2} has {len(row)} fields; expected 3 or 4")
+            pairs.append(Pair(image_rel(row[0], int(row[1])), image_rel(row[2], int(row[3])), False, fold))
     return pairs
 
 

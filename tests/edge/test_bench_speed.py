@@ -94,3 +94,25 @@ def test_threads_reach_every_onnxruntime_session(capsys, lfw):
     finally:
         speed.FacePipeline = real
     assert seen == [3]
+
+
+def test_unreadable_files_in_the_folder_are_skipped_and_counted(tmp_path, lfw):
+    """An empty .jpg and a PNG whose header promises 10^10 pixels: OpenCV returns None for one and raises for
+    the other; the bench times the rest and says how many it skipped."""
+    import shutil
+    import struct
+    import zlib
+
+    from edge.bench import speed
+
+    shutil.copy(lfw / "images/Colin_Powell/Colin_Powell_0038.jpg", tmp_path / "a.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+    body = chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + body)
+    result = speed.run(tmp_path, limit=10, peers=False)
+    assert (result["images"], result["undecodable"]) == (1, 2)

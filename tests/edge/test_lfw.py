@@ -24,6 +24,12 @@ def test_read_pairs_both_formats(tmp_path):
     (tmp_path / "bad.txt").write_text("2\t1\nA\t1\t2\n")
     with pytest.raises(FacegateError, match="promises"):
         read_pairs(tmp_path / "bad.txt")
+    for body, message in ((b"1\nA\t-1\tnan\nA\t1\tB\t2\n", "image numbers must be whole numbers"),
+                          (b"1\nA\t1\t2\nA\t1\tB\t0\n", "image numbers must be whole numbers"),
+                          (b"\xff\xd8\xff\xe0 a JPEG", "not a pairs file")):
+        (tmp_path / "bad.txt").write_bytes(body)
+        with pytest.raises(FacegateError, match=message):
+            read_pairs(tmp_path / "bad.txt")
 
 
 def test_threshold_and_accuracy_by_hand():
