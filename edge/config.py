@@ -299,6 +299,10 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "web.decisions_kept": (0, 10_000_000), "web.keep_unknown_crops_h": (0, 24 * 365),
     "web.session_idle_min": (1, 24 * 60), "web.session_max_h": (0.1, 24 * 30), "web.max_upload_mb": (1, 1024),
     "web.max_bulk_mb": (1, 16384), "web.login_attempts": (1, 1000), "web.login_window_s": (1, 86400),
+    # The quality gate: a negative size or angle limit would not be refused, it would quietly pass every face.
+    "quality.min_inter_eye_px": (0, 1000), "quality.max_yaw_deg": (0, 90), "quality.max_pitch_deg": (0, 90),
+    "quality.min_sharpness": (0, None), "quality.min_brightness": (0, 255), "quality.max_brightness": (0, 255),
+    "quality.max_clipped": (0, 1), "quality.min_score": (0, 1),
 }
 WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3})?)*|daily)\s+"
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
@@ -385,6 +389,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"decision.max_frames: {d.max_frames} is smaller than decision.n ({d.n})")
     if cfg.camera.reconnect_max_s < cfg.camera.reconnect_min_s:
         raise ConfigError("camera.reconnect_max_s: smaller than camera.reconnect_min_s")
+    if cfg.quality.max_brightness < cfg.quality.min_brightness:
+        raise ConfigError("quality.max_brightness: smaller than quality.min_brightness (no face could pass)")
     if cfg.profile == "door" and cfg.mqtt.claims == "unsigned":
         raise ConfigError("mqtt.claims: the door profile accepts only signed claims (\"signed\" or \"off\"); "
                           "anyone who can publish on the claim topic could otherwise steer decisions")

@@ -50,6 +50,10 @@ def test_example_documents_every_key_with_its_default():
     ("[health]\nlisten = \"9108\"\n", "health.listen", "HOST:PORT"),
     ("profile = \"kiosk\"\n[liveness]\nmodel = \"minifasnet\"\n", "liveness.model", "kiosk"),
     ("camera = 3\n", "camera", "expected a table"),
+    ("[quality]\nmin_inter_eye_px = -100\n", "quality.min_inter_eye_px", "out of range"),
+    ("[quality]\nmax_yaw_deg = -1\n", "quality.max_yaw_deg", "out of range"),
+    ("[quality]\nmin_score = 1.5\n", "quality.min_score", "out of range"),
+    ("[quality]\nmin_brightness = 200\nmax_brightness = 100\n", "quality.max_brightness", "smaller than"),
 ])
 def test_a_wrong_key_or_value_names_the_key(tmp_path, capsys, toml, key, words):
     path = tmp_path / "bad.toml"
