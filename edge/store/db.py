@@ -21,6 +21,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -121,11 +122,19 @@ class Identity:
     crops: int
 
 
+# Characters that reorder or break what is displayed around them: bidi embeddings, overrides, isolates and marks
+# ("\u202e" shows "alice\u202eecila" as "aliceecila" reversed in a log or the admin page), line separators.
+# Joiners (U+200C / U+200D) stay: Persian and Indic names need them.
+_DISPLAY_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                              "\u2028\u2029")
+
+
 def _check_text(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise StoreError(f"{what} must be a non-empty string")
-    if len(value) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise StoreError(f"{what} {value[:40]!r}: at most {MAX_NAME} characters and no control characters")
+    if len(value) > MAX_NAME or any(unicodedata.category(c) == "Cc" or c in _DISPLAY_CONTROLS for c in value):
+        raise StoreError(f"{what} {value[:40]!r}: at most {MAX_NAME} characters, and no control or "
+                         f"text-direction characters")
     return value
 
 

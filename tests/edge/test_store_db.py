@@ -150,8 +150,10 @@ def test_enroll_is_all_or_nothing(tmp_path, rng):
         assert [r["name"] for r in s.audit()] == ["bob"]
         with pytest.raises(StoreError, match="no templates"):
             s.enroll("dave", [], "enroll dave")
-        with pytest.raises(StoreError, match="control characters"):
-            s.enroll("eve\n", [tpl(rng)], "enroll")
+        for bad in ("eve\n", "eve\x9b", "alice\u202eecila", "eve\u2066x", "eve\u2028"):
+            with pytest.raises(StoreError, match="control or text-direction characters"):
+                s.enroll(bad, [tpl(rng)], "enroll")
+        s.enroll("\u0645\u0647\u200c\u0646\u0627\u0632", [tpl(rng)], "enroll")  # Persian, with its joiner
 
 
 def test_listeners_see_commits_only(tmp_path, rng):
