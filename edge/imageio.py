@@ -21,7 +21,7 @@ def load_bgr(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file to a BGR uint8 array (H, W, 3), upright as its EXIF says."""
     p = Path(path)
     if not p.is_file():
-        raise ImageError(f"{p}: no such file")
+        raise ImageError(f"{p}: a folder, not an image file" if p.is_dir() else f"{p}: no such file")
     if p.stat().st_size == 0:
         raise ImageError(f"{p}: empty file")
     return _decode(p, str(p), max_pixels)

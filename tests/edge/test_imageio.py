@@ -50,6 +50,8 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         load_bgr(tmp_path / "text.jpg")
     with pytest.raises(ImageError, match="no such file"):
         load_bgr(tmp_path / "absent.jpg")
+    with pytest.raises(ImageError, match="a folder, not an image file"):
+        load_bgr(tmp_path)
 
 
 def test_pixel_limit_is_enforced_before_decoding(tmp_path):
