@@ -140,6 +140,19 @@ def _web(cfg: Config) -> None:
                           "`facegate web --create-admin NAME` (the password is read from standard input)")
 
 
+def _plain_http_hub(url: str) -> list[str]:
+    """Documents from the hub are signed and templates sealed, so plain HTTP cannot forge a gallery; but whoever
+    is on the path sees which door asks and when, and can hold updates back until max_gallery_age_s runs out."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname in ("127.0.0.1", "::1", "localhost"):
+        return []
+    return [f"fleet.hub_url: {url} is plain HTTP: the hub's documents are signed, but anyone on the path sees "
+            f"the door's requests and can delay revocations up to fleet.max_gallery_age_s; use https:// with "
+            f"fleet.hub_ca"]
+
+
 def _models(cfg: Config, registry: Any) -> None:
     from edge.match.factory import make_scorer
     from edge.pipeline import FacePipeline
@@ -172,6 +185,7 @@ def check(cfg: Config) -> Report:
         from edge.fleet.door import check as fleet_check
 
         report.step("fleet", lambda: fleet_check(cfg))
+        report.warnings += _plain_http_hub(cfg.fleet.hub_url)
     report.step("camera", lambda: _camera(cfg))
     if cfg.web.enabled:
         report.step("web", lambda: _web(cfg))
