@@ -95,7 +95,8 @@ class Session:
 
 
 class LoginLimiter:
-    """Failures per key (an account, a client address) within a sliding window."""
+    """Log-in attempts per key (an account, a client address) within a sliding window; a right password takes its
+    own attempt back (see succeeded)."""
 
     def __init__(self, attempts: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.attempts, self.window_s, self.clock = attempts, window_s, clock
@@ -108,25 +109,32 @@ class LoginLimiter:
             q.popleft()
         return q
 
-    def blocked_for(self, *keys: str) -> float:
-        """Seconds until a log-in for these keys is accepted again (0: now)."""
+    def begin(self, *keys: str) -> tuple[float, float]:
+        """(seconds until a log-in for these keys is accepted again, 0.0) — or (0.0, the attempt's stamp) after
+        counting this attempt against every key, in one locked step. An attempt counts from its start, not from
+        its failure: counted only after the password check (≈ 0.2 s of scrypt), 150 guesses sent at once all
+        passed the check and were all verified against a limit of 5."""
         now = self.clock()
         with self._lock:
             waits = [self.window_s - (now - q[0]) for k in keys if len(q := self._recent(k, now)) >= self.attempts]
-        return max(waits, default=0.0)
-
-    def failed(self, *keys: str) -> None:
-        now = self.clock()
-        with self._lock:
+            if waits:
+                return max(waits), 0.0
             for k in keys:
                 self._recent(k, now).append(now)
             if len(self._failures) > 10_000:  # addresses that tried once long ago: forget them
                 for k in [k for k, q in self._failures.items() if not self._recent(k, now)]:
                     del self._failures[k]
+        return 0.0, now
 
-    def succeeded(self, key: str) -> None:
+    def succeeded(self, account_key: str, stamp: float, *other_keys: str) -> None:
+        """A right password: the account's count starts afresh, and this attempt no longer counts against the
+        other keys (the client address)."""
         with self._lock:
-            self._failures.pop(key, None)
+            self._failures.pop(account_key, None)
+            for k in other_keys:
+                q = self._failures.get(k)
+                if q is not None and stamp in q:
+                    q.remove(stamp)
 
 
 class Accounts:

@@ -208,13 +208,12 @@ def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starl
         name, password = text_of(form, "account", 64), form.get("password")
         password = password if isinstance(password, str) else ""
         keys = (f"account:{name}", f"address:{request.client.host if request.client else '?'}")
-        wait = limiter.blocked_for(*keys)
+        wait, stamp = limiter.begin(*keys)  # counted before the password is checked (see LoginLimiter.begin)
         if wait > 0:
             return login_page(request, 429, f"too many failed log-ins: try again in {math.ceil(wait / 60)} minute(s)")
         if not name or not await run_in_threadpool(services.accounts.verify, name, password):
-            limiter.failed(*keys)
             return login_page(request, 401, "wrong account name or password")
-        limiter.succeeded(keys[0])
+        limiter.succeeded(keys[0], stamp, *keys[1:])
         token = services.accounts.login(name)
         resp = RedirectResponse(_safe_next(text_of(form, "next", 500)), 303)
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=cfg.cookie_secure, path="/")

@@ -173,6 +173,33 @@ def test_the_login_form_has_its_own_token_and_a_rate_limit(tmp_path, pipeline):
         s.close()
 
 
+def test_log_ins_sent_at_once_are_counted_before_their_passwords_are_checked(tmp_path, pipeline):
+    """Counted only after the (slow, scrypt) password check, a burst of guesses all passed the limit while the
+    first was being checked. Now an attempt counts from its start: of 12 sent together, 3 are checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = Site(tmp_path, pipeline, login_attempts=3)
+    try:
+        token = re.search(r'name="csrf" value="([^"]+)"', s.client.get("/login").text).group(1)
+
+        def guess(i: int) -> int:
+            return s.client.post("/login", data={"csrf": token, "account": "admin",
+                                                 "password": f"wrong guess {i}"}).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = sorted(pool.map(guess, range(12)))
+        assert codes == [401] * 3 + [429] * 9, codes
+        assert s.login().status_code == 429  # the right password too, for the window
+    finally:
+        s.close()
+    limiter = LoginLimiter(2, 60.0)
+    wait, stamp = limiter.begin("account:a", "address:x")
+    assert wait == 0 and limiter.begin("account:a", "address:x")[0] == 0
+    assert limiter.begin("account:a", "address:y")[0] > 0  # two attempts under way or failed: the third waits
+    limiter.succeeded("account:a", stamp, "address:x")  # a right password takes its own attempt back
+    assert limiter.begin("account:b", "address:x")[0] == 0
+
+
 # -- enrolment --------------------------------------------------------------------------------------------------
 def test_enrolment_shows_each_photo_with_its_crop_and_verdict_before_storing(site, photos):
     r = site.upload("/enrol/check", "colin", [(photos["colin1"].name, photos["colin1"].read_bytes()),
