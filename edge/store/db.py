@@ -15,6 +15,7 @@ change after it commits and before the lock is released, so they see changes in 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -34,6 +35,8 @@ from edge.atomic import fsync
 from edge.sqlitefile import open_private_wal
 from edge.store import StoreError
 from edge.store.crypto import KEY_ENV, OVERHEAD, Cipher
+
+log = logging.getLogger(__name__)
 
 # Each entry moves the schema from version i to i + 1 (PRAGMA user_version); never edit a released entry,
 # append a new one.
@@ -208,6 +211,7 @@ class Store:
                              f"(facegate store restore), or delete it and create a new store when asked "
                              f"(store.create = true, or a command's --create)")
         self.keep_crops = keep_crops
+        self._checkpoint_due = False  # a deletion's old pages may still be in the write-ahead log
         self._cipher = Cipher(key) if key is not None else None
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
@@ -278,6 +282,7 @@ class Store:
             for event in events:
                 for callback in list(self._listeners):
                     callback(*event)
+            self._truncate_wal()  # a log an earlier deletion could not empty: try again now
 
     @contextmanager
     def _erase(self) -> Iterator[tuple[sqlite3.Connection, list[Event]]]:
@@ -287,17 +292,28 @@ class Store:
         with self._lock:
             with self._write() as tx:
                 yield tx
-            # A running daemon reads the store every frame (briefly): retry for a moment rather than fail.
-            deadline = time.monotonic() + ERASE_CHECKPOINT_S
-            while True:
-                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if not busy or time.monotonic() > deadline:
-                    break
-                time.sleep(0.01)
+            self._checkpoint_due = True
+            self._truncate_wal(wait_s=ERASE_CHECKPOINT_S)
+
+    def _truncate_wal(self, wait_s: float = 0.0) -> None:
+        """Empty the write-ahead log if a change removed data since it was last emptied. A reader (a running
+        daemon reads the store every frame, briefly) can hold it for a moment: retry up to `wait_s`, then leave it
+        due — the change itself is done and stays done (raising here, after the commit, told the admin page and
+        the CLI a deletion had failed, and a retry then found nobody to delete) — and try again after the next
+        change (the last connection to close empties it too); a warning says the old pages are still in the log."""
+        if not self._checkpoint_due:
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        self._checkpoint_due = bool(busy)
         if busy:
-            raise StoreError(f"{self.path}: the change is committed, but another connection is reading the "
-                             f"store, so its write-ahead log still holds the old pages until the next "
-                             f"checkpoint; retry when it is idle")
+            log.warning("store %s: a deletion is done, but another connection is reading, so the write-ahead log "
+                        "keeps the old pages until the next checkpoint (after the next change, or when the last "
+                        "connection closes)", self.path)
 
     def _seal(self, data: bytes, aad: bytes) -> bytes:
         return self._cipher.seal(data, aad) if self._cipher else data

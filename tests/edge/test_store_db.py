@@ -196,6 +196,32 @@ def test_delete_leaves_no_bytes_behind(tmp_path, rng):
     assert log[-2]["action"] == "delete" and log[-2]["details"]["templates"] == 3
 
 
+def test_a_deletion_while_someone_reads_is_done_and_its_log_emptied_later(tmp_path, rng, monkeypatch, caplog):
+    """Another process reading (a daemon, an open query) keeps the write-ahead log from being emptied: the deletion
+    is done all the same (it used to raise after its commit: the admin page reported a failure, the decision log
+    kept the person, and a retry found nobody to delete); the log is emptied after the next change."""
+    import sqlite3 as sq
+
+    monkeypatch.setattr(store_db, "ERASE_CHECKPOINT_S", 0.2)
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        alice, bob = [tpl(rng)], [tpl(rng)]
+        s.enroll("alice", alice, "enroll alice")
+        s.enroll("bob", bob, "enroll bob")
+        reader = sq.connect(path)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM identities").fetchone()  # a read snapshot held open
+        assert s.delete("alice", "store delete alice") is True
+        assert s.identity("alice") is None
+        assert any("a deletion is done, but another connection is reading" in r.getMessage() for r in caplog.records)
+        assert found_in(path, alice[0].vector.tobytes())  # still in the log's old pages, as the warning says
+        reader.rollback()
+        reader.close()
+        s.enroll("carol", [tpl(rng)], "enroll carol")  # the next change empties the log
+        assert found_in(path, alice[0].vector.tobytes()) == []
+        assert (tmp_path / "s.db-wal").stat().st_size == 0
+
+
 # -- encryption -----------------------------------------------------------------------------------------------
 def test_encrypted_store_never_holds_plain_vectors(tmp_path, rng):
     path = tmp_path / "s.db"
