@@ -128,14 +128,14 @@ class Identity:
 # Characters that reorder or break what is displayed around them: bidi embeddings, overrides, isolates and marks
 # ("\u202e" shows "alice\u202eecila" as "aliceecila" reversed in a log or the admin page), line separators.
 # Joiners (U+200C / U+200D) stay: Persian and Indic names need them.
-_DISPLAY_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+DISPLAY_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
                               "\u2028\u2029")
 
 
 def _check_text(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise StoreError(f"{what} must be a non-empty string")
-    if len(value) > MAX_NAME or any(unicodedata.category(c) == "Cc" or c in _DISPLAY_CONTROLS for c in value):
+    if len(value) > MAX_NAME or any(unicodedata.category(c) == "Cc" or c in DISPLAY_CONTROLS for c in value):
         raise StoreError(f"{what} {value[:40]!r}: at most {MAX_NAME} characters, and no control or "
                          f"text-direction characters")
     return value
@@ -378,6 +378,8 @@ class Store:
                metadata: dict[str, Any] | None = None) -> list[int]:
         """Add templates to `name` (created if new) in one transaction: all of them, its audit row, or nothing."""
         name = _check_text(name, "identity name")
+        if display_name:
+            display_name = _check_text(display_name, "display name")
         if not templates:
             raise StoreError(f"nothing to enrol for {name!r}: no templates")
         now = time.time()
@@ -437,6 +439,8 @@ class Store:
                         display_name: str | None = None) -> dict[str, Any]:
         """Set (or, with a None value, remove) metadata keys of `name` (access windows, validity period) and
         optionally its display name, audited; returns the new metadata."""
+        if display_name:  # "" clears it
+            display_name = _check_text(display_name, "display name")
         with self._write() as (conn, _):
             row = conn.execute("SELECT id, metadata, display_name FROM identities WHERE name = ?",
                                (name,)).fetchone()

@@ -14,6 +14,7 @@ Everything an outsider sends is checked before it is used:
 from __future__ import annotations
 
 import shutil
+import unicodedata
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -25,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from edge.errors import FacegateError
 from edge.imageio import IMAGE_SUFFIXES
+from edge.store.db import DISPLAY_CONTROLS
 
 MB = 1024 * 1024
 DRAIN_LIMIT = 2048 * MB  # beyond this an oversized body is not read to its end: the connection is dropped
@@ -105,9 +107,10 @@ def check_person_name(name: str, what: str = "name") -> str:
         raise UploadError(f"the {what} is empty")
     if len(name) > MAX_NAME:
         raise UploadError(f"the {what} is longer than {MAX_NAME} characters")
-    bad = sorted({c for c in name if c in NAME_FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    bad = sorted({c for c in name if c in NAME_FORBIDDEN or unicodedata.category(c) == "Cc"
+                  or c in DISPLAY_CONTROLS})
     if bad:
-        shown = " ".join(repr(c)[1:-1] if ord(c) >= 32 else f"U+{ord(c):04X}" for c in bad)
+        shown = " ".join(repr(c)[1:-1] if c.isprintable() else f"U+{ord(c):04X}" for c in bad)
         raise UploadError(f"the {what} {name[:60]!r} contains characters a name may not hold ({shown}): use "
                           f"letters, digits, spaces and . , ' -")
     return name

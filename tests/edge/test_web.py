@@ -401,7 +401,9 @@ def test_the_validity_window_set_on_the_page_is_what_the_daemon_applies(site, ph
     assert site.store.audit()[-1]["action"] == "update"
     for data, words in (({"valid_from": "next tuesday"}, "is not a date"),
                         ({"windows": "weekdays 9-5"}, "time window"),
-                        ({"valid_from": "2030-01-02", "valid_until": "2030-01-01"}, "ends before it starts")):
+                        ({"valid_from": "2030-01-02", "valid_until": "2030-01-01"}, "ends before it starts"),
+                        ({"display_name": "Colin\u202egnp.exe"}, "contains characters a name may not hold"),
+                        ({"display_name": "Colin\x85 P."}, "contains characters a name may not hold")):
         r = site.client.post("/person/validity", data={"csrf": site.csrf, "name": "colin", **data})
         assert r.status_code == 400 and words in r.text
     assert site.store.identity("colin").metadata["valid_until"] == yesterday  # unchanged by the refusals
