@@ -118,9 +118,15 @@ def _mask_userinfo(source: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+def _row_id(raw: str) -> int | None:
+    """A whole number from a query string, or None: ASCII digits only ("²".isdigit() is true, int("²") fails)
+    and at most 18 of them (SQLite's integers end near 9.2e18)."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
+
+
 def _page_number(request: Request) -> int:
-    raw = request.query_params.get("page", "1")
-    return max(1, min(int(raw), 10**6)) if raw.isdigit() else 1
+    page = _row_id(request.query_params.get("page", "1"))
+    return max(1, min(page, 10**6)) if page is not None else 1
 
 
 def _safe_next(url: str | None) -> str:
@@ -275,8 +281,8 @@ def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starl
 
     async def person_crop(request: Request) -> Response:
         need(request)
-        tid = request.query_params.get("id", "")
-        data = services.store.crop(request.query_params.get("name", ""), int(tid)) if tid.isdigit() else None
+        tid = _row_id(request.query_params.get("id", ""))
+        data = services.store.crop(request.query_params.get("name", ""), tid) if tid is not None else None
         if data is None:
             raise Refused(404, "no such photo")
         return png(data)
@@ -510,13 +516,14 @@ def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starl
         return render(request, "decisions.html", s, nav="decisions", notice=notice, **ctx)
 
     def decision_crop_bytes(request_id: str) -> tuple[int, bytes]:
-        if services.decision_log is None or not request_id.isdigit():
+        row = _row_id(request_id)
+        if services.decision_log is None or row is None:
             raise Refused(404, "no such decision")
-        data = services.decision_log.crop(int(request_id))
+        data = services.decision_log.crop(row)
         if data is None:
             raise Refused(404, "no face crop is kept for this decision (crops are kept only for unknown faces, "
                                f"for {cfg.keep_unknown_crops_h:g} hours)")
-        return int(request_id), data
+        return row, data
 
     async def decision_crop(request: Request) -> Response:
         need(request)

@@ -382,6 +382,14 @@ def test_people_are_paged_and_searched_in_sql(site):
     assert "eyes 150 px" in site.client.get("/people?q=person_110").text
     data = site.client.get("/api/people?q=person_11&page=1").json()
     assert data["total"] == 10 and "vector" not in str(data)
+    # Numbers that str.isdigit() takes but int() does not ("²"), or past SQLite's integers: the first page, a 404.
+    for path in ("/people?page=%C2%B2", "/audit?page=%C2%B2", "/decisions?page=%C2%B2", "/api/people?page=%C2%B2"):
+        assert site.client.get(path).status_code == 200, path
+    for path in ("/person/crop?name=person_1&id=%C2%B2", "/decisions/crop?id=99999999999999999999999",
+                 "/decisions/explain?id=%C2%B2&name=person_1"):
+        r = site.client.get(path)
+        assert r.status_code == 404, (path, r.status_code)
+        _no_trace(r.text)
 
 
 def test_the_validity_window_set_on_the_page_is_what_the_daemon_applies(site, photos):
