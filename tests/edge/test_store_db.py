@@ -154,9 +154,9 @@ def test_enroll_is_all_or_nothing(tmp_path, rng):
             with pytest.raises(StoreError, match="control or text-direction characters"):
                 s.enroll(bad, [tpl(rng)], "enroll")
         s.enroll("\u0645\u0647\u200c\u0646\u0627\u0632", [tpl(rng)], "enroll")  # Persian, with its joiner
-        with pytest.raises(StoreError, match="display name .*text-direction"):  # display names alike
+        with pytest.raises(StoreError, match=r"display name .*text-direction"):  # display names alike
             s.enroll("frank", [tpl(rng)], "enroll", display_name="Frank\u202eknarf")
-        with pytest.raises(StoreError, match="display name .*text-direction"):
+        with pytest.raises(StoreError, match=r"display name .*text-direction"):
             s.update_metadata("bob", {}, "update", display_name="Bob\u2066")
         assert s.identity("frank") is None and s.identity("bob").display_name is None  # type: ignore[union-attr]
 
