@@ -300,9 +300,10 @@ def test_a_configured_verifier_head_scores_the_decisions(tmp_path, clip, pipelin
 
     model_dir = tmp_path / "models"
     _two_embedder_head(model_dir)
-    # Two embedders per face: paced slower, so a loaded machine still sees every face for n frames.
+    # Two embedders per face: paced slower and each image shown for 3 s, so a loaded machine still sees every
+    # face for n frames (at 1 s an image, a slowed CI host once decided neither face).
     cfg = parse(_config(tmp_path, clip, models={"model_dir": str(model_dir), "verifier": "head-2e"},
-                        camera={"fps": 8}))
+                        camera={"fps": 8, "frames_per_image": 24}))
     daemon = Daemon(cfg, sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
     try:
         _enrol(daemon, clip["enrol"])
