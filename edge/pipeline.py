@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.embed import Embedder
-from edge.errors import ModelError
 from edge.models.registry import Registry
 from edge.vision.align import align
 from edge.vision.detect import Detector, Face, make_detector, select_face
@@ -87,11 +86,7 @@ class FacePipeline:
         # scorers that read several (a fusion, a head) and stored at enrolment so they can be used later.
         names = list(dict.fromkeys((embedder, *extra_embedders)))
         for name in names:  # a detector, a style net or a fusion named as the embedder: say so, before loading it
-            task = self.registry.manifest(name).task
-            if task != "embed":
-                raise ModelError(f"model {name!r} is a {task!r} model, not an embedder"
-                                 + (" (a fusion scores its members: models.fusion / --fusion)" if task == "fusion"
-                                    else ""))
+            self.registry.embedder_manifest(name)
         if threads < 0:
             raise ValueError(f"threads must be ≥ 0 (0 = auto), not {threads}")
         self.threads = threads or auto_threads(len(names))

@@ -38,7 +38,5 @@ def _make(registry: Registry, embedder: str | None, verifier: str, store: Store 
         head = resolve_head(verifier, registry)
         return HeadScorer(head, StoreGallery(store, tuple(head.embedders)) if store is not None else None, fpir)
     embedder = embedder or registry.default_embedder()  # "" or None: what the manifests choose
-    m = registry.manifest(embedder)
-    if m.task != "embed":
-        raise ModelError(f"model {embedder!r} is a {m.task!r} model, not an embedder")
+    m = registry.embedder_manifest(embedder)
     return CosineScorer(m, StoreGallery(store, (m.name,)) if store is not None else None, fpir)

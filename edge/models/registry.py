@@ -105,7 +105,8 @@ class Registry:
 
     def loosened_thresholds(self, name: str) -> list[dict[str, Any]]:
         """The thresholds an override sets below the shipped manifest's (each admits more people), with both
-        values and the override file: shown by `facegate doctor` and logged when the daemon starts."""
+        values, the override file and one sentence (`text`) that `facegate doctor` shows and the daemon logs at
+        start."""
         raw = self._raw_manifests()
         override = self.override_path(name)
         if name not in raw or not override.is_file():
@@ -115,9 +116,23 @@ class Registry:
         for key, t in self.manifest(name).thresholds.items():
             base = shipped.get(key)
             if base is not None and t.value < base.value:
+                command = t.provenance.get("command")
                 out.append({"model": name, "threshold": key, "value": t.value, "shipped": base.value,
-                            "file": str(override), "command": t.provenance.get("command")})
+                            "file": str(override), "command": command,
+                            "text": f"model {name}: threshold {key} {t.value:.4g} is below the shipped "
+                                    f"{base.value:.4g} (set by {override}"
+                                    + (f", from `{command}`" if command else "") + "): it accepts more faces"})
         return out
+
+    def embedder_manifest(self, name: str) -> Manifest:
+        """The manifest of an embedder; a detector, style net or fusion named where an embedder belongs is an
+        error that says what it is (the scorer factory and the pipeline both ask here)."""
+        m = self.manifest(name)
+        if m.task != "embed":
+            raise ModelError(f"model {name!r} is a {m.task!r} model, not an embedder"
+                             + (" (a fusion scores its members: models.fusion / --fusion)" if m.task == "fusion"
+                                else ""))
+        return m
 
     def default_embedder(self) -> str:
         """The embedder used where none is named: the one whose manifest says "default" (the int8 twin of SFace
