@@ -216,9 +216,7 @@ class Daemon:
                                   cfg.models.fusion, cfg.decision.templates)
         for name in dict.fromkeys((self.scorer.manifest.name, *self.scorer.embedders)):
             for t in registry.loosened_thresholds(name):  # an override that lets more people in: said each start
-                log.warning("model %s: threshold %s %.4g is below the shipped %.4g (set by %s%s): it accepts "
-                            "more faces", t["model"], t["threshold"], t["value"], t["shipped"], t["file"],
-                            f", from `{t['command']}`" if t["command"] else "")
+                log.warning("%s", t["text"])
         self.pipeline = FacePipeline(registry, detector=cfg.models.detector, embedder=cfg.models.embedder,
                                      threads=cfg.models.threads, min_face_px=cfg.models.min_face_px,
                                      rescue=cfg.models.rescue,

@@ -72,9 +72,7 @@ def _models(cfg: Config, report: Report) -> Any:
             report.add(f"model {name}", "fail", str(exc), "reinstall it (facegate models install …) or fix models.*")
             continue
         for t in registry.loosened_thresholds(name):
-            report.add(f"threshold {name}.{t['threshold']}", "warn",
-                       f"{t['value']:.4g}, below the shipped {t['shipped']:.4g}: set by {t['file']}"
-                       + (f" (from `{t['command']}`)" if t["command"] else "") + "; it accepts more faces",
+            report.add(f"threshold {name}.{t['threshold']}", "warn", t["text"],
                        f"if nobody here calibrated it on purpose, remove {t['file']}")
     return registry
 
