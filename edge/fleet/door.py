@@ -246,10 +246,10 @@ class DoorSync:
                 self._refuse(Refused("old", f"rev {doc['rev']} is not above the door's {s.rev} (a replay or a "
                                             f"duplicate)"), "a batch")
                 return False
-            if doc["epoch"] != s.epoch and s.epoch:
-                self._snapshot()  # another journal: only its snapshot says what the gallery is (see _follow)
+            if doc["epoch"] != s.epoch:
+                self._snapshot()  # another journal (or none yet): only its snapshot says the gallery (see _follow)
                 return False
-            if doc["epoch"] != s.epoch or doc["rev"] > s.rev + 1:
+            if doc["rev"] > s.rev + 1:
                 self._catch_up()
                 return False
             if self._apply(doc):
@@ -299,14 +299,14 @@ class DoorSync:
                 self._confirm(manifest["ts"])
             else:
                 self._snapshot()
-        elif manifest["epoch"] != s.epoch and s.epoch:
-            # Another journal (a hub rebuilt or restored): revisions of two epochs do not compare, so nothing
-            # but its snapshot says what the gallery is — asking for batches "after rev N" of the new journal
-            # found none when it stood at the same N, and the door kept people the new journal had deleted.
-            # The snapshot is checked for freshness (_snapshot), so a replayed manifest of an old epoch only
-            # costs a request.
+        elif manifest["epoch"] != s.epoch:
+            # Another journal (a hub rebuilt or restored), or none yet: revisions of two epochs do not compare, so
+            # nothing but its snapshot says what the gallery is — asking for batches "after rev N" of the new
+            # journal found none when it stood at the same N, and the door kept people the new journal had
+            # deleted. The snapshot is checked for freshness (_snapshot), so a replayed manifest of an old epoch
+            # only costs a request.
             self._snapshot()
-        elif manifest["epoch"] != s.epoch or manifest["rev"] > s.rev:
+        elif manifest["rev"] > s.rev:
             self._catch_up()
         # An older manifest of this epoch: stale (a retained copy on another node, a replay); nothing to do.
 
@@ -347,9 +347,6 @@ class DoorSync:
         try:
             while True:
                 s = self.state
-                if not s.epoch:
-                    self._snapshot()
-                    return
                 code, body = self._get(f"/v1/sites/{self.site}/batches?after={s.rev}")
                 if code == 410:
                     self._snapshot()
@@ -395,7 +392,7 @@ class DoorSync:
                 raise Refused("wrong_site", f"a snapshot of site {doc['site'][:64]!r}")
             if doc["epoch"] == self.state.epoch and doc["rev"] < self.state.rev:
                 raise Refused("old", f"snapshot rev {doc['rev']} is below the door's {self.state.rev}")
-            if doc["epoch"] != self.state.epoch and self.state.epoch and doc["ts"] <= self._confirmed:
+            if doc["epoch"] != self.state.epoch and doc["ts"] <= self._confirmed:
                 # Within an epoch revisions order the documents; across epochs only the hub's signed time
                 # does. A snapshot of another epoch signed before the last time this door confirmed its gallery
                 # is a recording (an old journal's, replayed by whoever answers for hub_url): applying it would
