@@ -262,20 +262,30 @@ def _repoint(d: DoorSync, url: str) -> None:
     d.cfg = dataclasses.replace(d.cfg, fleet=dataclasses.replace(d.cfg.fleet, hub_url=url))
 
 
-def test_a_new_hub_journal_at_the_same_revision_replaces_the_door_gallery(tmp_path):
-    """A hub rebuilt from its store (a new journal, a new epoch) can stand at the door's revision number: its
-    revisions say nothing about the old journal's, so the door loads the snapshot and drops whom it deleted."""
-    keys = make_keys(tmp_path, ["a"])
+def _hub_with_alice_and_mallory(tmp_path, keys) -> tuple[Hub, DoorSync]:
+    """A started hub (no broker) with two people, and a door that polls it over HTTP."""
     hub = Hub(hub_config(tmp_path, keys, 1, ["a"]), connect=False)
     enrol(hub.store, "alice")
     enrol(hub.store, "mallory")
     hub.start()
-    d = DoorSync(door_config(tmp_path, keys, 1, "a", "door1", hub.url), connect=False)
+    return hub, DoorSync(door_config(tmp_path, keys, 1, "a", "door1", hub.url), connect=False)
+
+
+def _rebuilt_hub(tmp_path, keys) -> Hub:
+    """The same store under a new journal: a new epoch (a hub rebuilt or restored)."""
+    return Hub(hub_config(tmp_path, keys, 1, ["a"], journal_path=str(tmp_path / "hub" / "journal2.db")),
+               connect=False)
+
+
+def test_a_new_hub_journal_at_the_same_revision_replaces_the_door_gallery(tmp_path):
+    """A hub rebuilt from its store (a new journal, a new epoch) can stand at the door's revision number: its
+    revisions say nothing about the old journal's, so the door loads the snapshot and drops whom it deleted."""
+    keys = make_keys(tmp_path, ["a"])
+    hub, d = _hub_with_alice_and_mallory(tmp_path, keys)
     try:
         assert d.poll() and sorted(gallery(d.store.path)) == ["alice", "mallory"] and d.state.rev == 1
         hub.close()
-        hub = Hub(hub_config(tmp_path, keys, 1, ["a"], journal_path=str(tmp_path / "hub" / "journal2.db")),
-                  connect=False)
+        hub = _rebuilt_hub(tmp_path, keys)
         hub.store.delete("mallory", command="revoked")
         hub.start()
         assert hub.journal.site("a").rev == d.state.rev and hub.journal.epoch != d.state.epoch
@@ -295,11 +305,7 @@ def test_a_replayed_snapshot_of_an_old_journal_is_refused(tmp_path):
     import urllib.request
 
     keys = make_keys(tmp_path, ["a"])
-    hub = Hub(hub_config(tmp_path, keys, 1, ["a"]), connect=False)
-    enrol(hub.store, "alice")
-    enrol(hub.store, "mallory")
-    hub.start()
-    d = DoorSync(door_config(tmp_path, keys, 1, "a", "door1", hub.url), connect=False)
+    hub, d = _hub_with_alice_and_mallory(tmp_path, keys)
     recorded: dict[str, bytes] = {}
     server = None
     try:
@@ -309,8 +315,7 @@ def test_a_replayed_snapshot_of_an_old_journal_is_refused(tmp_path):
                 recorded[what] = r.read()
         hub.close()
         time.sleep(0.05)  # the new journal's documents are signed later than the recording
-        hub = Hub(hub_config(tmp_path, keys, 1, ["a"], journal_path=str(tmp_path / "hub" / "journal2.db")),
-                  connect=False)
+        hub = _rebuilt_hub(tmp_path, keys)
         hub.start()
         hub.store.delete("mallory", command="revoked")
         assert wait(lambda: hub.journal.site("a").rev == 2, 5)
