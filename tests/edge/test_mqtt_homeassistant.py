@@ -104,7 +104,13 @@ def test_the_door_state_and_the_face_unlock_switch_are_retained(broker: Broker, 
     publisher.publish_door_state({"state": "unlocked", "until": "2030-01-01T00:00:05.000Z", "command": "UNLOCK",
                                   "source": "facegate", "ts": "2030-01-01T00:00:00.000Z"})
     publisher.publish_face_unlock(False)
-    with Subscriber(broker, ["facegate/door1/door/state", "facegate/door1/face_unlock"], client_id="ha") as ha:
+    topics = ["facegate/door1/door/state", "facegate/door1/face_unlock"]
+    # The two publishes leave on the client's network thread: a subscriber that arrives before they reach the
+    # broker sees live copies. Once a first subscriber has seen both, the broker holds them, so a later one
+    # (Home Assistant starting up) must get them as retained copies.
+    with Subscriber(broker, topics, client_id="first") as first:
+        assert first.wait_for(lambda msgs: len(msgs) >= 2)
+    with Subscriber(broker, topics, client_id="ha") as ha:
         assert ha.wait_for(lambda msgs: len(msgs) >= 2)
         assert all(m.retain for m in ha.messages)
         assert ha.on("facegate/door1/door/state")[0].json()["state"] == "unlocked"
