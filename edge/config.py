@@ -55,6 +55,9 @@ class CameraConfig:
     reconnect_min_s: float = 0.5  # a lost device or stream is reopened after this, doubling up to the max
     reconnect_max_s: float = 30.0
     stale_s: float = 2.0  # no frame for this long: the camera is unhealthy (no grants)
+    # Files and folders only: hand every frame to the decision loop, the capture waiting for it, instead of
+    # keeping only the newest (replaying a recording for an evaluation gives the same decisions on any host).
+    every_frame: bool = False
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,7 @@ class Daemon:
             # applied to the policy before any frame is decided.
             self.door = DoorControl(self.sink, cfg.door, on_switch=self._face_unlock_switched)
         self.capture = Capture(source or open_source(cfg.camera), cfg.camera.reconnect_min_s,
-                               cfg.camera.reconnect_max_s)
+                               cfg.camera.reconnect_max_s, every_frame=cfg.camera.every_frame)
         self._describe_metrics()
         if self.web_server is not None:
             from edge.web.services import Services

@@ -2,8 +2,10 @@
 
 The capture thread reads its source as fast as the source delivers and keeps only the newest frame: the
 decision loop always works on the present, never on a backlog, and a frame it was too slow for is counted
-as dropped. A lost device or stream is reopened with exponential backoff; a frame that fails to decode is
-skipped and counted. Files and folders are paced at the configured rate, as a camera would deliver them.
+as dropped. A file or folder may instead be replayed frame by frame (camera.every_frame): the capture waits
+for the decision loop, so a recording gives the same frames to decide on however slow the host. A lost
+device or stream is reopened with exponential backoff; a frame that fails to decode is skipped and counted.
+Files and folders are paced at the configured rate, as a camera would deliver them.
 """
 
 from __future__ import annotations
@@ -215,8 +217,12 @@ class Capture:
     """Runs a source in its own thread and holds only its newest frame."""
 
     def __init__(self, source: Source, reconnect_min_s: float = 0.5, reconnect_max_s: float = 30.0,
-                 on_frame: Callable[[Frame], None] | None = None) -> None:
+                 on_frame: Callable[[Frame], None] | None = None, every_frame: bool = False) -> None:
+        if every_frame and source.live:
+            # A camera or stream does not wait: holding its frames back would only build a backlog.
+            raise ConfigError("camera.every_frame: only for a video file or an image folder, not a live source")
         self.source = source
+        self.every_frame = every_frame
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.stats = CaptureStats()
         self.connected = False
@@ -253,6 +259,7 @@ class Capture:
             frame, self._slot = self._slot, None
             if frame is not None:
                 self.stats.delivered += 1
+                self._cond.notify_all()  # an every-frame capture waits for the slot to empty
             return frame
 
     def newest(self) -> Frame | None:
@@ -266,6 +273,10 @@ class Capture:
             return self.finished and self._slot is None
 
     def _publish(self, image: np.ndarray, origin: str) -> None:
+        if self.every_frame:
+            with self._cond:  # wait until the consumer has taken the previous frame: nothing is dropped
+                while self._slot is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
         now = time.monotonic()
         with self._cond:
             self.stats.produced += 1

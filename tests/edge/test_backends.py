@@ -126,7 +126,8 @@ def test_an_event_sink_is_a_module_plus_a_config_entry(tmp_path: Path, lfw: Path
     folder = tmp_path / "frames"
     folder.mkdir()
     shutil.copy(lfw / "images/Aaron_Peirsol/Aaron_Peirsol_0001.jpg", folder / "01.jpg")
-    cfg = parse({"profile": "kiosk", "camera": {"source": str(folder), "fps": 10, "frames_per_image": 10},
+    cfg = parse({"profile": "kiosk",
+                 "camera": {"source": str(folder), "fps": 10, "frames_per_image": 10, "every_frame": True},
                  "store": {"path": str(tmp_path / "s.db"), "create": True}, "health": {"enabled": False},
                  "events": {"sink": f"{__name__}:sink"}})
     RECORDED.clear()

@@ -52,10 +52,10 @@ def clip(lfw, tmp_path_factory) -> dict[str, Path]:
 
 
 def _config(tmp_path: Path, clip: dict[str, Path], **sections) -> dict:
-    # 10 fps, not 30: the folder source paces frames in real time and drops those the engine is too late for, so
-    # on a loaded CI machine 30 fps could leave an image fewer frames than a decision window needs.
+    # every_frame: a folder source otherwise paces frames in real time and drops those the engine is too late
+    # for, and a loaded CI machine then left an image fewer frames than a decision window needs.
     base = {"profile": "kiosk",
-            "camera": {"source": str(clip["folder"]), "fps": 10, "frames_per_image": 8},
+            "camera": {"source": str(clip["folder"]), "fps": 10, "frames_per_image": 8, "every_frame": True},
             "store": {"path": str(tmp_path / "s.db"), "create": True},
             "mqtt": {"enabled": False},
             "health": {"listen": "127.0.0.1:0"}}
@@ -183,7 +183,7 @@ def test_healthz_and_metrics(tmp_path, clip):
 
 
 def test_unhealthy_camera_is_reported_and_fails_secure(tmp_path, clip):
-    cfg = parse(_config(tmp_path, clip, camera={"source": "/dev/video97", "stale_s": 0.2,
+    cfg = parse(_config(tmp_path, clip, camera={"source": "/dev/video97", "every_frame": False, "stale_s": 0.2,
                                                 "reconnect_min_s": 0.05, "reconnect_max_s": 0.1}))
     daemon = Daemon(cfg, sink=LogSink("door1", "front", tmp_path / "e.jsonl"))
     with running(daemon):

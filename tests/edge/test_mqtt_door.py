@@ -125,7 +125,7 @@ def test_the_start_up_lock_is_sent_once_connected(broker: Broker, tmp_path: Path
     folder.mkdir()
     shutil.copy(lfw / "images/Aaron_Peirsol/Aaron_Peirsol_0001.jpg", folder / "01.jpg")
     cfg = parse({"profile": "door", "liveness": {"model": "tests.edge.test_daemon:AlwaysLive", "challenge": False},
-                 "camera": {"source": str(folder), "fps": 10, "frames_per_image": 5},
+                 "camera": {"source": str(folder), "fps": 10, "frames_per_image": 5, "every_frame": True},
                  "store": {"path": str(tmp_path / "s.db"), "create": True},
                  "mqtt": {"port": broker.port, "device": "door1", "discovery": False, "claims": "off",
                           "outbox_path": str(tmp_path / "o.db"), "command_state_path": str(tmp_path / "c.json")},

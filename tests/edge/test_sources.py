@@ -91,6 +91,21 @@ def test_newest_frame_only_no_backlog(folder):
     assert len(frames) < 30
 
 
+def test_every_frame_replays_a_folder_without_dropping_for_a_slow_consumer(folder):
+    """The same slow consumer as above, with camera.every_frame: the capture waits for it, so every frame the
+    folder shows is handed out, in order, and none is dropped."""
+    with capturing(FolderSource(folder, fps=100, frames_per_image=20), every_frame=True) as (cap, produced):
+        frames = _drain(cap, slow_s=0.02)
+    assert cap.stats.produced == 60 and cap.stats.dropped == 0 and cap.stats.delivered == 60
+    assert [f.index for f in frames] == list(range(1, 61))
+    assert [f.index for f in produced] == list(range(1, 61))
+
+
+def test_every_frame_is_refused_for_a_live_source():
+    with pytest.raises(ConfigError, match=r"camera\.every_frame"):
+        Capture(FlakySource(), every_frame=True)
+
+
 def _video(path: Path, n: int = 10, corrupt: int | None = None) -> Path:
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
     for i in range(n):

@@ -45,7 +45,7 @@ def clip(lfw, tmp_path_factory) -> dict[str, Path]:
 
 def _config(tmp_path: Path, clip: dict[str, Path], **sections) -> dict:
     base = {"profile": "kiosk",
-            "camera": {"source": str(clip["folder"]), "fps": 30, "frames_per_image": 8},
+            "camera": {"source": str(clip["folder"]), "fps": 30, "frames_per_image": 8, "every_frame": True},
             "store": {"path": str(tmp_path / "s.db"), "create": True},
             "mqtt": {"enabled": False},
             "health": {"listen": "127.0.0.1:0"},
