@@ -187,6 +187,9 @@ class WebConfig:
     max_bulk_mb: float = 500.0  # one bulk upload (a zip or a folder)
     login_attempts: int = 5  # failed log-ins per account and per client address …
     login_window_s: float = 900.0  # … within this many seconds, then refused until the window has passed
+    # Host names the page answers to besides IP addresses, localhost and this machine's names (DNS rebinding,
+    # edge/web/hosts.py): the name a reverse proxy passes on; ".example.org" = it and its subdomains; "*" = any.
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,9 @@ WINDOW_RE = re.compile(r"^(?P<days>[a-z]{3}(?:-[a-z]{3})?(?:,[a-z]{3}(?:-[a-z]{3
                        r"(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$")
 
 
+# A web.allowed_hosts entry: DNS labels of letters, digits and hyphens, optionally after a leading dot.
+HOST_PATTERN_RE = re.compile(r"\.?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?")
+
 SECRET_KEYS = frozenset({"mqtt.password", "mqtt.command_secret", "mqtt.claim_secret", "collect.dsn"})
 SITE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a topic level and a file name: letters, digits, "_" and "-"
 
@@ -419,6 +425,10 @@ def _check(cfg: Config) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"{key}: {listen!r} is not HOST:PORT")
+    for i, pattern in enumerate(cfg.web.allowed_hosts):
+        if pattern != "*" and not (len(pattern) <= 254 and HOST_PATTERN_RE.fullmatch(pattern.lower())):
+            raise ConfigError(f"web.allowed_hosts[{i}]: {_shown(pattern, '')} is not a host name, "
+                              "'.domain' or '*'")
     _check_fleet(cfg)
 
 

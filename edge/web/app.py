@@ -40,6 +40,7 @@ from edge.config import parse_window
 from edge.decision_log import OUTCOMES
 from edge.errors import FacegateError
 from edge.web.accounts import LoginLimiter, Session
+from edge.web.hosts import HostGuard
 from edge.web.jobs import Jobs
 from edge.web.services import Services
 from edge.web.uploads import MB, UploadError, check_person_name, files_of, read_form, save_folder, text_of, unpack_zip
@@ -660,7 +661,8 @@ def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starl
     app.state.services = services
     app.state.limiter = limiter
     app.state.jobs = jobs
-    return SecurityHeaders(app)  # type: ignore[return-value]
+    # The Host check sits inside the headers, so a refused request still carries them.
+    return SecurityHeaders(HostGuard(app, cfg.allowed_hosts))  # type: ignore[return-value]
 
 
 class SecurityHeaders:

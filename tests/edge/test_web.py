@@ -53,7 +53,8 @@ class Site:
     def __init__(self, tmp_path: Path, pipeline, key: bytes | None = None, **web) -> None:
         self.cfg = parse({"profile": "kiosk", "store": {"path": str(tmp_path / "s.db")}, "mqtt": {"enabled": False},
                           "web": {"accounts_path": str(tmp_path / "accounts.db"),
-                                  "decisions_path": str(tmp_path / "decisions.db"), "keep_crops": True, **web}})
+                                  "decisions_path": str(tmp_path / "decisions.db"), "keep_crops": True,
+                                  "allowed_hosts": ["testserver"], **web}})
         self.store = Store(tmp_path / "s.db", key=key, keep_crops=True)
         scorer = make_scorer(Registry(), pipeline.embedder.manifest.name, "", self.store, 0.01, "", "mean")
         accounts = Accounts(tmp_path / "accounts.db")
@@ -151,6 +152,38 @@ def test_a_post_without_the_csrf_token_or_from_another_site_is_refused(site, pho
     assert site.store.identity("colin") is not None  # nothing was deleted
     r = site.client.post("/person/delete", data={"name": "colin", "confirm": "colin", "csrf": site.csrf})
     assert r.status_code == 303 and site.store.identity("colin") is None
+
+
+def test_the_page_answers_only_to_names_it_knows(tmp_path, pipeline, caplog):
+    """DNS rebinding: a page elsewhere whose name resolves to the door reaches it with its own name in Host."""
+    import logging
+    import socket
+
+    s = Site(tmp_path, pipeline, allowed_hosts=["testserver", "door.example.org", ".site.example"])
+    caplog.set_level(logging.WARNING, logger="facegate.web")
+    try:
+        for host in ("testserver", "127.0.0.1:8080", "[::1]:8080", "localhost:8080", "DOOR.example.org",
+                     "door.example.org.:443", "site.example", "cam.site.example", socket.gethostname()):
+            r = s.client.get("/people", headers={"host": host})
+            assert r.status_code == 303 and r.headers["location"].startswith("/login"), host
+        for host in ("rebind.attacker.example", "door.example.org.attacker.example", "evilsite.example",
+                     "door.example.org:http", "[::1", "", b"127.0.0.1\x1b[2J\xe9"):
+            r = s.client.get("/login", headers={"host": host})
+            assert r.status_code == 400 and "web.allowed_hosts" in r.text, host
+            assert r.headers["x-frame-options"] == "DENY"  # the refusal still carries the security headers
+        # A log-in through a rebinding name is refused before any password is checked.
+        r = s.client.post("/login", data={"account": "admin", "password": PASSWORD}, headers={"host": "x.example"})
+        assert r.status_code == 400 and "set-cookie" not in r.headers
+        refused = [r.getMessage() for r in caplog.records if "refused a request for host" in r.getMessage()]
+        assert any("rebind.attacker.example" in m for m in refused)
+        assert len(refused) == len(set(refused)) and all("\x1b" not in m for m in refused)  # once each, escaped
+    finally:
+        s.close()
+    anywhere = Site(tmp_path / "any", pipeline, allowed_hosts=["*"])
+    try:
+        assert anywhere.client.get("/login", headers={"host": "rebind.attacker.example"}).status_code == 200
+    finally:
+        anywhere.close()
 
 
 def test_the_login_form_has_its_own_token_and_a_rate_limit(tmp_path, pipeline):

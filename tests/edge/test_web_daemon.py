@@ -179,6 +179,18 @@ def test_the_door_switch_suspends_face_unlock_in_the_running_daemon(tmp_path, cl
         # And a form without its token changes nothing.
         status, _, _ = browser.request("/door/face-unlock", {"enabled": "on"})
         assert status == 403 and daemon.face_unlock is False
+        # Nor does a rebinding page: the same session and token, sent under another name (edge/web/hosts.py).
+        import http.client
+
+        where = urllib.parse.urlsplit(daemon.web_server.url)
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
+        conn.request("POST", "/door/face-unlock", urllib.parse.urlencode({"csrf": browser.csrf, "enabled": "on"}),
+                     {"Host": f"rebind.attacker.example:{where.port}", "Cookie": cookie,
+                      "Content-Type": "application/x-www-form-urlencoded"})
+        answer = conn.getresponse()
+        assert answer.status == 400 and b"web.allowed_hosts" in answer.read() and daemon.face_unlock is False
+        conn.close()
 
 
 def test_decisions_show_on_the_page_and_a_deletion_there_reaches_the_daemon_and_erases_the_log(tmp_path, clip):
