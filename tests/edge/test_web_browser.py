@@ -35,6 +35,7 @@ pytest.importorskip("starlette", reason="the admin page needs the [web] extra")
 pytest.importorskip("selenium", reason="selenium is not installed ([dev] extra)")
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -236,7 +237,9 @@ def test_bulk_enrolment_of_a_zip_with_a_progress_bar(browser, door, shots, photo
     _submit(browser, "bulk")
     assert "/jobs/" in browser.current_url
     assert browser.find_elements(By.ID, "progress")
-    WebDriverWait(browser, 300).until(lambda d: "· done" in d.find_element(By.ID, "progress-text").text)
+    # The job page reloads itself each second: an element found just before a reload is stale when read.
+    WebDriverWait(browser, 300, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
+        lambda d: "· done" in d.find_element(By.ID, "progress-text").text)
     summary = _text(browser, "#summary")
     assert re.search(r"Enrolled \d+ of 8 images as \d+ identities", summary)
     _shot(browser, shots, "bulk")
