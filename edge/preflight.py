@@ -153,6 +153,20 @@ def _plain_http_hub(url: str) -> list[str]:
             f"fleet.hub_ca"]
 
 
+def _web_exposure(cfg: Config) -> list[str]:
+    """The admin page shows faces and names: on a network address it speaks plain HTTP to anyone who can reach
+    it, and "*" in web.allowed_hosts turns the DNS-rebinding check off."""
+    warnings = []
+    host = cfg.web.listen.rpartition(":")[0].strip("[]")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        warnings.append(f"web.listen: {cfg.web.listen} serves the admin page over plain HTTP beyond this machine; "
+                        f"keep it on 127.0.0.1 behind a TLS reverse proxy (deploy/web-proxy.md)")
+    if "*" in cfg.web.allowed_hosts:
+        warnings.append("web.allowed_hosts: \"*\" answers to any host name, so a web page elsewhere can reach the "
+                        "admin page through a visitor's browser (DNS rebinding); list the proxy's name instead")
+    return warnings
+
+
 def _models(cfg: Config, registry: Any) -> None:
     from edge.match.factory import make_scorer
     from edge.pipeline import FacePipeline
@@ -189,6 +203,7 @@ def check(cfg: Config) -> Report:
     report.step("camera", lambda: _camera(cfg))
     if cfg.web.enabled:
         report.step("web", lambda: _web(cfg))
+        report.warnings += _web_exposure(cfg)
     server = report.step("health", lambda: bind_health(cfg, Metrics(), dict))
     if server is not None:
         server.close()

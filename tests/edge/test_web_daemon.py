@@ -226,4 +226,10 @@ def test_run_check_asks_for_an_account_when_the_page_is_enabled(tmp_path, clip):
     assert any("no account in" in p and "facegate web --create-admin NAME" in p for p in problems), problems
     assert not (tmp_path / "accounts.db").exists()  # the check reads, it creates nothing
     Accounts(tmp_path / "accounts.db").create("admin", PASSWORD)
-    assert check(cfg).problems == []
+    report = check(cfg)
+    assert report.problems == [] and not [w for w in report.warnings if w.startswith("web.")]
+    # On a network address, or answering to any host name, the page is exposed: warnings, not refusals.
+    exposed = parse(_config(tmp_path, clip, web={"listen": "0.0.0.0:0", "allowed_hosts": ["*"]}))
+    report = check(exposed)
+    assert report.problems == []
+    assert [w.split(":")[0] for w in report.warnings if w.startswith("web.")] == ["web.listen", "web.allowed_hosts"]
