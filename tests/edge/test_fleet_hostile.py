@@ -1,0 +1,104 @@
+"""The fleet's parts against what outsiders may send them: a door's acknowledgements (any door may publish its
+own), requests to the hub's HTTP side, and whatever answers at a door's hub_url. Each must give one log line
+and go on working — never a dead thread, a traceback, or a gallery vouched for that the hub no longer follows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+
+from edge.fleet.door import DoorSync
+from edge.fleet.hub import Hub
+from edge.fleet.link import Message
+from edge.fleet.records import verify
+from tests.fleet_harness import door_config, enrol, gallery, hub_config, make_keys, wait
+from tests.mqtt_broker import Broker, publish
+
+BAD_ACKS = {
+    "utf16": '{"rev": 1, "hash": "x"}'.encode("utf-16"),  # JSON to json.loads(bytes), but not UTF-8
+    "deep": b"[" * 50000,  # RecursionError
+    "bigint": b"1" * 5000,  # ValueError: over the int conversion limit
+    "list": b"[1, 2]",
+    "wrong_types": b'{"rev": 1, "hash": "h", "refused": 5}',
+}
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """A broker, a started hub of site a with alice and bob, and one started door in step with it."""
+    with Broker(tmp_path / "mq") as broker:
+        keys = make_keys(tmp_path, ["a"])
+        hub = Hub(hub_config(tmp_path, keys, broker.port, ["a"]))
+        enrol(hub.store, "alice")
+        enrol(hub.store, "bob")
+        hub.start()
+        door = DoorSync(door_config(tmp_path, keys, broker.port, "a", "door1", hub.url, poll_s=1.0,
+                                    max_gallery_age_s=5))
+        door.start()
+        try:
+            assert door.link.wait_ready(10)
+            assert wait(lambda: door.state.count == 2, 10)
+            yield broker, hub, door
+        finally:
+            door.stop()
+            hub.close()
+
+
+def test_parse_ack_keeps_only_well_typed_objects() -> None:
+    from edge.fleet.hub import parse_ack
+
+    for name, payload in BAD_ACKS.items():
+        if name != "wrong_types":
+            assert parse_ack(payload) is None, name
+    assert parse_ack(b'{"rev": 1, "hash": "h", "refused": 5}') == '{"hash": "h", "rev": 1}'
+    assert parse_ack(b'{"rev": true, "hash": "h"}') is None
+    assert parse_ack(b'{"rev": NaN, "hash": "h"}') is None
+    assert json.loads(parse_ack(b'{"rev": 3, "hash": "h", "refused": {"p1": "unknown_model"}, "x": [1]}')) == {
+        "rev": 3, "hash": "h", "refused": {"p1": "unknown_model"}}
+
+
+def test_malformed_acks_neither_kill_the_hub_nor_break_its_status(fleet, caplog) -> None:
+    broker, hub, door = fleet
+    caplog.set_level(logging.WARNING)
+    for payload in BAD_ACKS.values():
+        publish(broker, "facegate-fleet/a/ack/door9", payload)
+    time.sleep(0.5)
+    assert hub._thread.is_alive()
+    hub.store.delete("alice", command="revoke")
+    assert wait(lambda: "alice" not in gallery(door.store.path), 10), "the hub stopped publishing"
+    status = hub.status()  # a stored ack is always an object of the known fields
+    for d in status["doors"]:
+        assert isinstance(d["refused"], dict)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for a door's bad input"
+
+
+def test_a_flood_of_acks_does_not_delay_a_revocation(fleet) -> None:
+    _, hub, _door = fleet
+    ack = json.dumps({"rev": 1, "hash": "h"}).encode()
+    for i in range(20000):  # what a flooding door leaves in the hub's inbox
+        hub.link.inbox.put_nowait(Message("facegate-fleet/a/ack/door1", ack, False, i, 0))
+    rev = hub.journal.site("a").rev
+    t0 = time.monotonic()
+    hub.store.delete("alice", command="revoke")
+    assert wait(lambda: hub.journal.site("a").rev > rev, 30)
+    assert time.monotonic() - t0 < 3.0, "the hub drained the acks before syncing"
+    assert wait(lambda: hub.link.inbox.qsize() == 0, 30)
+
+
+def test_a_hub_whose_sync_fails_stops_vouching_for_the_doors(fleet, monkeypatch) -> None:
+    _, hub, door = fleet
+
+    def broken() -> int:
+        raise OSError("the store's disk is gone")
+
+    broke_at = time.time()
+    monkeypatch.setattr(hub.store, "data_version", broken)
+    time.sleep(1.5)
+    assert hub._thread.is_alive()
+    doc = verify(hub.key.public_key(), hub.manifest("a"), "manifest")
+    assert doc["ts"] <= broke_at, "the manifest claims a sync that did not happen"
+    assert door.poll()
+    assert door.age() >= 1.0  # the door's gallery ages: past max_gallery_age_s it denies
