@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,14 +96,42 @@ class Event:
     payload: dict[str, Any]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number PostgreSQL stores")
+
+
+def _check_storable(doc: Any) -> None:
+    """ValueError for what PostgreSQL refuses in text and jsonb, so one such event never reaches an INSERT: NUL
+    characters, unpaired surrogates (no UTF-8 for them) and numbers that are not finite (1e400 parses as
+    infinity). Iterative: the document may be as deep as json.loads allowed."""
+    todo = [doc]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo += value.keys()
+            todo += value.values()
+        elif isinstance(value, list):
+            todo += value
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("a NUL character in a text")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("an unpaired surrogate in a text") from None
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("a number that is not finite")
+
+
 def parse_event(payload: bytes, topic_device: str | None = None) -> Event:
     """An event document (edge/mqtt/event.schema.json) → Event; ValueError saying why it is not one."""
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise ValueError("not JSON") from None
+        doc = json.loads(payload, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # not UTF-8 or JSON, NaN/Infinity, a number over the digit limit
+        raise ValueError("not JSON (or NaN, Infinity, a number too long)") from None
     if not isinstance(doc, dict):
         raise ValueError("not an object")
+    _check_storable(doc)
     missing = [k for k in REQUIRED if k not in doc]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")

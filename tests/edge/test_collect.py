@@ -134,3 +134,47 @@ def test_events_from_five_doors_through_a_broker_outage_land_once(pg, conn, tmp_
     for device, n in sent.items():
         assert counts["devices"][device] == {"events": n, "min_seq": 1, "max_seq": n}  # each seq once, no gap
     assert collector.rejected == 2
+
+
+def _poison(kind: str) -> bytes:
+    doc = json.loads(_event("door1", 2, "2026-05-01T08:00:00Z"))
+    if kind == "nul":
+        doc["door"] = "front\u0000"
+    elif kind == "nulpayload":
+        doc["note"] = "x\u0000y"
+    elif kind == "surrogate":
+        doc["note"] = "\ud800"
+    else:
+        doc["score"] = float(kind)
+    return json.dumps(doc, allow_nan=True).encode()
+
+
+@pytest.mark.parametrize("kind", ["nul", "nulpayload", "surrogate", "nan", "inf", "-inf"])
+def test_events_postgresql_would_refuse_are_not_events(kind) -> None:
+    with pytest.raises(ValueError):
+        db.parse_event(_poison(kind))
+    with pytest.raises(ValueError):  # 1e400 parses as infinity
+        db.parse_event(_event("door1", 3, "2026-05-01T08:00:00Z").replace(b'"score": 0.7', b'"score": 1e400'))
+
+
+def test_an_event_the_database_refuses_does_not_wedge_collection(pg, conn, tmp_path, monkeypatch) -> None:
+    """An event parse_event lets through but PostgreSQL refuses (here: the NUL check switched off) is counted,
+    acknowledged and dropped; the events after it, of every door, are stored."""
+    monkeypatch.setattr(db, "_check_storable", lambda doc: None, raising=False)
+    with Broker(tmp_path / "mq") as broker:
+        cfg = parse({"profile": "kiosk", "mqtt": {"host": "127.0.0.1", "port": broker.port, "device": "collector",
+                                                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
+                     "collect": {"dsn": pg.dsn, "client_id": "collect-poison"}})
+        collector = Collector(cfg)
+        collector.start()
+        try:
+            assert collector.link.wait_ready(10)
+            publish(broker, "facegate/door1/event", _event("door1", 1, "2026-05-01T08:00:00Z"))
+            assert wait_until(lambda: db.counts(conn)["events"] == 1, 10)
+            publish(broker, "facegate/door1/event", _poison("nul"))
+            for seq in range(1, 6):
+                publish(broker, "facegate/door2/event", _event("door2", seq, "2026-05-01T08:00:00Z"))
+            assert wait_until(lambda: db.counts(conn)["events"] == 6, 15), (db.counts(conn), collector.stats())
+            assert wait_until(lambda: collector.rejected == 1, 5)
+        finally:
+            collector.stop()
