@@ -17,6 +17,7 @@ GET /v1/status                          the hub's revisions and the doors' ackno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -28,11 +29,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.config import ConfigError
 from edge.fleet.records import VERSION, canonical, sign_text
+from edge.ratelimit import LogLimiter
 
 if TYPE_CHECKING:
     from edge.fleet.hub import Hub
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 MAX_BATCH_RESPONSE = 8 * 2**20
 
 
@@ -76,7 +79,9 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     after = int(query.get("after", ["0"])[0])
                 except ValueError:
-                    self._error(400, "after must be an integer")
+                    after = -1
+                if not 0 <= after < 2**63:  # SQLite's integers: anything else overflows in the query
+                    self._error(400, "after must be an integer in 0..2^63-1")
                     return
                 state = hub.journal.site(site)
                 if after < state.floor:
@@ -92,6 +97,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, "no such resource")
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as exc:  # a bug must cost one request an answer, not a traceback and a dropped connection
+            limited.log(logging.ERROR, "http-500", "hub http: GET %s failed (%s: %s)", self.path[:120],
+                        type(exc).__name__, " ".join(str(exc).split())[:200])
+            log.debug("hub http: GET failed", exc_info=True)
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client is gone
+                self._error(500, "internal error")
 
 
 class _Server(ThreadingHTTPServer):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -102,3 +104,38 @@ def test_a_hub_whose_sync_fails_stops_vouching_for_the_doors(fleet, monkeypatch)
     assert doc["ts"] <= broke_at, "the manifest claims a sync that did not happen"
     assert door.poll()
     assert door.age() >= 1.0  # the door's gallery ages: past max_gallery_age_s it denies
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_the_hub_answers_bad_requests_and_its_own_failures(fleet, monkeypatch) -> None:
+    _, hub, _door = fleet
+    for after in ("9" * 19, "-1", "9" * 5000, "x"):
+        code, _ = _get(f"{hub.url}/v1/sites/a/batches?after={after}")
+        assert code == 400, after
+    assert _get(f"{hub.url}/v1/sites/a/batches?after=0")[0] == 200
+
+    def broken() -> dict:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(hub, "status", broken)
+    assert _get(f"{hub.url}/v1/status")[0] == 500  # an answer, not a dropped connection
+    monkeypatch.undo()
+    assert _get(f"{hub.url}/v1/status")[0] == 200
+
+
+def test_status_reads_acks_an_older_hub_stored_unchecked(fleet) -> None:
+    _, hub, _door = fleet
+    hub.journal.record_ack("a", "door8", "[1, 2]")
+    hub.journal.record_ack("a", "door9", '{"rev": 1, "hash": "h", "refused": 5}')
+    doors = {d["device"]: d for d in hub.status()["doors"]}
+    assert doors["door8"]["rev"] is None and doors["door8"]["refused"] == {}
+    assert doors["door9"]["rev"] == 1 and doors["door9"]["refused"] == {}
+    code, body = _get(f"{hub.url}/v1/status")
+    assert code == 200 and len(json.loads(body)["doors"]) >= 2
