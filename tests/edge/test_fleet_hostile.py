@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from edge.fleet import hubhttp
 from edge.fleet.door import DoorSync
 from edge.fleet.hub import Hub
 from edge.fleet.link import Message
 from edge.fleet.records import verify
 from tests.fleet_harness import door_config, enrol, gallery, hub_config, make_keys, wait
-from tests.mqtt_broker import Broker, publish
+from tests.mqtt_broker import Broker, make_pki, publish
 
 BAD_ACKS = {
     "utf16": '{"rev": 1, "hash": "x"}'.encode("utf-16"),  # JSON to json.loads(bytes), but not UTF-8
@@ -139,3 +142,49 @@ def test_status_reads_acks_an_older_hub_stored_unchecked(fleet) -> None:
     assert doors["door9"]["rev"] == 1 and doors["door9"]["refused"] == {}
     code, body = _get(f"{hub.url}/v1/status")
     assert code == 200 and len(json.loads(body)["doors"]) >= 2
+
+
+@pytest.fixture
+def lone_hub(tmp_path):
+    """make(**hub options) → a started hub without a broker (its HTTP side only), with alice."""
+    hubs: list[Hub] = []
+
+    def make(**options) -> Hub:
+        hub = Hub(hub_config(tmp_path, make_keys(tmp_path, ["a"]), 1, ["a"], **options), connect=False)
+        enrol(hub.store, "alice")
+        hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.close()
+
+
+def test_a_silent_client_does_not_stop_the_tls_hub(lone_hub, tmp_path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    hub = lone_hub(tls_cert=str(pki.server.cert), tls_key=str(pki.server.key), tls_client_ca=str(pki.ca.cert))
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    context.load_cert_chain(str(pki.client.cert), str(pki.client.key))
+    with socket.create_connection(hub.http.address):  # connects, never sends a ClientHello
+        time.sleep(0.3)
+        with urllib.request.urlopen(f"{hub.url}/v1/sites/a/manifest", timeout=5, context=context) as r:
+            assert r.status == 200
+
+
+def test_idle_connections_are_closed_and_bounded(lone_hub, monkeypatch) -> None:
+    monkeypatch.setattr(hubhttp, "CONNECTION_TIMEOUT_S", 1.0, raising=False)
+    monkeypatch.setattr(hubhttp, "MAX_CONNECTIONS", 4, raising=False)
+    hub = lone_hub()
+    idle = [socket.create_connection(hub.http.address, timeout=5) for _ in range(4)]
+    for s in idle:
+        s.sendall(b"GET /v1/status HTTP/1.1\r\n")  # never finished
+    time.sleep(0.3)
+    with socket.create_connection(hub.http.address, timeout=5) as extra:  # over the cap: closed at once
+        assert extra.recv(100) == b""
+    t0 = time.monotonic()
+    for s in idle:  # the half-sent requests are given up after the timeout
+        with s:
+            assert s.recv(100) == b""
+    assert time.monotonic() - t0 < 4.0
+    assert _get(f"{hub.url}/v1/status")[0] == 200  # the slots are free again
