@@ -8,9 +8,11 @@ import json
 import logging
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -148,14 +150,16 @@ def test_status_reads_acks_an_older_hub_stored_unchecked(fleet) -> None:
 def lone_hub(tmp_path):
     """make(**hub options) → a started hub without a broker (its HTTP side only), with alice."""
     hubs: list[Hub] = []
+    keys = make_keys(tmp_path, ["a"])
 
     def make(**options) -> Hub:
-        hub = Hub(hub_config(tmp_path, make_keys(tmp_path, ["a"]), 1, ["a"], **options), connect=False)
+        hub = Hub(hub_config(tmp_path, keys, 1, ["a"], **options), connect=False)
         enrol(hub.store, "alice")
         hub.start()
         hubs.append(hub)
         return hub
 
+    make.keys = keys  # type: ignore[attr-defined]
     yield make
     for hub in hubs:
         hub.close()
@@ -188,3 +192,86 @@ def test_idle_connections_are_closed_and_bounded(lone_hub, monkeypatch) -> None:
             assert s.recv(100) == b""
     assert time.monotonic() - t0 < 4.0
     assert _get(f"{hub.url}/v1/status")[0] == 200  # the slots are free again
+
+
+class _Front:
+    """An HTTP server at the door's hub_url passing requests on to the hub, or answering as `mode` says: what a
+    man in the middle of a plain-http hub_url, or another service on its port, may send."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.mode, self.hits, self.old = "proxy", 0, hub.journal.batches("a", 0, 1 << 20)
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = front.answer(self.path, hub.url)
+                if body is None:
+                    self.wfile.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+                    self.close_connection = True
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, path: str, hub_url: str) -> bytes | None:
+        if self.mode == "garbage":
+            return None
+        if self.mode == "bigint" and path.endswith("/manifest"):
+            return b"1" * 5000
+        if "/batches" in path and self.mode.startswith("catchup"):
+            self.hits += 1
+            if self.mode == "catchup-rev":
+                return b'{"rev": "x", "batches": []}'
+            if self.mode == "catchup-list":
+                return b'{"rev": 9, "batches": [1]}'
+            return json.dumps({"rev": 99, "floor": 0, "batches": [b.decode() for b in self.old]}).encode()
+        with urllib.request.urlopen(hub_url + path) as r:
+            return r.read()
+
+
+def test_whoever_answers_at_hub_url_gets_one_log_line_not_a_traceback(lone_hub, tmp_path, caplog) -> None:
+    hub = lone_hub(max_delta_bytes=1 << 20)
+    front = _Front(hub)
+    door = DoorSync(door_config(tmp_path, lone_hub.keys, 1, "a", "door1", front.url, poll_s=0.5), connect=False)
+    caplog.set_level(logging.WARNING)
+    door.start()
+    try:
+        assert wait(lambda: door.state.count == 1, 10)
+        for mode in ("garbage", "bigint", "catchup-rev", "catchup-list"):
+            front.mode = mode
+            if mode == "catchup-rev":
+                enrol(hub.store, "bob")  # the hub moves on: the manifest is ahead of the door, which catches up
+            time.sleep(1.5)
+        front.mode = "proxy"
+        assert wait(lambda: door.state.count == 2, 10)  # the path behaves again: the door follows
+    finally:
+        door.stop()
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not tracebacks, tracebacks
+
+
+def test_a_catch_up_reply_with_nothing_new_ends_the_catch_up(lone_hub, tmp_path) -> None:
+    hub = lone_hub(max_delta_bytes=1 << 20)
+    front = _Front(hub)
+    door = DoorSync(door_config(tmp_path, lone_hub.keys, 1, "a", "door1", front.url, poll_s=0.5), connect=False)
+    door.start()
+    try:
+        assert wait(lambda: door.state.rev == 1, 10)
+        front.mode = "catchup-old"  # only the batch the door already holds, for ever
+        enrol(hub.store, "bob")
+        time.sleep(2.0)
+        assert front.hits <= 8, f"{front.hits} requests in 2 s with fleet.poll_s 0.5"
+        front.mode = "proxy"
+        assert wait(lambda: door.state.count == 2, 10)
+    finally:
+        door.stop()
