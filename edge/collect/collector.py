@@ -73,10 +73,10 @@ class Collector:
         pending: list[Message] = []
         backoff = 0.5
         while not self._stop.is_set():
+            self._maybe_purge()  # every turn (it only looks at the clock): a steady stream must not defer it
             if not pending:
                 m = self.link.get(0.2)
                 if m is None:
-                    self._maybe_purge()
                     continue
                 pending.append(m)
                 while len(pending) < BATCH:

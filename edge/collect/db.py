@@ -48,6 +48,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
             payload JSONB NOT NULL,
             received TIMESTAMPTZ NOT NULL DEFAULT now())""",
     ),
+    (
+        # A conflicting event re-sent (QoS 1, the outbox) is one conflict, not one row per delivery: duplicates
+        # already stored go before the unique index that keeps them out.
+        "DELETE FROM conflicts a USING conflicts b WHERE a.device = b.device AND a.seq = b.seq "
+        "AND a.event_id = b.event_id AND a.ctid > b.ctid",
+        "CREATE UNIQUE INDEX conflicts_once ON conflicts (device, seq, event_id)",
+        # The purge goes by arrival, which the collector's clock gives, not by a door's clock.
+        "CREATE INDEX events_by_received ON events (received)",
+    ),
 ]
 LOCK_ID = 0x66616365  # pg_advisory_xact_lock key for migrations ("face")
 REQUIRED = ("event_id", "seq", "ts", "device", "door", "decision")
@@ -179,16 +188,18 @@ def insert(conn: Any, events: list[Event]) -> tuple[int, int]:
         if existing is not None and existing[0] != e.event_id:
             log.warning("collect: %s seq %d arrived again with another event_id (%s, stored %s): kept in conflicts",
                         e.device, e.seq, e.event_id, existing[0])
-            conn.execute("INSERT INTO conflicts (device, seq, event_id, payload) VALUES (%s, %s, %s, %s)",
+            conn.execute("INSERT INTO conflicts (device, seq, event_id, payload) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT (device, seq, event_id) DO NOTHING",
                          (e.device, e.seq, e.event_id, json.dumps(e.payload)))
     return stored, dups
 
 
 def purge(conn: Any, older_than_days: float) -> int:
-    """Delete events (and conflicts) older than this many days; returns how many events."""
+    """Delete events (and conflicts) received more than this many days ago; returns how many events. By arrival,
+    not by the door's `ts`: a door whose clock says 1970 must not have its events deleted as they arrive."""
     with conn.transaction():
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=older_than_days)
-        n = conn.execute("DELETE FROM events WHERE ts < %s", (cutoff,)).rowcount
+        n = conn.execute("DELETE FROM events WHERE received < %s", (cutoff,)).rowcount
         conn.execute("DELETE FROM conflicts WHERE received < %s", (cutoff,))
     return int(n)
 
