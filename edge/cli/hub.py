@@ -59,7 +59,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = [f"{site}: rev {s['rev']}, {s['count']} identities, hash {s['hash'][:16]}…"
              for site, s in status["sites"].items()]
     lines += [f"  {d['site']}/{d['device']}: rev {d['rev']} {'in step' if d['in_step'] else 'BEHIND'}"
-              + (f", {len(d['refused'])} entries refused" if d["refused"] else "") for d in status["doors"]]
+              + (f", {len(d['refused'])} entries refused" if isinstance(d.get("refused"), dict) and d["refused"]
+                 else "") for d in status["doors"]]
     emit(args, status, "\n".join(lines))
     return YES if all(d["in_step"] for d in status["doors"]) else 1
 

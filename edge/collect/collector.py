@@ -32,6 +32,18 @@ def dsn(cfg: Config, override: str | None = None) -> str:
     return value
 
 
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """What an event's content (not the connection) makes fail: the database's data and constraint errors, and
+    psycopg's own refusals to encode a value."""
+    import psycopg
+
+    return psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
 class Collector:
     def __init__(self, cfg: Config, dsn_override: str | None = None) -> None:
         self.cfg = cfg
@@ -61,10 +73,10 @@ class Collector:
         pending: list[Message] = []
         backoff = 0.5
         while not self._stop.is_set():
+            self._maybe_purge()  # every turn (it only looks at the clock): a steady stream must not defer it
             if not pending:
                 m = self.link.get(0.2)
                 if m is None:
-                    self._maybe_purge()
                     continue
                 pending.append(m)
                 while len(pending) < BATCH:
@@ -85,6 +97,9 @@ class Collector:
                 self._reconnect()
 
     def _store(self, messages: list[Message]) -> None:
+        """Store the batch in one transaction. An event the database refuses (data, not connection: a case
+        parse_event did not foresee) must not hold back every door's events behind it for ever: the batch is then
+        stored event by event, the refused one counted, logged and acknowledged like a malformed message."""
         import psycopg
 
         parsed = []
@@ -97,12 +112,33 @@ class Collector:
                 log.warning("collect: a message on %s is not an event (%s); acknowledged and dropped", m.topic[:120],
                             exc)
         try:
-            with self.conn.transaction():
-                stored, dups = events_db.insert(self.conn, parsed)
-        except psycopg.Error as exc:
-            raise CollectError(f"the events database refused a write ({str(exc).strip()[:200]})") from None
+            try:
+                with self.conn.transaction():
+                    stored, dups = events_db.insert(self.conn, parsed)
+            except _data_errors() as exc:
+                log.warning("collect: the events database refused a batch of %d (%s); storing them one by one",
+                            len(parsed), _short(exc))
+                stored, dups = self._store_each(parsed)
+        except psycopg.Error as exc:  # the connection or the server: retried, nothing acknowledged
+            raise CollectError(f"the events database refused a write ({_short(exc)})") from None
         self.stored += stored
         self.duplicates += dups
+
+    def _store_each(self, events: list[events_db.Event]) -> tuple[int, int]:
+        """Each event under its own savepoint: a refused one rolls back alone (and is dropped), the rest commit."""
+        stored = dups = 0
+        with self.conn.transaction():
+            for e in events:
+                try:
+                    with self.conn.transaction():
+                        s, d = events_db.insert(self.conn, [e])
+                except _data_errors() as exc:
+                    self.rejected += 1
+                    log.warning("collect: %s seq %d refused by the events database (%s); acknowledged and dropped",
+                                e.device[:64], e.seq, _short(exc))
+                    continue
+                stored, dups = stored + s, dups + d
+        return stored, dups
 
     def _reconnect(self) -> None:
         with contextlib.suppress(Exception):  # already broken

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
             event_id UUID NOT NULL,
             payload JSONB NOT NULL,
             received TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    ),
+    (
+        # A conflicting event re-sent (QoS 1, the outbox) is one conflict, not one row per delivery: duplicates
+        # already stored go before the unique index that keeps them out.
+        "DELETE FROM conflicts a USING conflicts b WHERE a.device = b.device AND a.seq = b.seq "
+        "AND a.event_id = b.event_id AND a.ctid > b.ctid",
+        "CREATE UNIQUE INDEX conflicts_once ON conflicts (device, seq, event_id)",
+        # The purge goes by arrival, which the collector's clock gives, not by a door's clock.
+        "CREATE INDEX events_by_received ON events (received)",
     ),
 ]
 LOCK_ID = 0x66616365  # pg_advisory_xact_lock key for migrations ("face")
@@ -95,14 +105,42 @@ class Event:
     payload: dict[str, Any]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number PostgreSQL stores")
+
+
+def _check_storable(doc: Any) -> None:
+    """ValueError for what PostgreSQL refuses in text and jsonb, so one such event never reaches an INSERT: NUL
+    characters, unpaired surrogates (no UTF-8 for them) and numbers that are not finite (1e400 parses as
+    infinity). Iterative: the document may be as deep as json.loads allowed."""
+    todo = [doc]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo += value.keys()
+            todo += value.values()
+        elif isinstance(value, list):
+            todo += value
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("a NUL character in a text")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("an unpaired surrogate in a text") from None
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("a number that is not finite")
+
+
 def parse_event(payload: bytes, topic_device: str | None = None) -> Event:
     """An event document (edge/mqtt/event.schema.json) → Event; ValueError saying why it is not one."""
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise ValueError("not JSON") from None
+        doc = json.loads(payload, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # not UTF-8 or JSON, NaN/Infinity, a number over the digit limit
+        raise ValueError("not JSON (or NaN, Infinity, a number too long)") from None
     if not isinstance(doc, dict):
         raise ValueError("not an object")
+    _check_storable(doc)
     missing = [k for k in REQUIRED if k not in doc]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
@@ -150,16 +188,18 @@ def insert(conn: Any, events: list[Event]) -> tuple[int, int]:
         if existing is not None and existing[0] != e.event_id:
             log.warning("collect: %s seq %d arrived again with another event_id (%s, stored %s): kept in conflicts",
                         e.device, e.seq, e.event_id, existing[0])
-            conn.execute("INSERT INTO conflicts (device, seq, event_id, payload) VALUES (%s, %s, %s, %s)",
+            conn.execute("INSERT INTO conflicts (device, seq, event_id, payload) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT (device, seq, event_id) DO NOTHING",
                          (e.device, e.seq, e.event_id, json.dumps(e.payload)))
     return stored, dups
 
 
 def purge(conn: Any, older_than_days: float) -> int:
-    """Delete events (and conflicts) older than this many days; returns how many events."""
+    """Delete events (and conflicts) received more than this many days ago; returns how many events. By arrival,
+    not by the door's `ts`: a door whose clock says 1970 must not have its events deleted as they arrive."""
     with conn.transaction():
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=older_than_days)
-        n = conn.execute("DELETE FROM events WHERE ts < %s", (cutoff,)).rowcount
+        n = conn.execute("DELETE FROM events WHERE received < %s", (cutoff,)).rowcount
         conn.execute("DELETE FROM conflicts WHERE received < %s", (cutoff,))
     return int(n)
 

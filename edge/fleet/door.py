@@ -28,6 +28,7 @@ door's gallery is current. The daemon denies every grant while it exceeds fleet.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -94,6 +95,23 @@ def check(cfg: Config) -> None:
         except (OSError, ValueError) as exc:
             raise FleetError(f"fleet.hub_ca / hub_cert: unusable TLS files ({exc})") from None
     door_models(cfg)
+
+
+def _batches_reply(body: bytes) -> tuple[int, list[str]] | None:
+    """(hub revision, envelopes) of a /batches reply, or None if it is not one (the reply itself is unsigned:
+    only its envelopes are checked further)."""
+    try:
+        reply = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(reply, dict):
+        return None
+    rev, batches = reply.get("rev"), reply.get("batches") or []
+    if isinstance(rev, bool) or not isinstance(rev, int) or not isinstance(batches, list):
+        return None
+    if not all(isinstance(b, str) for b in batches):
+        return None
+    return rev, batches
 
 
 class DoorSync:
@@ -312,12 +330,19 @@ class DoorSync:
 
     # -- HTTP ------------------------------------------------------------------------------------------------
     def _get(self, path: str) -> tuple[int, bytes]:
+        """(status, body) from the hub; OSError when nothing usable answered — whoever answers at hub_url may
+        speak no HTTP at all, and that is the same to the door as no hub."""
         url = self.cfg.fleet.hub_url.rstrip("/") + path
         try:
             with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S, context=self._ssl) as r:
                 return r.status, r.read(MAX_RESPONSE)
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read(65536)
+            try:
+                return exc.code, exc.read(65536)
+            except (OSError, http.client.HTTPException):
+                return exc.code, b""
+        except http.client.HTTPException as exc:  # BadStatusLine, IncompleteRead, …: not an HTTP answer
+            raise OSError(f"not an HTTP answer ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})") from None
 
     def poll(self) -> bool:
         """Ask the hub for its manifest and follow it; False if the hub could not be reached."""
@@ -345,37 +370,49 @@ class DoorSync:
 
     def _catch_up_batches(self) -> None:
         try:
-            while True:
-                s = self.state
-                code, body = self._get(f"/v1/sites/{self.site}/batches?after={s.rev}")
-                if code == 410:
-                    self._snapshot()
-                    return
-                if code != 200:
-                    limited.warning("http", "fleet: hub answered %d for batches", code)
-                    return
-                reply = json.loads(body)
-                batches = reply.get("batches") or []
-                if not batches:
-                    if reply.get("rev", s.rev) < s.rev:  # the hub is behind this door: another journal
-                        self._snapshot()
-                    return
-                for env in batches:
-                    try:
-                        doc = verify(self.public_key, env, "batch")
-                    except Refused as exc:
-                        self._refuse(exc, "a batch from the hub's HTTP")
-                        return
-                    if doc["site"] != self.site or doc["epoch"] != self.state.epoch:
-                        self._snapshot()
-                        return
-                    if doc["rev"] <= self.state.rev:
-                        continue
-                    if doc["rev"] != self.state.rev + 1 or not self._apply(doc, erase_now=False):
-                        self._snapshot()
-                        return
-        except (OSError, urllib.error.URLError, json.JSONDecodeError, AttributeError) as exc:
+            while self._catch_up_round():
+                pass
+        except OSError as exc:  # urllib's URLError included
             limited.warning("http", "fleet: catching up from %s failed (%s)", self.cfg.fleet.hub_url, exc)
+
+    def _catch_up_round(self) -> bool:
+        """One request for the batches after the door's revision, applied in order; True if it moved the door
+        forward (then it asks again). A reply that brings nothing new ends the catch-up: asking again at once would
+        only spin for as long as whoever answers keeps replying the same."""
+        s = self.state
+        code, body = self._get(f"/v1/sites/{self.site}/batches?after={s.rev}")
+        if code == 410:
+            self._snapshot()
+            return False
+        if code != 200:
+            limited.warning("http", "fleet: hub answered %d for batches", code)
+            return False
+        reply = _batches_reply(body)
+        if reply is None:
+            limited.warning("http", "fleet: the hub's batches reply is not {rev: integer, batches: [envelope, …]}")
+            return False
+        hub_rev, batches = reply
+        if not batches:
+            if hub_rev < s.rev:  # the hub is behind this door: another journal
+                self._snapshot()
+            return False
+        moved = False
+        for env in batches:
+            try:
+                doc = verify(self.public_key, env, "batch")
+            except Refused as exc:
+                self._refuse(exc, "a batch from the hub's HTTP")
+                return False
+            if doc["site"] != self.site or doc["epoch"] != self.state.epoch:
+                self._snapshot()
+                return False
+            if doc["rev"] <= self.state.rev:
+                continue
+            if doc["rev"] != self.state.rev + 1 or not self._apply(doc, erase_now=False):
+                self._snapshot()
+                return False
+            moved = True
+        return moved
 
     def _snapshot(self) -> None:
         try:

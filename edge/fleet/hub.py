@@ -7,8 +7,9 @@ published (names, metadata, template ids and model files: no vector is read for 
 differences become one batch per site — tombstones for identities gone (or left without templates), upserts
 with the identity's current templates — committed to the journal, then published: QoS 1 on
 <prefix>/<site>/records when small enough, and always a signed, retained manifest on <prefix>/<site>/manifest.
-The manifest is re-published every hub.manifest_interval_s with a fresh time: the doors' proof that their
-gallery is current (fleet.max_gallery_age_s).
+The manifest is re-published every hub.manifest_interval_s, signed with the time of the hub's last successful
+look at its store: the doors' proof that their gallery is current (fleet.max_gallery_age_s), which a hub whose
+sync has stopped cannot give.
 
 Doors that missed something catch up over HTTP (hubhttp.py): batches after their revision, or a snapshot.
 """
@@ -44,10 +45,20 @@ from edge.fleet.records import (
     tombstone,
 )
 from edge.paths import state_dir
+from edge.ratelimit import LogLimiter
 from edge.store.crypto import Cipher
 from edge.store.db import Store
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
+MAX_ACK_BYTES = 65536
+MAX_ACKS_PER_TURN = 1000  # acknowledgements handled between two syncs (a flooding door waits, a revocation not)
+# The fields of a door's acknowledgement the hub keeps, and their types: anything else a door sends is dropped,
+# so what the journal holds is always safe to show (hub status, /v1/status).
+ACK_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "v": int, "device": str, "site": str, "epoch": str, "rev": int, "hash": str, "count": int, "status": str,
+    "refused": dict, "refused_total": int, "refusals": dict, "age_s": (int, float), "batches_applied": int,
+    "snapshots": int, "ts": (int, float)}
 
 
 @dataclass
@@ -124,6 +135,39 @@ def view(store: Store, scope: set[str] | None = None) -> dict[str, Source]:
     return out
 
 
+def _acceptable(value: Any, kind: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return False
+    if isinstance(value, int):
+        return -2**63 <= value < 2**63
+    if isinstance(value, float):
+        return value == value and abs(value) != float("inf")
+    if isinstance(value, str):
+        return len(value) <= 200
+    if isinstance(value, dict):  # refused / refusals: short names to a short reason or a count
+        return len(value) <= 1000 and all(
+            isinstance(k, str) and len(k) <= 200 and (_acceptable(v, str) or _acceptable(v, int))
+            for k, v in value.items())
+    return True
+
+
+def parse_ack(payload: bytes) -> str | None:
+    """A door's acknowledgement as the JSON text the journal keeps (only the known fields, each of its type), or
+    None when it is not one. Whatever a door publishes ends here: nothing raises."""
+    if len(payload) >= MAX_ACK_BYTES:
+        return None
+    try:
+        doc = json.loads(payload.decode("utf-8", errors="strict"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, a number too long to convert, nested too deep
+        return None
+    if not isinstance(doc, dict):
+        return None
+    kept = {k: doc[k] for k, kind in ACK_FIELDS.items() if k in doc and _acceptable(doc[k], kind)}
+    if "rev" not in kept or "hash" not in kept:
+        return None
+    return json.dumps(kept, sort_keys=True)
+
+
 def hub_paths(cfg: Config) -> tuple[Path, Path]:
     journal = Path(cfg.hub.journal_path) if cfg.hub.journal_path else state_dir() / "hub-journal.db"
     keys = Path(cfg.hub.site_keys_dir) if cfg.hub.site_keys_dir else state_dir() / "hub-keys"
@@ -167,6 +211,9 @@ class Hub:
                 conn.execute(statement)
         self._seen_seq = 0
         self._full_at = -1e9  # the first sync compares everything
+        # When the journal was last known to say what the store holds: the time manifests are signed with, so a
+        # hub whose sync fails (or stops) soon makes the doors' galleries stale instead of vouching for them.
+        self.synced_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.published: list[tuple[str, int, float]] = []
@@ -188,61 +235,67 @@ class Hub:
     def sync_now(self, force: bool = False) -> list[NewBatch]:
         """Turn what changed in the store since the last call into one batch per site (committed, published)."""
         with self._lock:
-            version = self.store.data_version()
-            if version == self._version and not force and not self._dirty.is_set():
-                return []
-            self._version = version
-            self._dirty.clear()
-            with self.store._lock:
-                changes = self.store._conn.execute("SELECT seq, pseudonym FROM fleet_changes WHERE seq > ? "
-                                                   "ORDER BY seq", (self._seen_seq,)).fetchall()
-            full = force or time.monotonic() - self._full_at > FULL_CHECK_S
-            if not changes and not full:
-                return []
-            top = changes[-1][0] if changes else self._seen_seq
-            scope = None if full else {p for _, p in changes if p}
-            if full:
-                self._full_at = time.monotonic()
-            current = view(self.store, scope)
-            signatures = {}
-            for fid, src in current.items():
-                key = src.key()
-                known = self._signatures.get(fid)
-                signatures[fid] = known[1] if known is not None and known[0] == key else src.signature()
-                self._signatures[fid] = (key, signatures[fid])
-            for fid in (set(self._signatures) if scope is None else scope) - set(current):
-                self._signatures.pop(fid, None)
-            made: list[NewBatch] = []
-            cache: dict[str, dict[str, tuple[str, np.ndarray]]] = {}  # templates read once for every site
-            for site in self.cfg.hub.sites:
-                batch = self._batch(site, current, signatures, cache, scope)
-                if batch is not None:
-                    made.append(batch)
-            if made:
-                try:
-                    self.journal.commit(made, self.cfg.hub.keep_batches, self.cfg.hub.max_delta_bytes)
-                except BaseException:
-                    self._sources, self._digests = {}, {}  # reloaded from the journal on the next sync
-                    raise
-                for b in made:
-                    for fid, sig in b.signatures.items():
-                        if sig is None:
-                            self._sources[b.site].pop(fid, None)
-                        else:
-                            self._sources[b.site][fid] = sig
-                    for fid in b.deletes:
-                        self._digests[b.site].pop(fid, None)
-                    self._digests[b.site].update((fid, digest) for fid, (_, digest) in b.upserts.items())
-                    log.info("hub: %s rev %d: %d upserts, %d deletions, %d identities", b.site, b.rev,
-                             len(b.upserts), len(b.deletes), b.count)
-                    self.published.append((b.site, b.rev, b.ts))
-                    self._publish(b)
-                del self.published[:-10000]
-            if top > self._seen_seq:
-                with self.store._write() as (conn, _):  # published (or nothing to publish): forget them
-                    conn.execute("DELETE FROM fleet_changes WHERE seq <= ?", (top,))
-                self._seen_seq = top
+            started = time.time()
+            made = self._sync(force)
+            self.synced_at = started  # what the store held at `started` is in the journal now
             return made
+
+    def _sync(self, force: bool) -> list[NewBatch]:
+        version = self.store.data_version()
+        if version == self._version and not force and not self._dirty.is_set():
+            return []
+        self._version = version
+        self._dirty.clear()
+        with self.store._lock:
+            changes = self.store._conn.execute("SELECT seq, pseudonym FROM fleet_changes WHERE seq > ? "
+                                               "ORDER BY seq", (self._seen_seq,)).fetchall()
+        full = force or time.monotonic() - self._full_at > FULL_CHECK_S
+        if not changes and not full:
+            return []
+        top = changes[-1][0] if changes else self._seen_seq
+        scope = None if full else {p for _, p in changes if p}
+        if full:
+            self._full_at = time.monotonic()
+        current = view(self.store, scope)
+        signatures = {}
+        for fid, src in current.items():
+            key = src.key()
+            known = self._signatures.get(fid)
+            signatures[fid] = known[1] if known is not None and known[0] == key else src.signature()
+            self._signatures[fid] = (key, signatures[fid])
+        for fid in (set(self._signatures) if scope is None else scope) - set(current):
+            self._signatures.pop(fid, None)
+        made: list[NewBatch] = []
+        cache: dict[str, dict[str, tuple[str, np.ndarray]]] = {}  # templates read once for every site
+        for site in self.cfg.hub.sites:
+            batch = self._batch(site, current, signatures, cache, scope)
+            if batch is not None:
+                made.append(batch)
+        if made:
+            try:
+                self.journal.commit(made, self.cfg.hub.keep_batches, self.cfg.hub.max_delta_bytes)
+            except BaseException:
+                self._sources, self._digests = {}, {}  # reloaded from the journal on the next sync
+                raise
+            for b in made:
+                for fid, sig in b.signatures.items():
+                    if sig is None:
+                        self._sources[b.site].pop(fid, None)
+                    else:
+                        self._sources[b.site][fid] = sig
+                for fid in b.deletes:
+                    self._digests[b.site].pop(fid, None)
+                self._digests[b.site].update((fid, digest) for fid, (_, digest) in b.upserts.items())
+                log.info("hub: %s rev %d: %d upserts, %d deletions, %d identities", b.site, b.rev,
+                         len(b.upserts), len(b.deletes), b.count)
+                self.published.append((b.site, b.rev, b.ts))
+                self._publish(b)
+            del self.published[:-10000]
+        if top > self._seen_seq:
+            with self.store._write() as (conn, _):  # published (or nothing to publish): forget them
+                conn.execute("DELETE FROM fleet_changes WHERE seq <= ?", (top,))
+            self._seen_seq = top
+        return made
 
     def _batch(self, site: str, current: dict[str, Source], signatures: dict[str, str],
                cache: dict[str, dict[str, tuple[str, np.ndarray]]], scope: set[str] | None) -> NewBatch | None:
@@ -311,7 +364,7 @@ class Hub:
     def manifest(self, site: str) -> bytes:
         s = self.journal.site(site)
         return sign(self.key, {"v": VERSION, "kind": "manifest", "site": site, "epoch": self.journal.epoch,
-                               "rev": s.rev, "ts": time.time(), "hash": s.hash, "count": s.count})
+                               "rev": s.rev, "ts": self.synced_at, "hash": s.hash, "count": s.count})
 
     def _publish(self, b: NewBatch) -> None:
         if self.link is None:
@@ -328,22 +381,28 @@ class Hub:
             self.link.publish(f"{self.prefix}/{site}/manifest", self.manifest(site), retain=True)  # type: ignore[union-attr]
 
     def _take_acks(self) -> None:
+        """Record the doors' acknowledgements waiting in the inbox: at most MAX_ACKS_PER_TURN a turn (a door
+        flooding its ack topic must not keep the loop from syncing), only the latest of each door, all in one
+        transaction. Anything that is not a well-formed acknowledgement is dropped with one log line."""
         if self.link is None:
             return
-        while True:
+        latest: dict[tuple[str, str], str] = {}
+        for _ in range(MAX_ACKS_PER_TURN):
             m = self.link.get(0)
             if m is None:
-                return
+                break
             parts = m.topic.split("/")
-            if len(parts) < 3 or parts[-2] != "ack":
+            if len(parts) < 3 or parts[-2] != "ack" or parts[-3] not in self.ciphers:
                 continue
             site, device = parts[-3], parts[-1]
-            if site in self.ciphers and len(m.payload) < 65536:
-                try:
-                    json.loads(m.payload)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
-                self.journal.record_ack(site, device, m.payload.decode())
+            ack = parse_ack(m.payload)
+            if ack is None:
+                limited.warning("ack", "hub: %s/%s sent an acknowledgement that is not one (%d bytes): ignored",
+                                site, device[:64], len(m.payload))
+                continue
+            latest[(site, device)] = ack
+        if latest:
+            self.journal.record_acks([(site, device, ack) for (site, device), ack in latest.items()])
 
     # -- running -----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -360,14 +419,24 @@ class Hub:
     def _loop(self) -> None:
         last_manifest = time.monotonic()
         while not self._stop.wait(self.cfg.hub.poll_s):
+            # Everything inside the try: a store read, a journal write or the broker failing must not end this
+            # thread (the HTTP side would go on serving an old revision). Should it fail on every turn, the
+            # manifests keep the time of the last good sync and the doors fail secure.
             try:
                 self.sync_now()
-            except Exception:  # a store read failing must not end the hub; the next poll tries again
-                log.exception("hub: sync failed")
-            self._take_acks()
-            if time.monotonic() - last_manifest >= self.cfg.hub.manifest_interval_s and self.link is not None:
-                self._announce()
-                last_manifest = time.monotonic()
+            except Exception as exc:  # tried again every poll_s: one line now and then, the traceback in debug
+                limited.log(logging.ERROR, "sync", "hub: sync failed (%s: %s); manifests keep the time of the last "
+                            "good sync (%.0f s ago)", type(exc).__name__, exc, time.time() - self.synced_at)
+                log.debug("hub: sync failed", exc_info=True)
+            try:
+                self._take_acks()
+                if time.monotonic() - last_manifest >= self.cfg.hub.manifest_interval_s and self.link is not None:
+                    self._announce()
+                    last_manifest = time.monotonic()
+            except Exception as exc:
+                limited.log(logging.ERROR, "acks", "hub: recording acknowledgements or announcing failed (%s: %s)",
+                            type(exc).__name__, exc)
+                log.debug("hub: acknowledgements or announcement failed", exc_info=True)
 
     def run(self) -> int:
         import signal
@@ -415,10 +484,9 @@ class Hub:
             sites[site] = {"rev": s.rev, "hash": s.hash, "count": s.count, "floor": s.floor, "ts": s.ts}
         doors = []
         for site, device, ack, received in self.journal.doors():
-            try:
-                doc = json.loads(ack)
-            except json.JSONDecodeError:
-                doc = {}
+            # Journals of older versions stored acks unchecked: read back through the same check as new ones.
+            text = parse_ack(ack.encode("utf-8", errors="replace"))
+            doc = json.loads(text) if text is not None else {}
             current = sites.get(site, {})
             doors.append({"site": site, "device": device, "rev": doc.get("rev"), "hash": doc.get("hash"),
                           "in_step": doc.get("rev") == current.get("rev") and doc.get("hash") == current.get("hash"),

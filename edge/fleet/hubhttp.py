@@ -17,6 +17,7 @@ GET /v1/status                          the hub's revisions and the doors' ackno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -28,17 +29,27 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.config import ConfigError
 from edge.fleet.records import VERSION, canonical, sign_text
+from edge.ratelimit import LogLimiter
 
 if TYPE_CHECKING:
     from edge.fleet.hub import Hub
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 MAX_BATCH_RESPONSE = 8 * 2**20
+# A connection that sends nothing (or half a request) holds a thread: it is closed after this long idle, and at
+# most MAX_CONNECTIONS are served at once (more are closed at once), so idle outsiders cannot exhaust the hub.
+CONNECTION_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 256
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        self.timeout = CONNECTION_TIMEOUT_S  # read per connection: each blocking read or write waits this long
+        super().setup()
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("http: " + fmt, *args)
@@ -76,7 +87,9 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     after = int(query.get("after", ["0"])[0])
                 except ValueError:
-                    self._error(400, "after must be an integer")
+                    after = -1
+                if not 0 <= after < 2**63:  # SQLite's integers: anything else overflows in the query
+                    self._error(400, "after must be an integer in 0..2^63-1")
                     return
                 state = hub.journal.site(site)
                 if after < state.floor:
@@ -92,6 +105,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, "no such resource")
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as exc:  # a bug must cost one request an answer, not a traceback and a dropped connection
+            limited.log(logging.ERROR, "http-500", "hub http: GET %s failed (%s: %s)", self.path[:120],
+                        type(exc).__name__, " ".join(str(exc).split())[:200])
+            log.debug("hub http: GET failed", exc_info=True)
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client is gone
+                self._error(500, "internal error")
 
 
 class _Server(ThreadingHTTPServer):
@@ -103,6 +123,39 @@ class _Server(ThreadingHTTPServer):
         self.hub = hub
         self._snapshots: dict[str, tuple[int, bytes]] = {}
         self._snap_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """On serve_forever's thread: only hand the connection to a thread of its own if a slot is free."""
+        if not self._slots.acquire(blocking=False):
+            limited.warning("busy", "hub http: %d connections open; one from %s closed unanswered",
+                            MAX_CONNECTIONS, client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """On the connection's own thread: the TLS handshake (never in accept(), where one silent client would
+        stop the server for everyone), bounded in time like the rest of the connection."""
+        request.settimeout(CONNECTION_TIMEOUT_S)
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except OSError as exc:  # ssl.SSLError, a timeout, a reset: this client's problem only
+                limited.log(logging.INFO, "tls", "hub http: TLS handshake with %s failed (%s)", client_address[0],
+                            " ".join(str(exc).split())[:200])
+                return
+        super().finish_request(request, client_address)
 
     def snapshot(self, site: str) -> bytes:
         """The signed snapshot at the site's current revision; built once per revision (ten doors restarting
@@ -148,7 +201,9 @@ class HubServer:
             except (OSError, ValueError) as exc:
                 self.server.server_close()
                 raise ConfigError(f"hub.tls_cert: the hub's TLS files are unusable ({exc})") from None
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            # The handshake happens in the connection's thread (_Server.finish_request), not in accept().
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self.server.serve_forever, name="fleet-hub-http", daemon=True)
 
     @property

@@ -183,6 +183,11 @@ class Journal:
         return erased
 
     def record_ack(self, site: str, device: str, ack: str) -> None:
+        self.record_acks([(site, device, ack)])
+
+    def record_acks(self, acks: list[tuple[str, str, str]]) -> None:
+        """(site, device, ack JSON) of several doors in one transaction: one fsync, however many arrived."""
+        now = time.time()
         with self.tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO doors(site, device, ack, received) VALUES (?, ?, ?, ?)",
-                         (site, device, ack, time.time()))
+            conn.executemany("INSERT OR REPLACE INTO doors(site, device, ack, received) VALUES (?, ?, ?, ?)",
+                             [(site, device, ack, now) for site, device, ack in acks])

@@ -13,6 +13,7 @@ import pytest
 from edge.collect import db
 from edge.collect.collector import Collector
 from edge.config import parse
+from edge.fleet.link import Message
 from edge.mqtt.publisher import Publisher
 from tests.mqtt_broker import Broker, publish, sample_event, settings_for, wait_until
 from tests.pg_server import PgServer
@@ -60,6 +61,8 @@ def test_schema_exactly_once_queries_and_purge(conn) -> None:
     assert [r["identity"] for r in db.entries(conn, "door2", day, day + dt.timedelta(days=1))] == ["alice"]
     where = db.whereabouts(conn, "alice", day, day + dt.timedelta(days=2))
     assert [(r["device"], r["door"]) for r in where] == [("door1", "front"), ("door2", "back")]
+    with conn.transaction():  # as if they had arrived when they happened: the purge goes by arrival
+        conn.execute("UPDATE events SET received = ts")
     assert db.purge(conn, 1) == 4  # all older than a day by now
     assert db.counts(conn)["events"] == 0
     for bad, why in ((b"nope", "JSON"), (_event("door1", 0, "2026-05-01T08:00:00Z"), "seq"),
@@ -134,3 +137,85 @@ def test_events_from_five_doors_through_a_broker_outage_land_once(pg, conn, tmp_
     for device, n in sent.items():
         assert counts["devices"][device] == {"events": n, "min_seq": 1, "max_seq": n}  # each seq once, no gap
     assert collector.rejected == 2
+
+
+def _poison(kind: str) -> bytes:
+    doc = json.loads(_event("door1", 2, "2026-05-01T08:00:00Z"))
+    if kind == "nul":
+        doc["door"] = "front\u0000"
+    elif kind == "nulpayload":
+        doc["note"] = "x\u0000y"
+    elif kind == "surrogate":
+        doc["note"] = "\ud800"
+    else:
+        doc["score"] = float(kind)
+    return json.dumps(doc, allow_nan=True).encode()
+
+
+@pytest.mark.parametrize("kind", ["nul", "nulpayload", "surrogate", "nan", "inf", "-inf"])
+def test_events_postgresql_would_refuse_are_not_events(kind) -> None:
+    with pytest.raises(ValueError):
+        db.parse_event(_poison(kind))
+    with pytest.raises(ValueError):  # 1e400 parses as infinity
+        db.parse_event(_event("door1", 3, "2026-05-01T08:00:00Z").replace(b'"score": 0.7', b'"score": 1e400'))
+
+
+def test_an_event_the_database_refuses_does_not_wedge_collection(pg, conn, tmp_path, monkeypatch) -> None:
+    """An event parse_event lets through but PostgreSQL refuses (here: the NUL check switched off) is counted,
+    acknowledged and dropped; the events after it, of every door, are stored."""
+    monkeypatch.setattr(db, "_check_storable", lambda doc: None, raising=False)
+    with Broker(tmp_path / "mq") as broker:
+        cfg = parse({"profile": "kiosk", "mqtt": {"host": "127.0.0.1", "port": broker.port, "device": "collector",
+                                                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
+                     "collect": {"dsn": pg.dsn, "client_id": "collect-poison"}})
+        collector = Collector(cfg)
+        collector.start()
+        try:
+            assert collector.link.wait_ready(10)
+            publish(broker, "facegate/door1/event", _event("door1", 1, "2026-05-01T08:00:00Z"))
+            assert wait_until(lambda: db.counts(conn)["events"] == 1, 10)
+            publish(broker, "facegate/door1/event", _poison("nul"))
+            for seq in range(1, 6):
+                publish(broker, "facegate/door2/event", _event("door2", seq, "2026-05-01T08:00:00Z"))
+            assert wait_until(lambda: db.counts(conn)["events"] == 6, 15), (db.counts(conn), collector.stats())
+            assert wait_until(lambda: collector.rejected == 1, 5)
+        finally:
+            collector.stop()
+
+
+def test_purge_goes_by_arrival_and_a_resent_conflict_is_kept_once(conn) -> None:
+    with conn.transaction():  # a door whose clock was reset to 1970
+        db.insert(conn, [db.parse_event(_event("rtc", 1, "1970-01-01T00:05:00Z"))])
+    assert db.purge(conn, 30) == 0 and db.counts(conn)["events"] == 1
+    other = _event("rtc", 1, "2026-05-01T08:00:00Z")  # the same key, another event, delivered three times
+    for _ in range(3):
+        with conn.transaction():
+            db.insert(conn, [db.parse_event(other)])
+    assert db.counts(conn)["conflicts"] == 1
+
+
+def test_a_steady_stream_does_not_defer_the_purge(pg, conn, tmp_path) -> None:
+    with conn.transaction():
+        db.insert(conn, [db.parse_event(_event("old", i, "2024-01-01T00:00:00Z")) for i in range(1, 11)])
+        conn.execute("UPDATE events SET received = ts")
+    with Broker(tmp_path / "mq") as broker:
+        cfg = parse({"profile": "kiosk", "mqtt": {"host": "127.0.0.1", "port": broker.port, "device": "collector",
+                                                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
+                     "collect": {"dsn": pg.dsn, "client_id": "collect-purge", "retention_days": 30,
+                                 "purge_every_s": 1}})
+        collector = Collector(cfg)
+        collector._last_purge = time.monotonic()  # the first purge is due a second from now
+        collector.start()
+        try:
+            assert collector.link.wait_ready(10)
+            t0, seq = time.monotonic(), 0
+            while time.monotonic() - t0 < 4:  # never 0.2 s without an event
+                seq += 1
+                collector.link.inbox.put(Message("facegate/busy/event", _event("busy", seq, "2026-05-01T08:00:00Z"),
+                                                 False, 0, 0))
+                time.sleep(0.05)
+                if "old" not in db.counts(conn)["devices"]:
+                    break
+            assert "old" not in db.counts(conn)["devices"], "the purge waited for a quiet inbox"
+        finally:
+            collector.stop()
