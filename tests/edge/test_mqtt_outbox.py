@@ -87,6 +87,27 @@ def test_forget_erases_the_rows_and_their_bytes(tmp_path: Path) -> None:
         assert b"zoe-forgettable" not in f.read_bytes(), f.name
 
 
+def test_forget_erases_events_naming_the_person_as_a_badge_claim(tmp_path: Path) -> None:
+    # Decision.event under a badge claim that the face did not match: identity null, the name only in `claim`.
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, "door1")
+
+    def claimed(identity: str | None, claim: str | None, reason: str = "no match"):
+        return lambda seq: {"event_id": str(uuid.uuid4()), "seq": seq, "identity": identity, "claim": claim,
+                            "decision": "unknown", "reason": reason}
+
+    box.add(claimed(None, "zoe-claimed"))
+    box.add(claimed("bob", "zoe-claimed"))  # bob's face under zoe's badge names zoe too
+    box.add(claimed(None, "bob", reason="zoe-claimed-but-not-a-name-field-match"))
+    box.add(claimed(None, "zoe-claimed-x"))  # another person whose name merely starts the same
+    assert box.forget("zoe-claimed") == 2
+    assert box.depth == 2
+    assert [json.loads(p)["claim"] for _, p in box.pending(0, 10)] == ["bob", "zoe-claimed-x"]
+    box.close()
+    for f in tmp_path.iterdir():
+        assert b'"zoe-claimed"' not in f.read_bytes(), f.name
+
+
 def test_outbox_refuses_a_foreign_file(tmp_path: Path) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"not a database at all" * 100)
