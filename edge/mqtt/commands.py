@@ -33,8 +33,9 @@ Badge claims on facegate/<device>/claim use the same envelope with "command": "c
 {"identity": str}, signed with the claim secret (a badge reader's, not the administrator's), and their own
 per-sender counters (ClaimVerifier).
 
-Anything malformed — not JSON, nested too deeply, a non-ASCII or wrong-length MAC, text that is not valid
-Unicode — is refused with a reason like any other refusal, never an exception escaping to the log.
+Anything malformed — not JSON, nested too deeply, a number of thousands of digits, a non-ASCII or wrong-length
+MAC, text that is not valid Unicode — is refused with a reason like any other refusal, never an exception escaping
+to the log.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def _json(data: bytes | str, what: str) -> Any:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise Refused("malformed", f"{what} is not JSON") from None
+    except ValueError:  # a number of more than 4300 digits: Python's int-from-text limit, not a JSONDecodeError
+        raise Refused("malformed", f"{what} holds a number too long to read") from None
     except RecursionError:  # deeply nested arrays or objects: json.loads recurses once per level
         raise Refused("malformed", f"{what} is nested too deeply") from None
 

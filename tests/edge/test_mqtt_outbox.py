@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from edge.mqtt import MqttError
-from edge.mqtt.commands import CommandProcessor, CounterStore, Refused, parse_body, sign_command, verify_command
+from edge.mqtt.commands import (
+    ClaimVerifier,
+    CommandProcessor,
+    CounterStore,
+    Refused,
+    parse_body,
+    sign_command,
+    verify_command,
+)
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.settings import MqttSettings
 
@@ -153,11 +161,27 @@ def test_a_signed_command_verifies() -> None:
     (sign_command(SECRET, "admin", 1, "reload", {}), "delete", "wrong_command"),
     (sign_command(SECRET, "admin", 0, "reload", {}), "reload", "malformed"),
     (sign_command(SECRET, "admin", 1, "shutdown", {}), "shutdown", "unknown_command"),
+    # Over Python's 4300-digit int limit json.loads raises a plain ValueError, not a JSONDecodeError.
+    pytest.param(b'{"signed": "x", "hmac": ' + b"1" * 5000 + b"}", "reload", "malformed", id="huge-number"),
 ])
 def test_bad_commands_are_refused(payload: bytes, name: str, reason: str) -> None:
     with pytest.raises(Refused) as info:
         verify_command(SECRET, "door1", name, payload)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("mode", ["signed", "unsigned"])
+def test_a_claim_with_a_huge_number_is_refused_as_malformed(tmp_path: Path, mode: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    verifier = ClaimVerifier(mode, "door1", SECRET, tmp_path / "claims.json")
+    huge = b'{"identity": ' + b"1" * 5000 + b"}" if mode == "unsigned" else \
+        b'{"signed": "x", "hmac": ' + b"1" * 5000 + b"}"
+    with pytest.raises(Refused) as info:
+        verifier.verify(huge)
+    assert info.value.reason == "malformed"
+    with caplog.at_level("DEBUG"):
+        assert verifier.parse(huge) is None  # one refusal line, no exception
+    assert not any(r.exc_info for r in caplog.records)
 
 
 def test_an_altered_signed_text_fails_the_mac() -> None:
