@@ -42,3 +42,12 @@ class LogLimiter:
 
     def warning(self, kind: str, message: str, *args: object) -> bool:
         return self.log(logging.WARNING, kind, message, *args)
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters and made safe for one log line: every character outside printable ASCII
+    (newlines, C1 controls, U+2028, bidi overrides that reorder what a log viewer shows) written as an escape.
+
+    For text an outsider chose, such as a topic level: the quotes ascii() adds are dropped, so plain text reads
+    as before."""
+    return ascii(text[:limit])[1:-1]

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
-from edge.ratelimit import LogLimiter
+from edge.ratelimit import LogLimiter, printable
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -156,7 +156,8 @@ def verify_command(secret: bytes, device: str, name: str, payload: bytes,
     if signed.get("device") not in (None, device):
         raise Refused("wrong_device", f"signed for device {signed.get('device')!r}", sender, counter)
     if signed.get("command") != name:
-        raise Refused("wrong_command", f"signed as {signed.get('command')!r}, received on cmd/{name}", sender, counter)
+        raise Refused("wrong_command", f"signed as {signed.get('command')!r}, received on cmd/{printable(name, 40)}",
+                      sender, counter)
     if name not in allowed:
         raise Refused("unknown_command", f"{name!r} is not one of {', '.join(allowed)}", sender, counter)
     if not isinstance(body, dict):
@@ -254,13 +255,16 @@ class CommandProcessor:
             kwargs = parse_body(command)
             self.counters.advance(command.sender, command.counter)  # persisted before anything runs
         except Refused as exc:
-            limited.warning(f"refused:{exc.reason}", "mqtt command %s refused: %s (%s)", name[:40], exc.reason,
-                            exc.detail)
+            # The name is the topic's last level, chosen by whoever published: escaped, so that a newline, U+2028
+            # or a bidi override cannot forge or reorder log lines.
+            limited.warning(f"refused:{exc.reason}", "mqtt command %s refused: %s (%s)", printable(name, 40),
+                            exc.reason, printable(exc.detail, 300))
             return {"command": name, "sender": exc.sender, "counter": exc.counter, "accepted": False,
                     "status": "refused", "reason": exc.reason, "detail": exc.detail, "result": None}
         outcome: dict[str, Any] = {"command": name, "sender": command.sender, "counter": command.counter,
                                    "accepted": True, "status": "ok", "reason": None, "detail": None, "result": None}
-        log.info("mqtt command %s from %s (counter %d) accepted", name, command.sender, command.counter)
+        log.info("mqtt command %s from %s (counter %d) accepted", name, printable(command.sender, 40),
+                 command.counter)
         try:
             handler = getattr(self.handlers, name)
             outcome["result"] = result = handler(**kwargs)

@@ -58,7 +58,7 @@ from edge.mqtt.commands import ClaimVerifier, CommandHandlers, CommandProcessor
 from edge.mqtt.homeassistant import OFF, ON, discovery_messages, status_topic
 from edge.mqtt.outbox import Outbox, dumps
 from edge.mqtt.settings import MqttSettings
-from edge.ratelimit import LogLimiter
+from edge.ratelimit import LogLimiter, printable
 
 __all__ = ["CommandHandlers", "Publisher"]
 
@@ -553,7 +553,7 @@ class Publisher:
             # the retain flag cleared, whatever its sender set); the stale one is dropped and named.
             limited.warning(f"retained:{message.topic}", "mqtt: ignored a retained message on %s: commands are "
                             "acted on only when sent live; clear it with an empty retained publish",
-                            message.topic[:80])
+                            printable(message.topic, 80))
             return
         self._queue_job(("message", message.topic, bytes(message.payload)))
 
@@ -561,7 +561,8 @@ class Publisher:
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
-            log.warning("mqtt: %d messages already wait for the worker; dropped one on %s", MAX_JOBS, job[1])
+            log.warning("mqtt: %d messages already wait for the worker; dropped one on %s", MAX_JOBS,
+                        printable(job[1], 80))
 
     def _on_publish(self, *_args: Any) -> None:
         self._wake.set()  # the outbox thread looks for acknowledged events
@@ -609,7 +610,7 @@ class Publisher:
                     self._handle_message(topic, payload)
             except Exception as exc:  # one line, rate-limited: a message an outsider sent must not flood the log
                 limited.warning(f"worker:{type(exc).__name__}", "mqtt: handling %s on %s failed: %s: %s", kind,
-                                topic[:80], type(exc).__name__, str(exc)[:200])
+                                printable(topic, 80), type(exc).__name__, printable(str(exc), 200))
                 log.debug("mqtt: handling %s failed", kind, exc_info=True)
 
     def _handle_message(self, topic: str, payload: bytes) -> None:

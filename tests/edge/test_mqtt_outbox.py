@@ -234,3 +234,48 @@ def test_delete_forgets_even_when_the_store_fails(tmp_path: Path) -> None:
     result = processor.handle("delete", sign_command(SECRET, "admin", 1, "delete", {"name": "bob"}))
     assert (result["accepted"], result["status"], result["detail"]) == (True, "error", "internal error (RuntimeError)")
     assert forgotten == ["bob"]
+
+
+# Topic levels that mosquitto lets through: C1 controls, the line separator, bidi overrides (it refuses only C0).
+HOSTILE_NAMES = ["x\u202eKCOLNU", "x\u2028CRITICAL fake", "x\u0085CRITICAL fake", "x\nCRITICAL fake"]
+
+
+def _unsafe_characters(text: str) -> list[str]:
+    return [c for c in text if not (32 <= ord(c) < 127)]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_hostile_command_name_reaches_the_log_escaped(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from edge.mqtt import commands
+    from edge.ratelimit import LogLimiter
+
+    monkeypatch.setattr(commands, "limited", LogLimiter(commands.log, interval=0.0))  # every refusal logged
+    processor = CommandProcessor("door1", SECRET, tmp_path / "c.json", object(), lambda _: None)  # type: ignore[arg-type]
+    with caplog.at_level("DEBUG"):
+        for payload in (b"{}", sign_command(SECRET, "admin", 1, "reload", {})):  # unsigned; signed for another
+            assert processor.handle(name, payload)["status"] == "refused"
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 2
+    assert all(not _unsafe_characters(line) for line in lines), lines
+    assert all(ascii(name[1:])[1:-1] in line for line in lines)  # still named, escaped
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_retained_message_on_a_hostile_topic_is_logged_escaped(tmp_path: Path, name: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import paho.mqtt.client as mqtt
+
+    from edge.mqtt.publisher import Publisher
+
+    pub = Publisher(MqttSettings(host="127.0.0.1", port=1883, device="door1", discovery=False,
+                                 outbox_path=str(tmp_path / "o.db")))  # never started: no broker needed
+    try:
+        message = mqtt.MQTTMessage(topic=f"facegate/door1/cmd/{name}".encode())
+        message.retain = True
+        with caplog.at_level("DEBUG"):
+            pub._on_message(pub._client, None, message)
+    finally:
+        pub.close()
+    lines = [r.getMessage() for r in caplog.records if "retained" in r.getMessage()]
+    assert lines and all(not _unsafe_characters(line) for line in lines), lines
