@@ -551,11 +551,23 @@ class Publisher:
             # so acting on it would turn one UNLOCK into a standing order, or undo an operator's face-unlock OFF
             # after each restart. Commands count only when sent live (a live message reaches a subscriber with
             # the retain flag cleared, whatever its sender set); the stale one is dropped and named.
-            limited.warning(f"retained:{message.topic}", "mqtt: ignored a retained message on %s: commands are "
-                            "acted on only when sent live; clear it with an empty retained publish",
-                            printable(message.topic, 80))
+            # Rate-limited per kind of topic, not per topic: cmd/+ matches any name, and a key per name would let
+            # retained junk on thousands of cmd/<x> topics log thousands of lines at each reconnect and grow the
+            # limiter's table for ever.
+            limited.warning(f"retained:{self._topic_kind(message.topic)}",
+                            "mqtt: ignored a retained message on %s: commands are acted on only when sent live; "
+                            "clear it with an empty retained publish", printable(message.topic, 80))
             return
         self._queue_job(("message", message.topic, bytes(message.payload)))
+
+    def _topic_kind(self, topic: str) -> str:
+        """The subscription `topic` came in on (claim, cmd/+, door/set, face_unlock/set, the HA status): a
+        bounded set, whatever names an outsider publishes under cmd/."""
+        s = self.settings
+        if topic.startswith(s.topic("cmd") + "/"):
+            return "cmd/+"
+        known = (s.topic("claim"), s.topic("door", "set"), s.topic("face_unlock", "set"), status_topic(s))
+        return topic if topic in known else "other"
 
     def _queue_job(self, job: tuple[str, str, bytes]) -> None:
         try:

@@ -263,10 +263,15 @@ def test_a_hostile_command_name_reaches_the_log_escaped(tmp_path: Path, name: st
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_a_retained_message_on_a_hostile_topic_is_logged_escaped(tmp_path: Path, name: str,
+                                                                monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     import paho.mqtt.client as mqtt
 
+    from edge.mqtt import publisher
     from edge.mqtt.publisher import Publisher
+    from edge.ratelimit import LogLimiter
+
+    monkeypatch.setattr(publisher, "limited", LogLimiter(publisher.log, interval=0.0))  # every line logged
 
     pub = Publisher(MqttSettings(host="127.0.0.1", port=1883, device="door1", discovery=False,
                                  outbox_path=str(tmp_path / "o.db")))  # never started: no broker needed
@@ -279,3 +284,30 @@ def test_a_retained_message_on_a_hostile_topic_is_logged_escaped(tmp_path: Path,
         pub.close()
     lines = [r.getMessage() for r in caplog.records if "retained" in r.getMessage()]
     assert lines and all(not _unsafe_characters(line) for line in lines), lines
+
+
+def test_retained_junk_on_many_command_topics_logs_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # What a reconnect hands over when somebody left retained messages on thousands of cmd/<x> topics.
+    import paho.mqtt.client as mqtt
+
+    from edge.mqtt import publisher
+    from edge.mqtt.publisher import Publisher
+    from edge.ratelimit import LogLimiter
+
+    limiter = LogLimiter(publisher.log)  # a fresh one: nothing logged by other tests within its interval
+    monkeypatch.setattr(publisher, "limited", limiter)
+    pub = Publisher(MqttSettings(host="127.0.0.1", port=1883, device="door1", discovery=False,
+                                 outbox_path=str(tmp_path / "o.db")), door_profile=True)
+    try:
+        with caplog.at_level("DEBUG"):
+            for topic in [f"cmd/x{i}" for i in range(500)] + ["door/set", "claim"]:
+                message = mqtt.MQTTMessage(topic=f"facegate/door1/{topic}".encode())
+                message.retain = True
+                pub._on_message(pub._client, None, message)
+    finally:
+        pub.close()
+    lines = [r.getMessage() for r in caplog.records if "ignored a retained message" in r.getMessage()]
+    assert len(lines) == 3, lines  # one per kind of topic: cmd/+, door/set, claim
+    assert len(limiter._last) == 3  # the limiter's table does not grow with each new name
+    assert pub._jobs.qsize() == 0  # and none of them was queued to be acted on
