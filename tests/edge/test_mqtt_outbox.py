@@ -133,6 +133,21 @@ def test_settings_reject_unsafe_values(bad: dict) -> None:
         MqttSettings(**bad)
 
 
+@pytest.mark.parametrize(("values", "key"), [
+    ({"command_state_path": "{d}/c.json", "claim_state_path": "{d}/c.json"}, "claim_state_path"),
+    ({"command_state_path": "{d}/c.json", "claim_state_path": "{d}/sub/../c.json"}, "claim_state_path"),
+    ({"command_state_path": "{d}/c.json", "claim_state_path": "{d}/link.json"}, "claim_state_path"),
+    ({"outbox_path": "{d}/o.db", "command_state_path": "{d}/o.db"}, "command_state_path"),
+])
+def test_settings_refuse_two_state_files_in_one(tmp_path: Path, values: dict, key: str) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "c.json")
+    with pytest.raises(MqttError, match=f"mqtt.{key}: .* same file as"):
+        MqttSettings(device="door1", **{k: v.format(d=tmp_path) for k, v in values.items()})
+    MqttSettings(device="door1", command_state_path=str(tmp_path / "c.json"),
+                 claim_state_path=str(tmp_path / "claims.json"))  # distinct files are fine
+
+
 def test_settings_from_mapping_and_topics(tmp_path: Path) -> None:
     s = MqttSettings.from_mapping({"device": "lobby", "tls_ca": str(tmp_path / "ca.crt"), "command_secret": "x" * 20,
                                    "topic_prefix": "site/facegate"})
