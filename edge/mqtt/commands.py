@@ -246,6 +246,15 @@ class CommandProcessor:
         self.forget = forget
         self.counters = CounterStore(state_path) if secret is not None else None
 
+    def refusal(self, name: str, exc: Refused) -> dict[str, Any]:
+        """The cmd_result of a command that is not run, after one rate-limited log line."""
+        # The name is the topic's last level, chosen by whoever published: escaped, so that a newline, U+2028 or
+        # a bidi override cannot forge or reorder log lines.
+        limited.warning(f"refused:{exc.reason}", "mqtt command %s refused: %s (%s)", printable(name, 40),
+                        exc.reason, printable(exc.detail, 300))
+        return {"command": name, "sender": exc.sender, "counter": exc.counter, "accepted": False,
+                "status": "refused", "reason": exc.reason, "detail": exc.detail, "result": None}
+
     def handle(self, name: str, payload: bytes) -> dict[str, Any]:
         try:
             if self.secret is None or self.counters is None or self.handlers is None:
@@ -255,12 +264,7 @@ class CommandProcessor:
             kwargs = parse_body(command)
             self.counters.advance(command.sender, command.counter)  # persisted before anything runs
         except Refused as exc:
-            # The name is the topic's last level, chosen by whoever published: escaped, so that a newline, U+2028
-            # or a bidi override cannot forge or reorder log lines.
-            limited.warning(f"refused:{exc.reason}", "mqtt command %s refused: %s (%s)", printable(name, 40),
-                            exc.reason, printable(exc.detail, 300))
-            return {"command": name, "sender": exc.sender, "counter": exc.counter, "accepted": False,
-                    "status": "refused", "reason": exc.reason, "detail": exc.detail, "result": None}
+            return self.refusal(name, exc)
         outcome: dict[str, Any] = {"command": name, "sender": command.sender, "counter": command.counter,
                                    "accepted": True, "status": "ok", "reason": None, "detail": None, "result": None}
         log.info("mqtt command %s from %s (counter %d) accepted", name, printable(command.sender, 40),

@@ -326,3 +326,43 @@ def test_retained_junk_on_many_command_topics_logs_one_line(tmp_path: Path, monk
     assert len(lines) == 3, lines  # one per kind of topic: cmd/+, door/set, claim
     assert len(limiter._last) == 3  # the limiter's table does not grow with each new name
     assert pub._jobs.qsize() == 0  # and none of them was queued to be acted on
+
+
+def test_incoming_messages_are_bounded_by_what_their_topic_needs_and_in_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """What paho hands over is checked before it is queued: a 1.5 MB claim or door/set is junk, and enrolment
+    photos may fill the worker's queue only up to its byte budget. Each kind of drop logs once, not per message."""
+    import paho.mqtt.client as mqtt
+
+    from edge.mqtt import publisher
+    from edge.mqtt.publisher import MAX_CONTROL_JOBS, MAX_JOB_BYTES, MAX_JOBS, Publisher
+    from edge.ratelimit import LogLimiter
+
+    monkeypatch.setattr(publisher, "limited", LogLimiter(publisher.log))  # fresh: nothing logged within 10 s
+    pub = Publisher(MqttSettings(host="127.0.0.1", port=1883, device="door1", discovery=False,
+                                 outbox_path=str(tmp_path / "o.db"), command_secret="x" * 20), door_profile=True)
+
+    def deliver(topic: str, payload: bytes, n: int = 1) -> None:
+        for _ in range(n):
+            message = mqtt.MQTTMessage(topic=f"facegate/door1/{topic}".encode())
+            message.payload = payload
+            pub._on_message(pub._client, None, message)
+
+    try:
+        with caplog.at_level("DEBUG"):
+            deliver("claim", b"x" * 1_500_000, 50)
+            deliver("door/set", b"UNLOCK" + b" " * 100_000, 50)
+            assert pub._jobs.qsize() == 0 and not pub._control_jobs
+            deliver("cmd/reload", b"{" * 100_000, 3)  # refused for its size, not dropped silently: tiny jobs
+            assert pub._jobs.qsize() == 3 and pub._jobs_bytes == 0
+            photo = b"x" * (10 * 1024 * 1024)  # an enrolment may be this big
+            deliver("cmd/enroll", photo, 20)
+            assert pub._jobs_bytes <= MAX_JOB_BYTES and pub._jobs.qsize() == 3 + MAX_JOB_BYTES // len(photo)
+            deliver("cmd/junk", b"{}", 2 * MAX_JOBS)
+            assert pub._jobs.qsize() == MAX_JOBS
+            deliver("door/set", b"UNLOCK", 2 * MAX_CONTROL_JOBS)
+            assert len(pub._control_jobs) == MAX_CONTROL_JOBS
+    finally:
+        pub.close()
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert 1 <= len(drops) <= 5, drops  # one per kind (claim, door/set, cmd/+, a full queue, full control)
