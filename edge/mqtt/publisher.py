@@ -62,7 +62,7 @@ from edge.mqtt.commands import MAX_IMAGE_B64, ClaimVerifier, CommandHandlers, Co
 from edge.mqtt.homeassistant import OFF, ON, discovery_messages, status_topic
 from edge.mqtt.outbox import Outbox, dumps
 from edge.mqtt.settings import MqttSettings
-from edge.ratelimit import LogLimiter, printable
+from edge.ratelimit import LogLimiter, TokenBucket, printable
 
 __all__ = ["CommandHandlers", "Publisher"]
 
@@ -89,6 +89,13 @@ ANNOUNCE_MIN_S = 3.0
 MAX_SMALL_PAYLOAD = 8 * 1024
 MAX_WORD_PAYLOAD = 256  # LOCK, UNLOCK, OPEN, ON, OFF, online / offline, with some white space
 MAX_ENROLL_PAYLOAD = MAX_IMAGE_B64 + 64 * 1024
+# paho's own queue of QoS 1 messages (in flight and waiting), which is otherwise unbounded and, past 65535, reuses
+# message ids. Beyond it paho refuses a publish: an event then stays in the outbox and is tried again.
+MAX_PAHO_QUEUE = 1000
+# cmd_result refusals: each junk command would otherwise queue one QoS 1 reply; beyond these only the (rate-
+# limited) log line says so. Results of commands that passed the signature check are always sent.
+REFUSALS_PER_S = 5.0
+REFUSAL_BURST = 50
 EVENT_FIELDS = ("event_id", "seq", "ts", "device", "door")
 DOOR_COMMANDS = ("LOCK", "UNLOCK", "OPEN")
 
@@ -172,6 +179,7 @@ class Publisher:
         self._announce_pending = False
         self._next_announce = 0.0  # time.monotonic() before which a birth is not answered again
         self._local = threading.local()  # received_at: when the door/set being relayed arrived
+        self._refusals = TokenBucket(REFUSALS_PER_S, REFUSAL_BURST)
         self._connected = False
         self._subscribed = False  # the SUBACK for claim, cmd/+ and the HA status arrived on this connection
         self._announced = False  # discovery, state and face presence were re-sent on this connection
@@ -220,6 +228,7 @@ class Publisher:
         client.will_set(s.topic("availability"), "offline", qos=1, retain=True)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # typed int, floats work
         client.max_inflight_messages_set(2 * WINDOW)
+        client.max_queued_messages_set(MAX_PAHO_QUEUE)
         client.suppress_exceptions = True  # a bug in a callback must not end the network thread
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
@@ -682,7 +691,14 @@ class Publisher:
                             generation, high = self._generation, 0
                             inflight.clear()
                         for seq, payload in self._outbox.pending(high, WINDOW - len(inflight)):
-                            inflight[seq] = self._client.publish(topic, payload, qos=1)
+                            info = self._client.publish(topic, payload, qos=1)
+                            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                                # paho's queue is full: the event stays in SQLite and is tried again at the
+                                # next wake, in seq order (high is not moved past it).
+                                limited.warning("paho-full", "mqtt: %d messages already wait in the MQTT "
+                                                "client; events wait in the outbox", MAX_PAHO_QUEUE)
+                                break
+                            inflight[seq] = info
                             high = seq
                 if self._outbox.depth == 0 and self._reported_depth:
                     self._send_state()  # the backlog drained: say so in the retained state
@@ -782,6 +798,8 @@ class Publisher:
                                                           f"can need"))
             else:
                 result = self._commands.handle(name, payload)
+            if not result["accepted"] and not self._refusals.take():
+                return  # a flood of junk commands: the log line (rate-limited) is all it gets
             result["ts"] = utc_now()
             if self._connected:
                 self._client.publish(s.topic("cmd_result"), dumps(result), qos=1)

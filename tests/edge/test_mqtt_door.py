@@ -219,3 +219,28 @@ def test_a_relayed_door_request_counts_its_budget_from_arrival(broker: Broker, t
     finally:
         lock.close()
         pub.stop(flush_timeout=1)
+
+
+def test_the_mqtt_clients_queue_is_bounded_and_events_still_get_through(broker: Broker, tmp_path: Path) -> None:
+    """paho queues QoS 1 messages without limit while the broker does not read (and past 65535 reuses message
+    ids). It is capped; an event it refuses waits in the outbox and is sent once the broker reads again."""
+    from edge.mqtt.publisher import MAX_PAHO_QUEUE
+    from tests.mqtt_broker import sample_event
+
+    pub = _publisher(broker, tmp_path)
+    try:
+        with Subscriber(broker, ["facegate/door1/event"]) as sub:
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                for i in range(MAX_PAHO_QUEUE + 500):  # retained state documents pile up in paho
+                    pub.publish_state({"status": "online", "n": i})
+                events = [pub.publish_event(sample_event("granted", "alice")) for _ in range(30)]
+                time.sleep(0.5)  # the outbox thread tries to hand them over meanwhile
+                assert len(pub._client._out_messages) <= MAX_PAHO_QUEUE
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            assert sub.wait_for(lambda msgs: {m.json()["event_id"] for m in msgs} >=
+                                {e["event_id"] for e in events}, 60)
+    finally:
+        pub.stop()
