@@ -42,3 +42,36 @@ class LogLimiter:
 
     def warning(self, kind: str, message: str, *args: object) -> bool:
         return self.log(logging.WARNING, kind, message, *args)
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters and made safe for one log line: every character outside printable ASCII
+    (newlines, C1 controls, U+2028, bidi overrides that reorder what a log viewer shows) written as an escape.
+
+    For text an outsider chose, such as a topic level: the quotes ascii() adds are dropped, so plain text reads
+    as before."""
+    return ascii(text[:limit])[1:-1]
+
+
+class TokenBucket:
+    """At most `burst` at once and `rate` per second on average: for replies an outsider's messages would
+    otherwise draw without limit (a refusal for each junk command)."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        """True, using up one token, if one is left."""
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(float(self.burst), self._tokens + max(0.0, now - self._at) * self.rate)
+            self._at = now
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True

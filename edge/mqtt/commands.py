@@ -33,8 +33,9 @@ Badge claims on facegate/<device>/claim use the same envelope with "command": "c
 {"identity": str}, signed with the claim secret (a badge reader's, not the administrator's), and their own
 per-sender counters (ClaimVerifier).
 
-Anything malformed — not JSON, nested too deeply, a non-ASCII or wrong-length MAC, text that is not valid
-Unicode — is refused with a reason like any other refusal, never an exception escaping to the log.
+Anything malformed — not JSON, nested too deeply, a number of thousands of digits, a non-ASCII or wrong-length
+MAC, text that is not valid Unicode — is refused with a reason like any other refusal, never an exception escaping
+to the log.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from typing import Any, Protocol
 
 from edge.atomic import atomic_write_bytes
 from edge.errors import FacegateError
-from edge.ratelimit import LogLimiter
+from edge.ratelimit import LogLimiter, printable
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -119,6 +120,8 @@ def _json(data: bytes | str, what: str) -> Any:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise Refused("malformed", f"{what} is not JSON") from None
+    except ValueError:  # a number of more than 4300 digits: Python's int-from-text limit, not a JSONDecodeError
+        raise Refused("malformed", f"{what} holds a number too long to read") from None
     except RecursionError:  # deeply nested arrays or objects: json.loads recurses once per level
         raise Refused("malformed", f"{what} is nested too deeply") from None
 
@@ -153,7 +156,8 @@ def verify_command(secret: bytes, device: str, name: str, payload: bytes,
     if signed.get("device") not in (None, device):
         raise Refused("wrong_device", f"signed for device {signed.get('device')!r}", sender, counter)
     if signed.get("command") != name:
-        raise Refused("wrong_command", f"signed as {signed.get('command')!r}, received on cmd/{name}", sender, counter)
+        raise Refused("wrong_command", f"signed as {signed.get('command')!r}, received on cmd/{printable(name, 40)}",
+                      sender, counter)
     if name not in allowed:
         raise Refused("unknown_command", f"{name!r} is not one of {', '.join(allowed)}", sender, counter)
     if not isinstance(body, dict):
@@ -242,6 +246,15 @@ class CommandProcessor:
         self.forget = forget
         self.counters = CounterStore(state_path) if secret is not None else None
 
+    def refusal(self, name: str, exc: Refused) -> dict[str, Any]:
+        """The cmd_result of a command that is not run, after one rate-limited log line."""
+        # The name is the topic's last level, chosen by whoever published: escaped, so that a newline, U+2028 or
+        # a bidi override cannot forge or reorder log lines.
+        limited.warning(f"refused:{exc.reason}", "mqtt command %s refused: %s (%s)", printable(name, 40),
+                        exc.reason, printable(exc.detail, 300))
+        return {"command": name, "sender": exc.sender, "counter": exc.counter, "accepted": False,
+                "status": "refused", "reason": exc.reason, "detail": exc.detail, "result": None}
+
     def handle(self, name: str, payload: bytes) -> dict[str, Any]:
         try:
             if self.secret is None or self.counters is None or self.handlers is None:
@@ -251,13 +264,11 @@ class CommandProcessor:
             kwargs = parse_body(command)
             self.counters.advance(command.sender, command.counter)  # persisted before anything runs
         except Refused as exc:
-            limited.warning(f"refused:{exc.reason}", "mqtt command %s refused: %s (%s)", name[:40], exc.reason,
-                            exc.detail)
-            return {"command": name, "sender": exc.sender, "counter": exc.counter, "accepted": False,
-                    "status": "refused", "reason": exc.reason, "detail": exc.detail, "result": None}
+            return self.refusal(name, exc)
         outcome: dict[str, Any] = {"command": name, "sender": command.sender, "counter": command.counter,
                                    "accepted": True, "status": "ok", "reason": None, "detail": None, "result": None}
-        log.info("mqtt command %s from %s (counter %d) accepted", name, command.sender, command.counter)
+        log.info("mqtt command %s from %s (counter %d) accepted", name, printable(command.sender, 40),
+                 command.counter)
         try:
             handler = getattr(self.handlers, name)
             outcome["result"] = result = handler(**kwargs)

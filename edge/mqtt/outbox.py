@@ -48,6 +48,21 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"event field of type {type(value).__name__} is not JSON serialisable")
 
 
+# Event fields that hold a person's name: who the face matched, and who a badge claimed (Decision.event).
+NAME_FIELDS = ("identity", "claim")
+
+
+def _names(payload: str, name: str) -> bool:
+    """True if the stored event `payload` has `name` in one of NAME_FIELDS (or cannot be read: erase it)."""
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError):
+        return True  # fail towards erasure: an unreadable row that contains the name's text is not kept
+    if not isinstance(event, dict):
+        return True
+    return any(event.get(field) == name for field in NAME_FIELDS)
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
@@ -141,9 +156,19 @@ class Outbox:
         return removed
 
     def forget(self, identity: str) -> int:
-        """Erase every pending event naming `identity`; the bytes leave the WAL too. Returns how many."""
+        """Erase every pending event naming `identity` in any name field (NAME_FIELDS: the matched identity or a
+        badge claim); the bytes leave the WAL too. Returns how many."""
+        # The identity column covers only the matched name; an "unknown" made under a badge claim names the
+        # person in `claim` alone. Rows are found by the name's JSON string literal in the payload (how dumps
+        # wrote it), which needs no migration of older outbox files, then confirmed by parsing, so a name that is
+        # merely part of another string does not erase someone else's event.
+        needle = json.dumps(identity, ensure_ascii=False)
         with self._tx() as conn:
-            removed = conn.execute("DELETE FROM events WHERE identity = ?", (identity,)).rowcount
+            candidates = conn.execute("SELECT device, seq, payload FROM events WHERE identity = ? OR "
+                                      "instr(payload, ?) > 0", (identity, needle)).fetchall()
+            doomed = [(device, seq) for device, seq, payload in candidates if _names(payload, identity)]
+            removed = conn.executemany("DELETE FROM events WHERE device = ? AND seq = ?", doomed).rowcount \
+                if doomed else 0
             own = conn.execute("SELECT count(*) FROM events WHERE device = ?", (self.device,)).fetchone()[0]
             self._depth = own
         with self._lock:

@@ -24,8 +24,11 @@ Topics, under <topic_prefix>/<device>/:
 Threads: paho's network thread runs the connection (connect, exponential back-off, keepalive). It only ever sets
 flags and queues work, because paho calls on_publish while holding its own message lock and a callback that
 waited for one of ours could deadlock against a thread publishing under it. The outbox thread moves events from
-SQLite to paho (at most WINDOW in flight) and deletes them on PUBACK; the worker thread runs commands, claims and
-re-announcements, so a slow enrolment never stalls keepalives.
+SQLite to paho (at most WINDOW in flight) and deletes them on PUBACK; the worker thread runs commands and claims,
+so a slow enrolment never stalls keepalives; the control thread runs what must not wait behind a command: each
+connection's announcement (and the door's start-up LOCK), door/set, face_unlock/set and Home Assistant births
+(coalesced). A message larger than its topic can need is dropped on arrival, and the worker's queue is bounded in
+bytes as well as in messages, so a flood costs neither memory nor the door's commands.
 
 Delivery is at least once: after a reconnect the outbox is re-sent in seq order from its oldest row, so a
 subscriber may see an event twice (same event_id) but never a gap it is not told about (outbox_dropped).
@@ -44,6 +47,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,11 +58,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.mqtt import MqttError
-from edge.mqtt.commands import ClaimVerifier, CommandHandlers, CommandProcessor
+from edge.mqtt.commands import MAX_IMAGE_B64, ClaimVerifier, CommandHandlers, CommandProcessor, Refused
 from edge.mqtt.homeassistant import OFF, ON, discovery_messages, status_topic
 from edge.mqtt.outbox import Outbox, dumps
 from edge.mqtt.settings import MqttSettings
-from edge.ratelimit import LogLimiter
+from edge.ratelimit import LogLimiter, TokenBucket, printable
 
 __all__ = ["CommandHandlers", "Publisher"]
 
@@ -70,8 +74,28 @@ paho_log = logging.getLogger(__name__ + ".paho")
 # door commands, so paho never has to queue an event itself: what is not on the wire stays in SQLite, where
 # forget_identity can still erase it, and a door command never waits behind a backlog of events.
 WINDOW = 20
-# Incoming messages waiting for the worker; beyond this they are dropped (paho's thread must never block).
+# Incoming commands and claims waiting for the worker; beyond either bound they are dropped (paho's thread must
+# never block). The byte bound is what keeps memory flat: 1000 messages of a few MB would be gigabytes.
 MAX_JOBS = 1000
+MAX_JOB_BYTES = 48 * 1024 * 1024  # room for a few enrolment photos (each at most MAX_IMAGE_B64 + envelope)
+# door/set and face_unlock/set waiting for the control thread: a person at the door or an operator, never a
+# backlog; beyond this the flood is dropped, not the connection's re-announcement (a flag, not a queue entry).
+MAX_CONTROL_JOBS = 32
+# Home Assistant births re-send every discovery config and the state: at most one pending and one per this many
+# seconds, however many "online" messages arrive.
+ANNOUNCE_MIN_S = 3.0
+# The most a message on each topic can need (a) before it is queued: a signed claim or small command is an
+# envelope of two 200-character names, escaped twice at worst; only cmd/enroll carries a photo.
+MAX_SMALL_PAYLOAD = 8 * 1024
+MAX_WORD_PAYLOAD = 256  # LOCK, UNLOCK, OPEN, ON, OFF, online / offline, with some white space
+MAX_ENROLL_PAYLOAD = MAX_IMAGE_B64 + 64 * 1024
+# paho's own queue of QoS 1 messages (in flight and waiting), which is otherwise unbounded and, past 65535, reuses
+# message ids. Beyond it paho refuses a publish: an event then stays in the outbox and is tried again.
+MAX_PAHO_QUEUE = 1000
+# cmd_result refusals: each junk command would otherwise queue one QoS 1 reply; beyond these only the (rate-
+# limited) log line says so. Results of commands that passed the signature check are always sent.
+REFUSALS_PER_S = 5.0
+REFUSAL_BURST = 50
 EVENT_FIELDS = ("event_id", "seq", "ts", "device", "door")
 DOOR_COMMANDS = ("LOCK", "UNLOCK", "OPEN")
 
@@ -143,7 +167,19 @@ class Publisher:
         self._state_lock = threading.Lock()  # _state, _last_identity, _face_present, _door_state, _face_unlock
         self._state_publish_lock = threading.Lock()  # retained state documents leave in the order they are built
         self._wake = threading.Event()
-        self._jobs: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(MAX_JOBS)
+        # (topic, payload, (size, limit) of a command dropped for its size or None)
+        self._jobs: queue.Queue[tuple[str, bytes, tuple[int, int] | None] | None] = queue.Queue(MAX_JOBS)
+        self._jobs_bytes = 0  # payload bytes in _jobs
+        self._jobs_lock = threading.Lock()
+        # The control thread's work, under _control_cv: door/set and face_unlock/set (topic, payload, arrival),
+        # a connection to announce, a Home Assistant birth to answer.
+        self._control_cv = threading.Condition()
+        self._control_jobs: deque[tuple[str, bytes, float]] = deque()
+        self._connect_pending = False
+        self._announce_pending = False
+        self._next_announce = 0.0  # time.monotonic() before which a birth is not answered again
+        self._local = threading.local()  # received_at: when the door/set being relayed arrived
+        self._refusals = TokenBucket(REFUSALS_PER_S, REFUSAL_BURST)
         self._connected = False
         self._subscribed = False  # the SUBACK for claim, cmd/+ and the HA status arrived on this connection
         self._announced = False  # discovery, state and face presence were re-sent on this connection
@@ -164,6 +200,8 @@ class Publisher:
                                         daemon=True)
         self._worker = threading.Thread(target=self._worker_main, name=f"mqtt-worker-{settings.device}",
                                         daemon=True)
+        self._control = threading.Thread(target=self._control_main, name=f"mqtt-control-{settings.device}",
+                                         daemon=True)
 
     # -- set-up ------------------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -190,6 +228,7 @@ class Publisher:
         client.will_set(s.topic("availability"), "offline", qos=1, retain=True)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # typed int, floats work
         client.max_inflight_messages_set(2 * WINDOW)
+        client.max_queued_messages_set(MAX_PAHO_QUEUE)
         client.suppress_exceptions = True  # a bug in a callback must not end the network thread
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
@@ -214,6 +253,7 @@ class Publisher:
         self._client.loop_start()
         self._sender.start()
         self._worker.start()
+        self._control.start()
 
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Wait (up to flush_timeout) for pending events to be acknowledged, say "offline", disconnect."""
@@ -229,7 +269,10 @@ class Publisher:
             self._sender.join()
             with contextlib.suppress(queue.Full):
                 self._jobs.put(None, timeout=1.0)
+            with self._control_cv:
+                self._control_cv.notify_all()  # it sees _stopping
             self._worker.join(timeout=max(0.5, deadline - time.monotonic()))
+            self._control.join(timeout=max(0.5, deadline - time.monotonic()))
             if self._connected:
                 info = self._client.publish(self.settings.topic("availability"), "offline", qos=1, retain=True)
                 with contextlib.suppress(RuntimeError, ValueError):
@@ -336,7 +379,11 @@ class Publisher:
         if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"door duration_s must be a positive number of seconds, got {duration_s!r}")
         budget = self.door_max_delay_ms / 1e3
-        deadline = (time.monotonic() if decided_at is None else decided_at) + budget
+        if decided_at is None:
+            # A door/set relayed by the control thread counts from when the message arrived, not from when the
+            # thread got to it: a request that waited is as late as its wait.
+            decided_at = getattr(self._local, "received_at", None) or time.monotonic()
+        deadline = decided_at + budget
         if not self._connected:
             return self._drop_door(command, "not connected")
         with self._door_lock:  # one probe round trip at a time; commands leave in the order they were decided
@@ -400,17 +447,18 @@ class Publisher:
             self._client.publish(self.settings.topic("face_present"), ON if present else OFF, qos=0, retain=True)
 
     def on_connected(self, callback: Callable[[int], None]) -> None:
-        """Call `callback(n)` (on the worker thread) after the n-th connection is up and announced: what must
+        """Call `callback(n)` (on the control thread) after the n-th connection is up and announced: what must
         reach the broker, such as the door's start-up LOCK, is sent from here, never before CONNACK."""
         self._connected_callbacks.append(callback)
 
     def on_door_request(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(command)` (on the worker thread) for each LOCK / UNLOCK / OPEN on door/set (door
-        profile)."""
+        """Call `callback(command)` (on the control thread) for each LOCK / UNLOCK / OPEN on door/set (door
+        profile). A publish_door(command) from the callback counts its max-delay budget from the message's
+        arrival."""
         self._door_request_callbacks.append(callback)
 
     def on_face_unlock(self, callback: Callable[[bool], None]) -> None:
-        """Call `callback(enabled)` (on the worker thread) for each ON / OFF on face_unlock/set (door profile)."""
+        """Call `callback(enabled)` (on the control thread) for each ON / OFF on face_unlock/set (door profile)."""
         self._face_unlock_callbacks.append(callback)
 
     def on_claim(self, callback: Callable[[str], None]) -> None:
@@ -509,7 +557,10 @@ class Publisher:
         if self.settings.discovery:
             subscriptions.append((status_topic(self.settings), 1))
         client.subscribe(subscriptions)
-        self._queue_job(("connected", "", b""))
+        with self._control_cv:
+            # A flag, not a queue entry: no flood of messages can make the connection go unannounced.
+            self._connect_pending = True
+            self._control_cv.notify_all()
         self._wake.set()
 
     def _on_pre_connect(self, _client: mqtt.Client, _userdata: Any) -> None:
@@ -551,17 +602,69 @@ class Publisher:
             # so acting on it would turn one UNLOCK into a standing order, or undo an operator's face-unlock OFF
             # after each restart. Commands count only when sent live (a live message reaches a subscriber with
             # the retain flag cleared, whatever its sender set); the stale one is dropped and named.
-            limited.warning(f"retained:{message.topic}", "mqtt: ignored a retained message on %s: commands are "
-                            "acted on only when sent live; clear it with an empty retained publish",
-                            message.topic[:80])
+            # Rate-limited per kind of topic, not per topic: cmd/+ matches any name, and a key per name would let
+            # retained junk on thousands of cmd/<x> topics log thousands of lines at each reconnect and grow the
+            # limiter's table for ever.
+            limited.warning(f"retained:{self._topic_kind(message.topic)}",
+                            "mqtt: ignored a retained message on %s: commands are acted on only when sent live; "
+                            "clear it with an empty retained publish", printable(message.topic, 80))
             return
-        self._queue_job(("message", message.topic, bytes(message.payload)))
+        topic, kind, size = message.topic, self._topic_kind(message.topic), len(message.payload)
+        limit = self._payload_limit(topic, kind)
+        if size > limit:
+            limited.warning(f"oversize:{kind}", "mqtt: dropped a %d-byte message on %s: more than the %d bytes a "
+                            "message there can need", size, printable(topic, 80), limit)
+            if kind == "cmd/+":
+                self._queue_job(topic, b"", oversize=(size, limit))  # its sender still gets a refusal, not silence
+            return
+        s = self.settings
+        if topic == status_topic(s):
+            if bytes(message.payload).strip() == b"online":
+                with self._control_cv:
+                    self._announce_pending = True  # one pending re-announcement, however many births
+                    self._control_cv.notify_all()
+        elif topic in (s.topic("door", "set"), s.topic("face_unlock", "set")):
+            self._queue_control(topic, bytes(message.payload))
+        else:
+            self._queue_job(topic, bytes(message.payload))
 
-    def _queue_job(self, job: tuple[str, str, bytes]) -> None:
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            log.warning("mqtt: %d messages already wait for the worker; dropped one on %s", MAX_JOBS, job[1])
+    def _payload_limit(self, topic: str, kind: str) -> int:
+        if kind == "cmd/+":
+            return MAX_ENROLL_PAYLOAD if topic == self.settings.topic("cmd", "enroll") else MAX_SMALL_PAYLOAD
+        if kind == self.settings.topic("claim"):
+            return MAX_SMALL_PAYLOAD
+        return MAX_WORD_PAYLOAD
+
+    def _topic_kind(self, topic: str) -> str:
+        """The subscription `topic` came in on (claim, cmd/+, door/set, face_unlock/set, the HA status): a
+        bounded set, whatever names an outsider publishes under cmd/."""
+        s = self.settings
+        if topic.startswith(s.topic("cmd") + "/"):
+            return "cmd/+"
+        known = (s.topic("claim"), s.topic("door", "set"), s.topic("face_unlock", "set"), status_topic(s))
+        return topic if topic in known else "other"
+
+    def _queue_job(self, topic: str, payload: bytes, oversize: tuple[int, int] | None = None) -> None:
+        with self._jobs_lock:
+            if self._jobs_bytes + len(payload) <= MAX_JOB_BYTES:
+                try:
+                    self._jobs.put_nowait((topic, payload, oversize))
+                    self._jobs_bytes += len(payload)
+                    return
+                except queue.Full:
+                    pass
+            waiting, size = self._jobs.qsize(), self._jobs_bytes
+        limited.warning("worker-full", "mqtt: %d message(s) of %d bytes in all already wait for the worker; "
+                        "dropped one on %s", waiting, size, printable(topic, 80))
+
+    def _queue_control(self, topic: str, payload: bytes) -> None:
+        with self._control_cv:
+            if len(self._control_jobs) < MAX_CONTROL_JOBS:
+                self._control_jobs.append((topic, payload, time.monotonic()))
+                self._control_cv.notify_all()
+                return
+        limited.warning("control-full", "mqtt: %d door/set and face_unlock/set messages already wait; dropped one "
+                        "on %s", MAX_CONTROL_JOBS, printable(topic, 80))
 
     def _on_publish(self, *_args: Any) -> None:
         self._wake.set()  # the outbox thread looks for acknowledged events
@@ -588,7 +691,14 @@ class Publisher:
                             generation, high = self._generation, 0
                             inflight.clear()
                         for seq, payload in self._outbox.pending(high, WINDOW - len(inflight)):
-                            inflight[seq] = self._client.publish(topic, payload, qos=1)
+                            info = self._client.publish(topic, payload, qos=1)
+                            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                                # paho's queue is full: the event stays in SQLite and is tried again at the
+                                # next wake, in seq order (high is not moved past it).
+                                limited.warning("paho-full", "mqtt: %d messages already wait in the MQTT "
+                                                "client; events wait in the outbox", MAX_PAHO_QUEUE)
+                                break
+                            inflight[seq] = info
                             high = seq
                 if self._outbox.depth == 0 and self._reported_depth:
                     self._send_state()  # the backlog drained: say so in the retained state
@@ -597,41 +707,72 @@ class Publisher:
                 time.sleep(1.0)
 
     def _worker_main(self) -> None:
+        """Commands and claims, one at a time: an enrolment may take many seconds (a live capture)."""
         while (job := self._jobs.get()) is not None:
-            kind, topic, payload = job
+            topic, payload, oversize = job
+            with self._jobs_lock:
+                self._jobs_bytes -= len(payload)
             try:
-                if kind == "connected":
+                self._handle_message(topic, payload, oversize)
+            except Exception as exc:
+                self._job_failed("message", topic, exc)
+            del job, payload  # a photo is not kept alive while the worker waits for the next message
+
+    def _job_failed(self, kind: str, topic: str, exc: Exception) -> None:
+        # One line, rate-limited: a message an outsider sent must not flood the log.
+        limited.warning(f"worker:{type(exc).__name__}", "mqtt: handling %s on %s failed: %s: %s", kind,
+                        printable(topic, 80), type(exc).__name__, printable(str(exc), 200))
+        log.debug("mqtt: handling %s failed", kind, exc_info=True)
+
+    def _control_main(self) -> None:
+        """The connection's announcement, door/set, face_unlock/set and Home Assistant births: on their own thread,
+        so that a slow command never holds up the door, nor a flood of commands drops the re-announcement."""
+        while True:
+            with self._control_cv:
+                while True:
+                    if self._stopping:
+                        return
+                    now = time.monotonic()
+                    if self._connect_pending or self._control_jobs:
+                        break
+                    if self._announce_pending and now >= self._next_announce:
+                        break
+                    self._control_cv.wait(self._next_announce - now if self._announce_pending else None)
+                connect, job = self._connect_pending, None
+                self._connect_pending = False
+                if connect or not self._control_jobs:  # a connection, or a birth: a full announcement
+                    self._announce_pending = False
+                    self._next_announce = now + ANNOUNCE_MIN_S
+                else:
+                    job = self._control_jobs.popleft()
+            try:
+                if connect:
                     self._announce()
                     self._announced = True
                     for callback in list(self._connected_callbacks):
                         callback(self._connections)
+                elif job is not None:
+                    self._handle_control(*job)
                 else:
-                    self._handle_message(topic, payload)
-            except Exception as exc:  # one line, rate-limited: a message an outsider sent must not flood the log
-                limited.warning(f"worker:{type(exc).__name__}", "mqtt: handling %s on %s failed: %s: %s", kind,
-                                topic[:80], type(exc).__name__, str(exc)[:200])
-                log.debug("mqtt: handling %s failed", kind, exc_info=True)
+                    self._announce()
+            except Exception as exc:
+                self._job_failed("connected" if connect else "message" if job else "announce",
+                                 job[0] if job else "", exc)
 
-    def _handle_message(self, topic: str, payload: bytes) -> None:
+    def _handle_control(self, topic: str, payload: bytes, received_at: float) -> None:
         s = self.settings
-        cmd_prefix = s.topic("cmd") + "/"
-        if topic == status_topic(s):
-            if payload.strip() == b"online":
-                self._announce()
-        elif topic == s.topic("claim"):
-            identity = self._claims.parse(payload)  # None: refused, and said why (rate-limited)
-            if identity is None:
-                return
-            for callback in list(self._claim_callbacks):
-                callback(identity)
-        elif self.door_profile and topic == s.topic("door", "set"):
+        if self.door_profile and topic == s.topic("door", "set"):
             command = payload.strip().decode("ascii", "replace").upper()
             if command not in DOOR_COMMANDS:
                 limited.warning("door/set", "mqtt: door/set %r ignored: not one of %s", payload[:40],
                                 ", ".join(DOOR_COMMANDS))
                 return
-            for door_callback in list(self._door_request_callbacks):
-                door_callback(command)
+            self._local.received_at = received_at  # publish_door's budget starts here
+            try:
+                for door_callback in list(self._door_request_callbacks):
+                    door_callback(command)
+            finally:
+                self._local.received_at = None
         elif self.door_profile and topic == s.topic("face_unlock", "set"):
             value = payload.strip().decode("ascii", "replace").upper()
             if value not in (ON, OFF):
@@ -639,8 +780,26 @@ class Publisher:
                 return
             for switch_callback in list(self._face_unlock_callbacks):
                 switch_callback(value == ON)
+
+    def _handle_message(self, topic: str, payload: bytes, oversize: tuple[int, int] | None = None) -> None:
+        s = self.settings
+        cmd_prefix = s.topic("cmd") + "/"
+        if topic == s.topic("claim"):
+            identity = self._claims.parse(payload)  # None: refused, and said why (rate-limited)
+            if identity is None:
+                return
+            for callback in list(self._claim_callbacks):
+                callback(identity)
         elif topic.startswith(cmd_prefix):
-            result = self._commands.handle(topic[len(cmd_prefix):], payload)
+            name = topic[len(cmd_prefix):]
+            if oversize is not None:
+                result = self._commands.refusal(name, Refused("malformed", f"the payload is {oversize[0]} bytes, "
+                                                          f"more than the {oversize[1]} a cmd/{printable(name, 40)} "
+                                                          f"can need"))
+            else:
+                result = self._commands.handle(name, payload)
+            if not result["accepted"] and not self._refusals.take():
+                return  # a flood of junk commands: the log line (rate-limited) is all it gets
             result["ts"] = utc_now()
             if self._connected:
                 self._client.publish(s.topic("cmd_result"), dumps(result), qos=1)

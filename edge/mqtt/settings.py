@@ -114,6 +114,24 @@ class MqttSettings:
             raise MqttError(f"mqtt.claims: {self.claims!r} is not one of {', '.join(CLAIM_MODES)}")
         if self.protocol not in PROTOCOLS:
             raise MqttError(f"mqtt.protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        self._check_distinct_files()
+
+    def _check_distinct_files(self) -> None:
+        # Each counter store rewrites its whole file with only its own senders: sharing one file, a badge swipe
+        # would erase the administrator's counters on disk and a recorded command would run again after a
+        # restart. The outbox is an SQLite file neither store could read.
+        files = {"outbox_path": self.effective_outbox_path, "command_state_path": self.effective_command_state_path,
+                 "claim_state_path": self.effective_claim_state_path}
+        seen: dict[Path, str] = {}
+        for key, path in files.items():
+            try:
+                real = path.expanduser().resolve()  # symbolic links and ".." too
+            except (OSError, RuntimeError):  # a symlink loop: compare as written
+                real = path
+            if real in seen:
+                raise MqttError(f"mqtt.{key}: {str(path)[:200]!r} is the same file as mqtt.{seen[real]}; each needs "
+                                f"its own file")
+            seen[real] = key
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> MqttSettings:

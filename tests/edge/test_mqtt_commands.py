@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.errors import FacegateError
 from edge.mqtt.commands import sign_command
 from edge.mqtt.publisher import Publisher
-from tests.mqtt_broker import Broker, Subscriber, publish, sample_event, settings_for, wait_until
+from tests.mqtt_broker import HOST, Broker, Subscriber, publish, sample_event, settings_for, wait_until
 
 SECRET = b"test-secret-0123456789"
 RESULTS = "facegate/door1/cmd_result"
@@ -220,3 +222,32 @@ def test_malformed_commands_get_a_refusal_and_no_traceback(broker: Broker, resul
     assert [m.json()["status"] for m in msgs] == ["refused"] * len(bad)
     assert handlers.calls == []
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_junk_commands_get_a_bounded_number_of_refusals(broker: Broker, results: Subscriber, tmp_path: Path) -> None:
+    """Each junk command used to get a QoS 1 cmd_result, so a flood grew the MQTT client's queue without bound.
+    Refusals are rate-limited; a command that passed the signature check always gets its result."""
+    from edge.mqtt.publisher import REFUSAL_BURST
+
+    handlers = Handlers()
+    pub = make(broker, tmp_path, handlers)
+    pub._refusals.clock = lambda: 0.0  # no time passes for the bucket: exactly the burst gets through
+    pub._refusals._at = 0.0
+    junk = REFUSAL_BURST + 100
+    flood = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="junk")
+    flood.connect(HOST, broker.port)
+    flood.loop_start()
+    try:
+        for _ in range(junk):
+            flood.publish("facegate/door1/cmd/reload", b"{}", qos=1)
+        # Signed, after the junk on the same connection: its result says every refusal before it was decided.
+        flood.publish("facegate/door1/cmd/reload", sign_command(SECRET, "admin", 1, "reload", {}), qos=1)
+        assert results.wait_for(lambda msgs: any(m.json()["status"] == "ok" for m in msgs), 30)
+        time.sleep(0.5)  # a refusal published just before the result would be here by now
+    finally:
+        flood.disconnect()
+        flood.loop_stop()
+        pub.stop()
+    statuses = [m.json()["status"] for m in results.on(RESULTS)]
+    assert statuses.count("refused") == REFUSAL_BURST and statuses.count("ok") == 1
+    assert handlers.calls == [("reload",)]

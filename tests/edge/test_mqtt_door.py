@@ -133,3 +133,114 @@ def test_the_start_up_lock_is_sent_once_connected(broker: Broker, tmp_path: Path
     with Subscriber(broker, [DOOR]) as sub, running(Daemon(cfg)):
         got = sub.wait_for(lambda msgs: any(m.json()["command"] == "LOCK" for m in msgs), 10)
     assert got
+
+
+class SlowHandlers:
+    """The daemon core with an enrolment that waits until the test lets it go (a live capture waits for a face)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def reload(self) -> dict:
+        return {}
+
+    def enroll(self, name: str, image_jpeg: bytes, live_capture: bool) -> dict:
+        self.started.set()
+        self.release.wait(120)
+        return {"name": name}
+
+    def delete(self, name: str) -> dict:
+        return {}
+
+
+def test_door_set_and_reconnects_are_not_held_up_by_a_slow_command_or_a_flood(broker: Broker,
+                                                                              tmp_path: Path) -> None:
+    """One worker used to serve every topic: door/set waited behind an enrolment, and junk filled its queue
+    until the operator's commands and the connection's re-announcement were dropped."""
+    from edge.mqtt.commands import sign_command
+    from edge.mqtt.publisher import MAX_JOBS
+    from tests.mqtt_broker import publish
+
+    secret = b"test-secret-0123456789"
+    handlers = SlowHandlers()
+    pub = Publisher(settings_for(broker, tmp_path, discovery=False, command_secret=secret), handlers=handlers,
+                    door_profile=True)
+    asked: list[str] = []
+    pub.on_door_request(asked.append)
+    pub.start()
+    flood = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood", protocol=mqtt.MQTTv5)
+    try:
+        assert pub.wait_connected(10)
+        publish(broker, "facegate/door1/cmd/enroll",
+                sign_command(secret, "admin", 1, "enroll", {"name": "x", "live_capture": True}))
+        assert handlers.started.wait(10)  # the worker is busy from here on
+        flood.max_queued_messages_set(0)
+        flood.connect(HOST, broker.port)
+        flood.loop_start()
+        for i in range(MAX_JOBS + 500):  # more junk than the worker's queue holds
+            flood.publish(f"facegate/door1/cmd/junk{i}", b"{}", qos=0)
+        flood.publish("facegate/door1/door/set", b"UNLOCK", qos=1).wait_for_publish(10)  # after the junk
+        assert wait_until(lambda: asked == ["UNLOCK"], 15), asked
+        assert wait_until(lambda: pub._jobs.full(), 15)  # the junk did arrive, and filled the queue
+        broker.restart()  # a reconnect while the worker is still busy and its queue full
+        assert wait_until(lambda: pub.reconnects >= 1, 30)
+        assert pub.wait_connected(20)  # announced again: the connection did not wait for a place in the queue
+        publish(broker, "facegate/door1/door/set", "LOCK")
+        assert wait_until(lambda: asked == ["UNLOCK", "LOCK"], 15), asked
+        assert not handlers.release.is_set()  # all of it while the enrolment was still running
+    finally:
+        handlers.release.set()
+        flood.disconnect()
+        flood.loop_stop()
+        pub.stop(flush_timeout=1)
+
+
+def test_a_relayed_door_request_counts_its_budget_from_arrival(broker: Broker, tmp_path: Path) -> None:
+    """door/set's max-delay budget starts when the message arrived, not when a thread got round to it."""
+    from tests.mqtt_broker import publish
+
+    pub = Publisher(settings_for(broker, tmp_path, discovery=False), door_max_delay_ms=300, door_profile=True)
+    sent: list[bool] = []
+
+    def held_up(command: str) -> None:
+        time.sleep(0.6)  # twice the budget: the thread was busy with something else meanwhile
+        sent.append(pub.publish_door(command))
+
+    pub.on_door_request(held_up)
+    pub.start()
+    lock = V5Subscriber(broker)
+    try:
+        assert pub.wait_connected(10)
+        publish(broker, "facegate/door1/door/set", "UNLOCK")
+        assert wait_until(lambda: sent, 10)
+        assert sent == [False] and pub.door_dropped == 1  # too late by the time it could be sent
+        assert not lock.messages  # no door/command went out
+    finally:
+        lock.close()
+        pub.stop(flush_timeout=1)
+
+
+def test_the_mqtt_clients_queue_is_bounded_and_events_still_get_through(broker: Broker, tmp_path: Path) -> None:
+    """paho queues QoS 1 messages without limit while the broker does not read (and past 65535 reuses message
+    ids). It is capped; an event it refuses waits in the outbox and is sent once the broker reads again."""
+    from edge.mqtt.publisher import MAX_PAHO_QUEUE
+    from tests.mqtt_broker import sample_event
+
+    pub = _publisher(broker, tmp_path)
+    try:
+        with Subscriber(broker, ["facegate/door1/event"]) as sub:
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                for i in range(MAX_PAHO_QUEUE + 500):  # retained state documents pile up in paho
+                    pub.publish_state({"status": "online", "n": i})
+                events = [pub.publish_event(sample_event("granted", "alice")) for _ in range(30)]
+                time.sleep(0.5)  # the outbox thread tries to hand them over meanwhile
+                assert len(pub._client._out_messages) <= MAX_PAHO_QUEUE
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            assert sub.wait_for(lambda msgs: {m.json()["event_id"] for m in msgs} >=
+                                {e["event_id"] for e in events}, 60)
+    finally:
+        pub.stop()

@@ -224,3 +224,33 @@ def test_forget_identity_erases_pending_events(broker: Broker, tmp_path: Path) -
         assert all(b"zelda-erasable" not in m.payload for m in sub.messages)
     finally:
         pub.stop()
+
+
+def test_a_flood_of_births_is_answered_by_a_few_announcements(broker: Broker, publisher: Publisher) -> None:
+    """Each "online" used to re-send every config and the state at QoS 1: a flood of births grew the MQTT
+    client's queue without bound. They are coalesced: at most one pending, one per ANNOUNCE_MIN_S."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.mqtt.publisher import ANNOUNCE_MIN_S
+    from tests.mqtt_broker import HOST
+
+    births = 300
+    with Subscriber(broker, [CONFIGS, "facegate/door1/cmd_result"]) as ha:
+        ha.wait_count(CONFIGS, 5)
+        flood = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="births")
+        flood.connect(HOST, broker.port)
+        flood.loop_start()
+        try:
+            for _ in range(births):
+                flood.publish("homeassistant/status", "online", qos=1)
+            # After the births on the same connection: its refusal says every birth before it was received.
+            flood.publish("facegate/door1/cmd/reload", b"{}", qos=1)
+            ha.wait_count("facegate/door1/cmd_result", 1, timeout=30)
+        finally:
+            flood.disconnect()
+            flood.loop_stop()
+        assert len(ha.wait_count(CONFIGS, 10, timeout=30)) >= 10  # births are still answered
+        time.sleep(ANNOUNCE_MIN_S + 1.0)  # room for the one that may still be pending
+        configs = ha.on(CONFIGS)
+    assert 10 <= len(configs) <= 15, len(configs)  # the first announcement and one or two more, not `births`
