@@ -98,6 +98,10 @@ KEY_CHECK = b"facegate store key check"
 KEY_CHECK_AAD = b"meta\0key_check"
 MAX_NAME = 200
 ERASE_CHECKPOINT_S = 2.0  # how long an erasing write retries emptying the WAL while other processes read
+# Every embedder L2-normalises its output, so a stored template is unit-length (measured: 0.99999994). One that is
+# not was altered (a flipped exponent bit turns -0.08 into -2.6e37, still finite, and a cosine of 4e36 matches
+# anyone): refused when written, read and restored.
+NORM_TOLERANCE = 1e-3
 
 # (action, identity name, embedder → float32 vectors (n, D)); action is "enroll" (templates added),
 # "replace" (the identity's templates of those embedders are now exactly these) or "delete" (gone).
@@ -328,10 +332,31 @@ class Store:
         v = v.astype("<f4")
         if not np.isfinite(v).all():
             raise StoreError("a template vector contains NaN or infinity")
+        norm = float(np.linalg.norm(v.astype(np.float64)))
+        if abs(norm - 1.0) > NORM_TOLERANCE:
+            raise StoreError(f"a template vector must be unit-length (L2 norm 1, as every embedder writes it), "
+                             f"got norm {norm:.6g}")
         return v.tobytes()
 
-    def _decode(self, blob: bytes, name: str, embedder: str) -> np.ndarray:
-        return np.frombuffer(self._unseal(blob, _template_aad(name, embedder)), dtype="<f4").astype(np.float32)
+    def _decode(self, blob: bytes, name: str, embedder: str, template_id: int | None = None,
+                check: bool = True) -> np.ndarray:
+        """The stored vector; with `check`, a StoreError naming the identity unless it is a sound template (a
+        whole number of float32s, finite, unit-length): a damaged one must never be scored, never match."""
+        raw = self._unseal(blob, _template_aad(name, embedder))
+        where = f"template {template_id} of {name!r}" if template_id is not None else f"a template of {name!r}"
+        if len(raw) % 4:
+            raise StoreError(f"{self.path}: {where} ({embedder}) is damaged: {len(raw)} bytes is not a whole "
+                             f"number of float32 values")
+        vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        if check:
+            if vec.size == 0 or not np.isfinite(vec).all():
+                raise StoreError(f"{self.path}: {where} ({embedder}) is damaged: empty, NaN or infinity")
+            norm = float(np.linalg.norm(vec.astype(np.float64)))
+            if abs(norm - 1.0) > NORM_TOLERANCE:
+                raise StoreError(f"{self.path}: {where} ({embedder}) is damaged or tampered with: its L2 norm is "
+                                 f"{norm:.6g}, a stored template is unit-length; restore the store from a backup or "
+                                 f"re-enrol {name!r}")
+        return vec
 
     def _dim(self, conn: sqlite3.Connection, embedder: str) -> int | None:
         row = conn.execute("SELECT length(vector) FROM templates WHERE embedder = ? LIMIT 1",
@@ -351,7 +376,10 @@ class Store:
                     "SELECT 1 FROM templates WHERE identity_id = ? AND embedder = ? AND image_sha256 = ?",
                     (identity_id, embedder, t.image_sha256)).fetchone():
                 continue  # this photo is already enrolled for this identity: idempotent
-            raw = self._vector_bytes(t.vector)
+            try:
+                raw = self._vector_bytes(t.vector)
+            except StoreError as exc:
+                raise StoreError(f"{name!r} ({embedder}): {exc}") from None
             dim = self._dim(conn, embedder)
             if dim is not None and dim * 4 != len(raw):
                 raise StoreError(f"embedder {embedder!r} stores {dim}-d templates; got {len(raw) // 4}-d")
@@ -469,13 +497,18 @@ class Store:
             if row is None:
                 return False
             removed: dict[str, list[np.ndarray]] = {}
+            count = 0
             for embedder, blob in conn.execute("SELECT embedder, vector FROM templates WHERE identity_id = ? "
                                                "ORDER BY id", (row[0],)):
-                removed.setdefault(embedder, []).append(self._decode(blob, name, embedder))
+                count += 1
+                try:
+                    removed.setdefault(embedder, []).append(self._decode(blob, name, embedder, check=False))
+                except StoreError:
+                    removed.setdefault(embedder, [])  # damaged: never loaded, but deleted all the same
             conn.execute("DELETE FROM identities WHERE id = ?", (row[0],))  # cascades to templates, crops
             self._audit(conn, "delete", name, command,
-                        {"templates": sum(len(v) for v in removed.values()), "embedders": sorted(removed)})
-            events.append(("delete", name, {e: np.stack(v) for e, v in removed.items()}))
+                        {"templates": count, "embedders": sorted(removed)})
+            events.append(("delete", name, {e: np.stack(v) for e, v in removed.items() if v}))
         return True
 
     def replace_templates(self, embedder: str, items: dict[str, list[TemplateIn]], command: str) -> None:
@@ -677,7 +710,7 @@ class Store:
         with self._lock:
             rows = self._conn.execute(sql + (" AND i.name = ?" if name is not None else "") + " ORDER BY t.id",
                                       args).fetchall()
-        return [(who, tid, self._decode(blob, who, embedder)) for who, tid, blob in rows]
+        return [(who, tid, self._decode(blob, who, embedder, tid)) for who, tid, blob in rows]
 
     def crops(self, name: str, embedder: str | None = None) -> list[tuple[int, bytes]]:
         """(template id, image bytes) for each of the identity's templates (of `embedder`, if given)."""
@@ -760,13 +793,11 @@ class Store:
                                       "LEFT JOIN crops c ON c.template_id = t.id").fetchall()
         for name, tid, embedder, blob, image in rows:
             try:
-                vec = self._decode(blob, name, embedder)
+                self._decode(blob, name, embedder, tid)
                 if image is not None:
                     self._unseal(image, _crop_aad(name, tid))
             except (StoreError, ValueError) as exc:
                 raise StoreError(f"backup {origin}: template {tid} of {name!r} is damaged ({exc})") from None
-            if not np.isfinite(vec).all():
-                raise StoreError(f"backup {origin}: template {tid} of {name!r} holds NaN or infinity")
 
 
 def _validate(conn: sqlite3.Connection, origin: Path) -> None:

@@ -379,3 +379,52 @@ def test_store_shared_between_threads(tmp_path):
         assert errors == []
         assert len(s.identities()) == 6 * 10
         assert all(i.templates == {"sface": 2} for i in s.identities())
+
+
+# -- damaged templates ----------------------------------------------------------------------------------------
+def _flip_exponent_bit(path: Path) -> None:
+    """One flipped bit (the top exponent bit of element 0): -0.08 becomes about -2.6e37, still finite."""
+    conn = sqlite3.connect(path)
+    tid, blob = conn.execute("SELECT id, vector FROM templates ORDER BY id").fetchone()
+    raw = bytearray(blob)
+    raw[3] ^= 0x40
+    assert np.isfinite(np.frombuffer(bytes(raw), "<f4")).all()
+    conn.execute("UPDATE templates SET vector = ? WHERE id = ?", (bytes(raw), tid))
+    conn.commit()
+    conn.close()
+
+
+def test_a_template_that_is_not_unit_length_is_refused_when_written_read_and_restored(tmp_path, rng):
+    path, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(path) as s:
+        with pytest.raises(StoreError, match=r"'alice'.*unit-length"):
+            s.enroll("alice", [TemplateIn(vec(rng) * 3, "sface", "x", {})], "enroll")
+        assert s.identities() == []
+        s.enroll("alice", [tpl(rng)], "enroll")
+        s.enroll("bob", [tpl(rng)], "enroll")
+    _flip_exponent_bit(path)
+    with Store(path) as s:
+        with pytest.raises(StoreError, match=r"template 1 of 'alice'.*tampered"):
+            s.templates("sface")  # never scored: fail secure
+        with pytest.raises(StoreError, match="'alice'"):
+            s.templates("sface", "alice")
+        assert [n for n, _, _ in s.templates("sface", "bob")] == ["bob"]
+        s.backup(copy)
+    with pytest.raises(StoreError, match="template 1 of 'alice'"):
+        Store.restore(copy, tmp_path / "restored.db", key=None)
+    assert not (tmp_path / "restored.db").exists()
+    with Store(path) as s:  # a damaged identity can still be deleted
+        assert s.delete("alice", "store delete alice")
+        assert [n for n, _, _ in s.templates("sface")] == ["bob"]
+
+
+def test_a_template_blob_of_odd_length_is_a_store_error(tmp_path, rng):
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE templates SET vector = ?", (b"\x00" * 5,))
+    conn.commit()
+    conn.close()
+    with Store(path) as s, pytest.raises(StoreError, match=r"template 1 of 'alice'.*5 bytes"):
+        s.templates("sface")
