@@ -167,7 +167,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
         colour=_choice(inp.get("colour", "BGR"), COLOURS, "input.colour"),
         stride=_ints([inp.get("stride", 1)], "input.stride", 1, 1, 1024)[0],
     )
-    norm = _object(d.get("normalisation") or {}, "normalisation")
+    norm = _object(_given(d, "normalisation"), "normalisation")
     mean = _numbers(norm.get("mean", (0, 0, 0)), "normalisation.mean", 3)
     std = _numbers(norm.get("std", (1, 1, 1)), "normalisation.std", 3)
     if any(abs(v) > MEAN_BOUND for v in mean):
@@ -178,7 +178,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
     normalisation = Normalisation(mean=mean, std=std)  # type: ignore[arg-type]
     align = d.get("alignment")
     alignment = None
-    if align:
+    if align is not None:
         align = _object(align, "alignment")
         points = align.get("points")
         if not isinstance(points, list | tuple) or len(points) != 5:
@@ -189,12 +189,12 @@ def _parse(d: dict[str, Any]) -> Manifest:
     output_dim = d.get("output_dim")
     output_dim = None if output_dim is None else _ints([output_dim], "output_dim", 1, 1, 1 << 16)[0]
     thresholds = {str(key): _threshold(key, t)
-                  for key, t in _object(d.get("thresholds") or {}, "thresholds").items()}
+                  for key, t in _object(_given(d, "thresholds"), "thresholds").items()}
     flip = _flag(d, "flip_average")
     prepare = d.get("prepare", ())
     if not isinstance(prepare, list | tuple) or any(not isinstance(p, str) for p in prepare):
         raise ModelError(f"prepare must be a list of step names, not {prepare!r}")
-    quantize = _object(d.get("quantize") or {}, "quantize")
+    quantize = _object(_given(d, "quantize"), "quantize")
     if "weight_bits" in quantize:
         _ints([quantize["weight_bits"]], "quantize.weight_bits", 1, *WEIGHT_BITS)
     if "ranges" in quantize or "quantize_int8" in prepare:
@@ -210,9 +210,16 @@ def _parse(d: dict[str, Any]) -> Manifest:
         name=name, task=d["task"], file=file, sha256=sha, source=dict(source),
         licence=licence, runtime=d["runtime"], input=spec, normalisation=normalisation,
         alignment=alignment, output_dim=output_dim or None,
-        thresholds=thresholds, prepare=tuple(prepare), extra=dict(_object(d.get("extra") or {}, "extra")),
+        thresholds=thresholds, prepare=tuple(prepare), extra=dict(_object(_given(d, "extra"), "extra")),
         flip_average=flip, quantize=dict(quantize), default=_flag(d, "default"),
     )
+
+
+def _given(d: dict[str, Any], key: str) -> Any:
+    """An optional object: absent or null is empty; anything else must be an object ([] or 0 is an error, not
+    a silent empty one)."""
+    value = d.get(key)
+    return {} if value is None else value
 
 
 def _object(value: Any, key: str) -> dict[str, Any]:

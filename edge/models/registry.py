@@ -58,7 +58,7 @@ def _check_override_thresholds(partial: Any, path: Path, task: Any = None) -> No
         raise ModelError(f"{path}: an override may set only {', '.join(sorted(allowed))}; it sets "
                          f"{', '.join(refused)} (a different model file, source, preparation or input is a new "
                          f"model: install it as a bundle under its own name)")
-    thresholds = partial.get("thresholds") or {}
+    thresholds = partial.get("thresholds", {})
     if not isinstance(thresholds, dict):
         raise ModelError(f"{path}: thresholds must be an object")
     for key, t in thresholds.items():
@@ -97,6 +97,18 @@ class Registry:
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
 
     # -- manifests ---------------------------------------------------------------------------------------
+    @staticmethod
+    def builtin_names() -> frozenset[str]:
+        """The names of the models shipped with facegate (built-in manifests and style bundles)."""
+        names = set()
+        for path in sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelError(f"{path}: cannot read manifest ({exc})") from None
+            names.add(str(data.get("name", path.stem)) if isinstance(data, dict) else path.stem)
+        return frozenset(names)
+
     def _raw_manifests(self) -> dict[str, tuple[dict[str, Any], Path]]:
         found: dict[str, tuple[dict[str, Any], Path]] = {}
         sources = sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json"))

@@ -256,3 +256,18 @@ def test_flip_average_embeds_a_face_and_its_mirror_alike(pipeline, lfw):
     both = plain.embed(np.concatenate([crop, mirrored]))
     expected = both.sum(0) / np.linalg.norm(both.sum(0))
     assert np.allclose(a, expected, atol=1e-6)
+
+
+def test_an_empty_list_where_an_object_belongs_is_an_error_not_an_empty_object(tmp_path):
+    """{"thresholds": []} in an override silently dropped every threshold; [] for normalisation or quantize read
+    as "none". Each is an error naming the key."""
+    reg = Registry(tmp_path)
+    path = reg.override_path("sface")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"thresholds": []}))
+    with pytest.raises(ModelError, match=r"sface\.json: thresholds must be an object"):
+        reg.manifest("sface")
+    base = Registry().manifest("sface").to_dict()
+    for key in ("normalisation", "quantize", "extra", "thresholds", "alignment"):
+        with pytest.raises(ModelError, match=f"{key} must be a JSON object"):
+            Manifest.from_dict({**base, key: []})
