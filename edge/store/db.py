@@ -755,11 +755,34 @@ class Store:
             raise
 
     @staticmethod
-    def restore(src: Path, dest: Path, key: bytes | None, command: str = "store restore") -> None:
-        """Replace the store at `dest` by the backup `src`, after checking it; `dest` must not be open."""
+    def restore(src: Path, dest: Path, key: bytes | None, command: str = "store restore",
+                replace_encrypted: bool = False, deleted: str = "refuse") -> list[str]:
+        """Replace the store at `dest` by the backup `src`, after checking it; `dest` must not be open.
+
+        An encrypted `dest` is replaced only with its own key, by a backup sealed with the same key, unless
+        `replace_encrypted` (a plaintext or differently keyed store taking its place is a downgrade an attacker
+        with the CLI would love). The current store's audit rows newer than the backup are carried into the
+        restored one, so no deletion disappears from the log. Identities the backup holds but the current store
+        deleted after the backup was made would come back: `deleted` says what to do — "refuse" (a StoreError
+        naming them), "reapply" (delete them again, audited) or "restore" (bring them back). Returns the names
+        deleted again."""
         src, dest = Path(src), Path(dest)
+        if deleted not in ("refuse", "reapply", "restore"):
+            raise ValueError(f"deleted={deleted!r}")
         if not src.is_file():
             raise StoreError(f"backup {src} does not exist")
+        current = _current_state(dest)
+        if current is not None and current[0] is not None and not replace_encrypted:
+            if key is None:
+                raise StoreError(f"{dest} is encrypted: give its key (a key file, or ${KEY_ENV}) to restore it; "
+                                 f"replacing it by a plaintext store needs --replace-encrypted")
+            try:
+                same = Cipher(key).open(current[0], KEY_CHECK_AAD) == KEY_CHECK
+            except StoreError:
+                same = False
+            if not same:
+                raise StoreError(f"wrong key for {dest}: a restore keeps the store's key (a backup sealed with "
+                                 f"another key needs --replace-encrypted)")
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".restore")
         os.close(fd)
@@ -773,10 +796,30 @@ class Store:
                     _check_key(d, src, Cipher(key) if key is not None else None)
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"backup {src} is unreadable or corrupt ({exc})") from None
+            reapplied: list[str] = []
             with Store(tmp, key) as restored:  # migrates an older schema and checks the key
                 restored._verify_blobs(src)
+                with restored._lock:
+                    since = restored._conn.execute("SELECT max(ts) FROM audit").fetchone()[0]
+                    held = {r[0] for r in restored._conn.execute("SELECT name FROM identities")}
+                later = [r for r in (current[1] if current else []) if since is None or r[1] > since]
+                gone = _deleted_since(later, held)
+                if gone and deleted == "refuse":
+                    raise StoreError(f"backup {src} holds {len(gone)} identit{'y' if len(gone) == 1 else 'ies'} "
+                                     f"deleted from {dest} after it was made: {', '.join(sorted(gone)[:10])}"
+                                     f"{' …' if len(gone) > 10 else ''}; give --reapply-deletions to delete them "
+                                     f"again after restoring, or --force to bring them back")
                 with restored._write() as (conn, _):
-                    restored._audit(conn, "restore", None, command, {"source": str(src.resolve())})
+                    for _, ts, action, name, cmd, details in later:  # the log outlives the data it describes
+                        conn.execute("INSERT INTO audit(ts, action, name, command, details) VALUES (?, ?, ?, ?, ?)",
+                                     (ts, action, name, cmd, details))
+                    restored._audit(conn, "restore", None, command,
+                                    {"source": str(src.resolve()), "audit_rows_carried": len(later),
+                                     "deleted_since_backup": sorted(gone), "deletions": deleted if gone else None})
+                if deleted == "reapply":
+                    for name in sorted(gone):
+                        restored.delete(name, f"{command} (deleted again: deleted after the backup was made)")
+                        reapplied.append(name)
             _quiesce(dest)
             os.replace(tmp, dest)
             fsync(dest.parent)
@@ -784,6 +827,7 @@ class Store:
             for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 p.unlink(missing_ok=True)
             raise
+        return reapplied
 
     def _verify_blobs(self, origin: Path) -> None:
         """Decode every template and crop: integrity_check sees structure, not altered contents."""
@@ -811,6 +855,30 @@ def _validate(conn: sqlite3.Connection, origin: Path) -> None:
     missing = {"identities", "templates", "crops", "audit", "meta"} - tables
     if missing:
         raise StoreError(f"backup {origin} is not a facegate store (no {', '.join(sorted(missing))})")
+
+
+def _current_state(dest: Path) -> tuple[bytes | None, list[tuple[Any, ...]]] | None:
+    """(its key check or None, its audit rows) of the store a restore is about to replace; None when there is no
+    store there or it cannot be read (a damaged store is what restores are for)."""
+    if not dest.is_file() or dest.stat().st_size == 0:
+        return None
+    try:
+        with closing(sqlite3.connect(dest, timeout=1.0)) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            audit = conn.execute("SELECT id, ts, action, name, command, details FROM audit ORDER BY id").fetchall()
+    except sqlite3.Error:
+        return None
+    return (row[0] if row else None), audit
+
+
+def _deleted_since(rows: list[tuple[Any, ...]], held: set[str]) -> set[str]:
+    """Names the backup holds whose last audited action in `rows` (the current store's, after the backup) is a
+    deletion: restoring the backup would bring them back."""
+    last: dict[str, str] = {}
+    for _, _, action, name, _, _ in rows:
+        if name is not None:
+            last[name] = action
+    return {n for n, action in last.items() if action == "delete" and n in held}
 
 
 def _quiesce(dest: Path) -> None:

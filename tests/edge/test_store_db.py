@@ -3,6 +3,7 @@ backup and restore."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 import threading
@@ -304,7 +305,7 @@ def test_backup_restore_round_trip(tmp_path, rng, key):
         s.backup(copy)
         s.delete("alice", "store delete alice")
     assert [p.name for p in copy.parent.iterdir()] == ["s.bak"]  # no temp or -wal files left
-    Store.restore(copy, live, key=key, command="store restore s.bak")
+    Store.restore(copy, live, key=key, command="store restore s.bak", deleted="restore")  # alice: back on purpose
     with Store(live, key=key) as s:
         after = s.templates("sface")
         assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
@@ -428,3 +429,72 @@ def test_a_template_blob_of_odd_length_is_a_store_error(tmp_path, rng):
     conn.close()
     with Store(path) as s, pytest.raises(StoreError, match=r"template 1 of 'alice'.*5 bytes"):
         s.templates("sface")
+
+
+# -- restore keeps encryption, deletions and the audit log ------------------------------------------------------
+def test_restore_never_downgrades_an_encrypted_store_without_being_told(tmp_path, rng):
+    live, plain, other = tmp_path / "live" / "s.db", tmp_path / "plain.bak", tmp_path / "other.bak"
+    with Store(tmp_path / "p.db") as s:
+        s.enroll("mallory", [tpl(rng)], "enroll")
+        s.backup(plain)
+    other_key = bytes(range(2, 34))
+    with Store(tmp_path / "o.db", key=other_key) as s:
+        s.enroll("mallory", [tpl(rng)], "enroll")
+        s.backup(other)
+    with Store(live, key=KEY) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+    with pytest.raises(StoreError, match="is encrypted: give its key"):
+        Store.restore(plain, live, key=None)
+    with pytest.raises(StoreError, match="not encrypted, but a key was given"):
+        Store.restore(plain, live, key=KEY)
+    with pytest.raises(StoreError, match="wrong key"):
+        Store.restore(other, live, key=other_key)  # sealed with another key: the store's key is not kept
+    with Store(live, key=KEY) as s:  # untouched, still encrypted
+        assert [i.name for i in s.identities()] == ["alice"]
+    Store.restore(plain, live, key=None, replace_encrypted=True)  # said explicitly
+    with Store(live) as s:
+        assert [i.name for i in s.identities()] == ["mallory"]
+
+
+def test_restore_neither_resurrects_deleted_people_silently_nor_loses_the_deletion_audit(tmp_path, rng):
+    live, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(live, key=KEY) as s:
+        s.enroll("alice", [tpl(rng)], "enroll alice")
+        s.enroll("bob", [tpl(rng)], "enroll bob")
+        s.backup(copy)
+        s.delete("alice", "store delete alice")
+        s.enroll("carol", [tpl(rng)], "enroll carol")
+    with pytest.raises(StoreError, match=r"deleted from .* after it was made: alice"):
+        Store.restore(copy, live, key=KEY)
+    with Store(live, key=KEY) as s:
+        assert [i.name for i in s.identities()] == ["bob", "carol"]  # untouched
+    assert Store.restore(copy, live, key=KEY, deleted="reapply", command="store restore") == ["alice"]
+    with Store(live, key=KEY) as s:
+        assert [i.name for i in s.identities()] == ["bob"]
+        log = [(r["action"], r["name"], r["command"]) for r in s.audit()]
+    assert ("delete", "alice", "store delete alice") in log  # carried forward from the replaced store
+    assert ("enroll", "carol", "enroll carol") in log
+    assert log[-2][0] == "restore" and log[-1][:2] == ("delete", "alice")
+
+
+def test_cli_restore_refuses_then_obeys_its_flags(tmp_path, rng, monkeypatch, capsys):
+    from edge.cli import main
+
+    monkeypatch.delenv(store_db.KEY_ENV, raising=False)
+    monkeypatch.setenv("FACEGATE_STATE_DIR", str(tmp_path / "state"))
+    live, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(live) as s:
+        s.enroll("alice", [tpl(rng)], "enroll alice")
+        s.backup(copy)
+        s.delete("alice", "store delete alice")
+    restore = ["store", "restore", "--store", str(live), str(copy)]
+    assert main(restore) == 2
+    assert "alice" in capsys.readouterr().err
+    assert main([*restore, "--force", "--reapply-deletions"]) == 2
+    assert main([*restore, "--reapply-deletions", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted_again"] == ["alice"]
+    with Store(live) as s:
+        assert s.identities() == []
+    assert main([*restore, "--force"]) == 0
+    with Store(live) as s:
+        assert [i.name for i in s.identities()] == ["alice"]
