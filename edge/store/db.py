@@ -366,7 +366,9 @@ class Store:
         return (row[0] - (OVERHEAD if self._cipher else 0)) // 4
 
     def _insert_templates(self, conn: sqlite3.Connection, identity_id: int, name: str,
-                          templates: list[TemplateIn], now: float) -> tuple[list[int], dict[str, np.ndarray]]:
+                          templates: list[TemplateIn], now: float,
+                          keep_crops: bool | None = None) -> tuple[list[int], dict[str, np.ndarray]]:
+        keep_crops = self.keep_crops if keep_crops is None else keep_crops
         ids: list[int] = []
         added: dict[str, list[np.ndarray]] = {}
         for t in templates:
@@ -389,7 +391,7 @@ class Store:
                 (identity_id, embedder, str(t.manifest_sha256), self._seal(raw, _template_aad(name, embedder)),
                  json.dumps(t.quality or {}), now, t.image_sha256))
             tid = int(cur.lastrowid or 0)
-            if self.keep_crops and t.crop is not None:
+            if keep_crops and t.crop is not None:
                 conn.execute("INSERT INTO crops(template_id, image) VALUES (?, ?)",
                              (tid, self._seal(bytes(t.crop), _crop_aad(name, tid))))
             ids.append(tid)
@@ -521,9 +523,15 @@ class Store:
                 if any(t.embedder != embedder for t in templates):
                     raise StoreError(f"replace_templates({embedder!r}): a template for {name!r} names "
                                      f"another embedder")
+                # Crops these templates held move to their replacements (given as TemplateIn.crop) even when this
+                # connection was not opened with keep_crops: re-embedding must not erase what it re-embeds from.
+                had_crops = conn.execute(
+                    "SELECT 1 FROM templates t JOIN crops c ON c.template_id = t.id WHERE t.identity_id = ? AND "
+                    "t.embedder = ? LIMIT 1", (row[0], embedder)).fetchone() is not None
                 old = conn.execute("DELETE FROM templates WHERE identity_id = ? AND embedder = ?",
                                    (row[0], embedder)).rowcount
-                ids, added = self._insert_templates(conn, row[0], name, templates, time.time())
+                ids, added = self._insert_templates(conn, row[0], name, templates, time.time(),
+                                                    keep_crops=self.keep_crops or had_crops)
                 self._audit(conn, "update", name, command,
                             {"embedder": embedder, "replaced": old, "templates": len(ids), "template_ids": ids})
                 events.append(("replace", name, {embedder: added.get(embedder, np.zeros((0, 0), np.float32))}))
@@ -616,6 +624,14 @@ class Store:
                                       (name, name, limit, offset)).fetchall()
         return total, [{"id": i, "ts": ts, "action": a, "name": n, "command": c, "details": json.loads(d)}
                        for i, ts, a, n, c, d in rows]
+
+    def image_hashes(self, name: str) -> dict[int, str]:
+        """{template id: sha256 of the photo it came from} for the identity's templates that record one."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT t.id, t.image_sha256 FROM templates t JOIN identities i ON i.id = t.identity_id "
+                "WHERE i.name = ? AND t.image_sha256 IS NOT NULL", (name,)).fetchall()
+        return {tid: sha for tid, sha in rows}
 
     def pseudonym(self, name: str) -> str | None:
         """The identity's random log name (None once it is deleted): logs never need the person's name."""
