@@ -117,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="let a plaintext backup, or one sealed with another key, replace an encrypted "
                                 "store (refused without this)")
         if action == "audit":
-            p.add_argument("--limit", type=bounded(int, 1))
+            p.add_argument("--limit", type=bounded(int, 1, 10**9))
         store_options(p)
         if action == "reembed":
             p.add_argument("--embedder", required=True, help="embedder whose templates to (re)compute")

@@ -145,6 +145,18 @@ def _check_text(value: str, what: str) -> str:
     return value
 
 
+def _json(text: Any, what: str) -> Any:
+    """A JSON column read back; damaged (hand-edited, half-written by another tool) is a StoreError naming the
+    row, not a traceback."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise StoreError(f"the store is damaged: {what} is not valid JSON ({str(text)[:40]!r})") from None
+
+
+MAX_LIMIT = 1 << 62  # SQLite's LIMIT is a signed 64-bit integer
+
+
 def _template_aad(name: str, embedder: str) -> bytes:
     return b"template\0" + name.encode() + b"\0" + embedder.encode()
 
@@ -476,7 +488,7 @@ class Store:
                                (name,)).fetchone()
             if row is None:
                 raise StoreError(f"unknown identity {name!r}")
-            metadata = json.loads(row[1])
+            metadata = _json(row[1], f"metadata of identity {name!r}")
             before = {k: metadata.get(k) for k in changes}
             for key, value in changes.items():
                 if value is None:
@@ -554,7 +566,7 @@ class Store:
             crops[who] = crops.get(who, 0) + n_crops
             if embedder is not None:
                 counts[who][embedder] = n_templates
-        return [Identity(who, display, json.loads(meta), created, counts[who], crops[who])
+        return [Identity(who, display, _json(meta, f"metadata of identity {who!r}"), created, counts[who], crops[who])
                 for who, (display, meta, created) in info.items()]
 
     def people(self, query: str = "", offset: int = 0, limit: int = 50,
@@ -570,7 +582,8 @@ class Store:
             total = self._conn.execute(f"SELECT count(*) FROM identities {where}", (query, like, like)).fetchone()[0]
             page = self._conn.execute(f"SELECT id, name, display_name, created, metadata FROM identities {where} "
                                       "ORDER BY name LIMIT ? OFFSET ?",
-                                      (query, like, like, max(0, limit), max(0, offset))).fetchall()
+                                      (query, like, like, max(0, min(limit, MAX_LIMIT)),
+                                       max(0, min(offset, MAX_LIMIT)))).fetchall()
             ids = [r[0] for r in page]
             marks = ",".join("?" * len(ids))
             counts = self._conn.execute(
@@ -589,7 +602,8 @@ class Store:
             mine = per.get(identity_id, {})
             primary = embedder if embedder in mine else next(iter(mine), None)
             n, eyes, sharp, yaw, last = mine[primary] if primary else (0, None, None, None, None)
-            rows.append({"name": name, "display_name": display, "created": created, "metadata": json.loads(meta),
+            rows.append({"name": name, "display_name": display, "created": created,
+                         "metadata": _json(meta, f"metadata of identity {name!r}"),
                          "templates": {e: v[0] for e, v in mine.items()}, "photos": n,
                          "crops": crops.get(identity_id, 0),
                          "quality": {"min_inter_eye_px": eyes, "min_sharpness": sharp, "max_abs_yaw_deg": yaw},
@@ -603,7 +617,8 @@ class Store:
                 "SELECT t.id, t.embedder, t.quality, t.created, c.template_id IS NOT NULL FROM templates t "
                 "JOIN identities i ON i.id = t.identity_id LEFT JOIN crops c ON c.template_id = t.id "
                 "WHERE i.name = ? ORDER BY t.id", (name,)).fetchall()
-        return [{"id": tid, "embedder": emb, "quality": json.loads(q), "created": created, "crop": bool(crop)}
+        return [{"id": tid, "embedder": emb, "quality": _json(q, f"quality of template {tid}"), "created": created,
+                 "crop": bool(crop)}
                 for tid, emb, q, created, crop in rows]
 
     def crop(self, name: str, template_id: int) -> bytes | None:
@@ -621,8 +636,10 @@ class Store:
                                        (name, name)).fetchone()[0]
             rows = self._conn.execute("SELECT id, ts, action, name, command, details FROM audit WHERE "
                                       "(? IS NULL OR name = ?) ORDER BY id DESC LIMIT ? OFFSET ?",
-                                      (name, name, limit, offset)).fetchall()
-        return total, [{"id": i, "ts": ts, "action": a, "name": n, "command": c, "details": json.loads(d)}
+                                      (name, name, max(0, min(int(limit), MAX_LIMIT)),
+                                       max(0, min(int(offset), MAX_LIMIT)))).fetchall()
+        return total, [{"id": i, "ts": ts, "action": a, "name": n, "command": c,
+                 "details": _json(d, f"details of audit row {i}")}
                        for i, ts, a, n, c, d in rows]
 
     def image_hashes(self, name: str) -> dict[int, str]:
@@ -747,8 +764,10 @@ class Store:
         """Audit rows, oldest first (the most recent `limit` of them, if given)."""
         with self._lock:
             rows = self._conn.execute("SELECT id, ts, action, name, command, details FROM audit "
-                                      "ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,)).fetchall()
-        return [{"id": i, "ts": ts, "action": a, "name": n, "command": c, "details": json.loads(d)}
+                                      "ORDER BY id DESC LIMIT ?",
+                                      (-1 if limit is None else max(0, min(int(limit), MAX_LIMIT)),)).fetchall()
+        return [{"id": i, "ts": ts, "action": a, "name": n, "command": c,
+                 "details": _json(d, f"details of audit row {i}")}
                 for i, ts, a, n, c, d in reversed(rows)]
 
     # -- backup and restore ------------------------------------------------------------------------------

@@ -498,3 +498,30 @@ def test_cli_restore_refuses_then_obeys_its_flags(tmp_path, rng, monkeypatch, ca
     assert main([*restore, "--force"]) == 0
     with Store(live) as s:
         assert [i.name for i in s.identities()] == ["alice"]
+
+
+def test_damaged_json_rows_and_huge_limits_are_store_errors_not_tracebacks(tmp_path, rng, capsys):
+    from edge.cli import main
+
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+        assert len(s.audit(limit=10**30)) == 1  # clamped to SQLite's 64-bit LIMIT
+        assert s.audit_page(limit=10**30, offset=10**30)[0] == 1
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error: one line, exit 2
+        main(["store", "audit", "--store", str(path), "--limit", "99999999999999999999"])
+    assert exited.value.code == 2 and "out of range" in capsys.readouterr().err
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE identities SET metadata = '{oops'")
+    conn.execute("UPDATE audit SET details = 'nope'")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        with pytest.raises(StoreError, match="metadata of identity 'alice' is not valid JSON"):
+            s.identities()
+        with pytest.raises(StoreError, match="details of audit row 1 is not valid JSON"):
+            s.audit()
+    for argv in (["list"], ["show", "alice"], ["audit"]):
+        assert main(["store", *argv, "--store", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "not valid JSON" in err and "Traceback" not in err
