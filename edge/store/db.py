@@ -14,9 +14,11 @@ change after it commits and before the lock is released, so they see changes in 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import tempfile
@@ -244,6 +246,7 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+        _remove_stale_copies(self.path.parent)
         st = os.stat(self.path)
         self._file_id = (st.st_dev, st.st_ino)  # the file this connection reads, whatever the path shows later
         self._file_seen = (st.st_size, st.st_mtime_ns)  # the last (size, mtime) check_file found sound
@@ -523,6 +526,7 @@ class Store:
             self._audit(conn, "delete", name, command,
                         {"templates": count, "embedders": sorted(removed)})
             events.append(("delete", name, {e: np.stack(v) for e, v in removed.items() if v}))
+        _remove_stale_copies(self.path.parent)  # an interrupted backup's copy would still hold the identity
         return True
 
     def replace_templates(self, embedder: str, items: dict[str, list[TemplateIn]], command: str) -> None:
@@ -775,8 +779,9 @@ class Store:
         """A consistent copy via SQLite's online backup (still encrypted, key not included), written atomically."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_copies(dest.parent)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
-        os.close(fd)  # mkstemp creates it 0600, which the copy keeps
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "in use": held until the copy is renamed or removed (see _remove_stale_copies)
         try:
             with closing(sqlite3.connect(tmp, isolation_level=None)) as out:
                 with self._lock:
@@ -788,6 +793,8 @@ class Store:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)  # mkstemp created it 0600, which the copy keeps
 
     @staticmethod
     def restore(src: Path, dest: Path, key: bytes | None, command: str = "store restore",
@@ -819,8 +826,9 @@ class Store:
                 raise StoreError(f"wrong key for {dest}: a restore keeps the store's key (a backup sealed with "
                                  f"another key needs --replace-encrypted)")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_copies(dest.parent)
         fd, name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".restore")
-        os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "in use" until it replaces the store or is removed
         tmp = Path(name)
         try:
             try:
@@ -862,6 +870,8 @@ class Store:
             for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 p.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
         return reapplied
 
     def _verify_blobs(self, origin: Path) -> None:
@@ -890,6 +900,45 @@ def _validate(conn: sqlite3.Connection, origin: Path) -> None:
     missing = {"identities", "templates", "crops", "audit", "meta"} - tables
     if missing:
         raise StoreError(f"backup {origin} is not a facegate store (no {', '.join(sorted(missing))})")
+
+
+STALE_COPY = re.compile(r".+\.[A-Za-z0-9_]{8}\.(restore|tmp)")  # what backup and restore's mkstemp names
+
+
+def _remove_stale_copies(folder: Path) -> list[Path]:
+    """Remove the temporary copies a killed `store backup` / `store restore` left in `folder` (each a full copy of
+    the gallery, which a later deletion would not reach), with their -wal/-shm/-journal files. A copy still
+    being written is flock'ed by its writer and left alone; a file that is not an SQLite database is never
+    touched. The bytes are overwritten before the file is unlinked (as far as the filesystem honours that)."""
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in folder.iterdir() if STALE_COPY.fullmatch(p.name) and p.is_file()]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            with open(path, "r+b") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a backup or restore is writing it right now
+                header = f.read(16)
+                if header not in (b"SQLite format 3\0", b""):
+                    continue
+                size = os.fstat(f.fileno()).st_size
+                f.seek(0)
+                f.write(bytes(size))
+                f.flush()
+                os.fsync(f.fileno())
+            for extra in ("", "-wal", "-shm", "-journal"):
+                path.with_name(path.name + extra).unlink(missing_ok=True)
+            removed.append(path)
+        except OSError as exc:
+            log.warning("cannot remove the stale store copy %s (%s)", path, exc.strerror or exc)
+    if removed:
+        log.warning("removed %d copy(ies) of the store left by an interrupted backup or restore: %s", len(removed),
+                    ", ".join(p.name for p in removed))
+    return removed
 
 
 def _current_state(dest: Path) -> tuple[bytes | None, list[tuple[Any, ...]]] | None:

@@ -525,3 +525,30 @@ def test_damaged_json_rows_and_huge_limits_are_store_errors_not_tracebacks(tmp_p
         assert main(["store", *argv, "--store", str(path)]) == 2
         err = capsys.readouterr().err
         assert "not valid JSON" in err and "Traceback" not in err
+
+
+def test_copies_left_by_a_killed_backup_or_restore_are_removed_on_open_and_on_delete(tmp_path, rng):
+    import fcntl
+    import shutil
+
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+    restore_left, backup_left = tmp_path / "s.db.ab12cd_3.restore", tmp_path / "nightly.db.x9y8z7w6.tmp"
+    busy, notes = tmp_path / "other.db.busy0000.tmp", tmp_path / "notes.abcdefgh.tmp"
+    for p in (restore_left, backup_left, busy):
+        shutil.copyfile(path, p)
+    (tmp_path / (restore_left.name + "-wal")).write_bytes(b"x" * 100)
+    notes.write_text("not a database: never touched")
+    with open(busy, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a backup still writing it
+        with Store(path) as s:
+            assert not restore_left.exists() and not backup_left.exists()
+            assert not (tmp_path / (restore_left.name + "-wal")).exists()
+            assert busy.exists() and notes.exists()
+            shutil.copyfile(path, backup_left)  # killed again after the store was opened
+            assert s.delete("alice", "store delete alice")
+            assert not backup_left.exists()  # the deletion reaches the copy too
+            assert busy.exists()
+    with Store(path):
+        assert not busy.exists() and notes.exists()
