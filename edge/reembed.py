@@ -27,6 +27,17 @@ def kept_crops(store: Store, name: str, embedders: list[str]) -> list[bytes]:
     raise error or FacegateError(f"re-enrol needed: {name!r} has no templates")
 
 
+def _kept(store: Store, name: str, embedders: list[str]) -> tuple[str, list[tuple[int, bytes]]]:
+    """(the embedder whose templates hold the kept crops, [(template id, crop)])."""
+    error: FacegateError | None = None
+    for embedder in embedders:
+        try:
+            return embedder, store.crops(name, embedder)
+        except FacegateError as exc:
+            error = exc
+    raise error or FacegateError(f"re-enrol needed: {name!r} has no templates")
+
+
 def reembed(store: Store, pipeline: FacePipeline, embedder: str) -> dict[str, Any]:
     """Every identity's `embedder` templates become those computed from its kept crops (one transaction).
 
@@ -40,17 +51,22 @@ def reembed(store: Store, pipeline: FacePipeline, embedder: str) -> dict[str, An
     items: dict[str, list[TemplateIn]] = {}
     identities = store.identities()
     for ident in tqdm(identities, desc="re-embedding", unit="identity", file=sys.stderr, disable=None):
-        kept = kept_crops(store, ident.name, list(ident.templates))
+        holder, kept = _kept(store, ident.name, list(ident.templates))
+        photos = store.image_hashes(ident.name)
         templates = []
-        for data in kept:
+        for tid, data in kept:
             img, landmarks = read_face_crop(data)
             if landmarks is not None:  # align exactly as at enrolment, not on a re-detection of the crop
                 face = Face(box=np.r_[landmarks.min(0), landmarks.max(0)], landmarks=landmarks, score=1.0)
             else:
                 face = select_face(pipeline.detect(img), img.shape, "largest")
             crop = pipeline.crops(img, [face], emb)
+            # The crop stays with the templates that held it (re-embedding that embedder replaces them: the crop
+            # moves to its new template in the same transaction, never dropped), and the photo hash comes along,
+            # so enrolling the same photo again stays a no-op.
             templates.append(TemplateIn(vector=emb.embed(crop)[0], embedder=m.name, manifest_sha256=m.sha256,
-                                        quality=assess(face, crop[0]).to_dict()))
+                                        quality=assess(face, crop[0]).to_dict(),
+                                        crop=data if holder == m.name else None, image_sha256=photos.get(tid)))
         items[ident.name] = templates
     store.replace_templates(m.name, items, command=f"store reembed --embedder {embedder}")
     return {"embedder": m.name, "identities": len(items), "templates": sum(len(v) for v in items.values())}

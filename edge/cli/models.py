@@ -56,7 +56,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     model_dir = args.model_dir or registry(args).model_dir
     names = install(args.source, sha256=args.sha256, model_dir=model_dir, progress=not args.quiet,
-                    mirror=args.mirror, files=args.file or ())
+                    mirror=args.mirror, files=args.file or (), replace_builtin=args.replace_builtin)
     emit(args, {"installed": names, "model_dir": str(model_dir)},
          "\n".join(f"installed {n} into {Path(model_dir) / n}" for n in names))
     return YES
@@ -90,7 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--file", type=Path, action="append", metavar="PATH",
                    help="a known name's upstream file already on disk, instead of downloading it (repeat for "
                         "each file of a group, e.g. both MiniFASNet .pth files)")
-    p.add_argument("--sha256", metavar="HEX", help="expected sha256 of the downloaded or given file")
+    p.add_argument("--sha256", metavar="HEX", help="expected sha256 of the downloaded or given file (for a "
+                                                     "bundle folder: of the model file inside it)")
+    p.add_argument("--replace-builtin", action="store_true",
+                   help="let the bundle take the name of a built-in model (e.g. an exported sface-int8), which "
+                        "it then replaces for every command; refused without this")
     p.add_argument("--mirror", metavar="URL",
                    help="base URL of a local copy of the upstream files (or $FACEGATE_MODEL_MIRROR)")
     p.add_argument("--model-dir", type=Path, help="install here instead of models.model_dir / <state dir>/models")

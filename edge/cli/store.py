@@ -39,8 +39,14 @@ def cmd_store(args: argparse.Namespace) -> int:
 
         settings(args)
         dest = args.store or state_dir() / "facegate.db"
-        Store.restore(args.file, dest, key=load_key(args.key_file, store=dest))
-        emit(args, {"restored": str(dest), "from": str(args.file)}, f"restored {dest} from {args.file}")
+        if args.force and args.reapply_deletions:
+            raise FacegateError("--force brings deleted identities back, --reapply-deletions deletes them again: "
+                                "give one")
+        deleted = "restore" if args.force else "reapply" if args.reapply_deletions else "refuse"
+        again = Store.restore(args.file, dest, key=load_key(args.key_file, store=dest),
+                              replace_encrypted=args.replace_encrypted, deleted=deleted)
+        emit(args, {"restored": str(dest), "from": str(args.file), "deleted_again": again},
+             f"restored {dest} from {args.file}" + (f"; deleted again: {', '.join(again)}" if again else ""))
         return YES
     if action == "backup" and Path(args.file).exists() and not args.force:
         raise FacegateError(f"{args.file} exists; give --force to replace it")
@@ -101,8 +107,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("file", type=Path)
         if action == "backup":
             p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+        if action == "restore":
+            p.add_argument("--force", action="store_true",
+                           help="bring back identities the store deleted after the backup was made (refused "
+                                "without this or --reapply-deletions)")
+            p.add_argument("--reapply-deletions", action="store_true",
+                           help="delete again, after restoring, the identities deleted since the backup was made")
+            p.add_argument("--replace-encrypted", action="store_true",
+                           help="let a plaintext backup, or one sealed with another key, replace an encrypted "
+                                "store (refused without this)")
         if action == "audit":
-            p.add_argument("--limit", type=bounded(int, 1))
+            p.add_argument("--limit", type=bounded(int, 1, 10**9))
         store_options(p)
         if action == "reembed":
             p.add_argument("--embedder", required=True, help="embedder whose templates to (re)compute")

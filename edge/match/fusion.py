@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ModelError
+from edge.errors import FacegateError, ModelError
 from edge.match.base import Probe, Scorer
 from edge.match.gallery import Gallery
 from edge.match.templates import IdentityRows
@@ -72,6 +72,19 @@ class Fusion:
                                  f"{not m.flip_average}; recalibrate it")
 
 
+COSINE_SLACK = 1e-3  # float32 rounding of unit vectors' dot products stays far inside this
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    """Rows (or a vector) scaled to L2 norm 1; a zero or non-finite one raises (it cannot be scored)."""
+    v = np.asarray(v, np.float32)
+    norm = np.linalg.norm(v.astype(np.float64), axis=-1, keepdims=True)
+    if not (np.isfinite(norm).all() and (norm > 0).all()):
+        raise FacegateError("a template or probe vector is zero, NaN or infinite: it cannot be scored; nobody is "
+                            "matched")
+    return (v / norm).astype(np.float32)
+
+
 class TemplateIndex:
     """Every template of a gallery, stacked per member, rows paired by enrolment photo, and how an identity's
     templates make its score: its best photo ("max") or the mean over its photos ("mean"; linear in the
@@ -89,11 +102,16 @@ class TemplateIndex:
                 blocks[m].append(np.asarray(rows[m], np.float32))
         self.who = IdentityRows(names, aggregate)
         self.order = self.who.order
-        self.rows = {m: (np.concatenate(b) if b else np.zeros((0, 1), np.float32)) for m, b in blocks.items()}
+        # Unit rows, whatever was handed in: a template scored unnormalised lets one huge value outscore every
+        # genuine match (the store refuses such a template; this is the second line).
+        self.rows = {m: (_unit(np.concatenate(b)) if b else np.zeros((0, 1), np.float32)) for m, b in blocks.items()}
         self.identities = len(self.order)
 
     def _per_row(self, probe: Probe) -> np.ndarray:
-        cos = np.stack([self.rows[m] @ np.asarray(probe[m], np.float32) for m in self.members], axis=-1)
+        cos = np.stack([self.rows[m] @ _unit(np.asarray(probe[m], np.float32)) for m in self.members], axis=-1)
+        if cos.size and not (np.isfinite(cos).all() and np.abs(cos).max() <= 1.0 + COSINE_SLACK):
+            raise FacegateError("a cosine outside [-1, 1]: a gallery template or the probe is damaged; nobody is "
+                                "matched")
         return self.combine(cos)
 
     def identity_scores(self, probe: Probe) -> np.ndarray:

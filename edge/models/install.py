@@ -193,8 +193,13 @@ def _find_bundle(root: Path) -> Path:
     return found[0]
 
 
-def install_bundle(bundle: Path, model_dir: Path) -> str:
-    """Check a bundle folder and copy it to `<model_dir>/<name>/` atomically; returns the model's name."""
+def install_bundle(bundle: Path, model_dir: Path, replace_builtin: bool = False,
+                   model_sha256: str | None = None) -> str:
+    """Check a bundle folder and copy it to `<model_dir>/<name>/` atomically; returns the model's name.
+
+    A bundle named like a built-in model (sface-int8, yunet, …) would be used in its place by every command: it is
+    refused unless `replace_builtin` (`models install --replace-builtin`: an exported variant meant to take the
+    built-in's place). `model_sha256`: the hash the model file inside must have (`--sha256` given for a folder)."""
     try:
         data = json.loads((bundle / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -211,17 +216,43 @@ def install_bundle(bundle: Path, model_dir: Path) -> str:
         raise ModelError(f"{bundle}: a bundle's source must be {{'file': NAME}} inside the bundle, got {m.source}")
     if m.name in ("", ".", "..", "prepared", "overrides", "downloads", ".staging") or "/" in m.name:
         raise ModelError(f"{bundle}: {m.name!r} cannot be a bundle name")
+    if m.name in Registry.builtin_names() and not replace_builtin:
+        raise ModelError(f"{bundle}: {m.name!r} is the name of a built-in model; a bundle of that name would be "
+                         f"used in its place — rename it, or give --replace-builtin if that is what you mean")
     model = bundle / src
     if not model.is_file():
         raise ModelError(f"{bundle}: model file {src} is missing")
     actual = sha256_file(model)
     if actual != m.sha256:
         raise ModelError(f"{bundle}: {src} has sha256 {actual}, but its manifest says {m.sha256}")
+    if model_sha256 is not None and actual != model_sha256:
+        raise ModelError(f"{bundle}: {src} has sha256 {actual}, but --sha256 says {model_sha256}; nothing installed")
+    _test_load(m, model, bundle)
     with staged_folder(model_dir / m.name, staging_dir(model_dir)) as tmp:
         for name in {src, *BUNDLE_FILES}:
             if (bundle / name).is_file():
                 shutil.copyfile(bundle / name, tmp / name)
     return m.name
+
+
+def _test_load(m: Manifest, model: Path, bundle: Path) -> None:
+    """Load the model as the device will (prepared, then opened by its runtime) before it is installed: a file
+    that is not a model is refused here, not by every later command."""
+    try:
+        if m.runtime == "litert":
+            if model.read_bytes()[4:8] != b"TFL3":  # the FlatBuffer identifier of every .tflite file
+                raise ModelError("not a TFLite file")
+            return
+        from edge.models.prepare import prepare_file
+        from edge.runtime import open_runtime
+
+        if m.prepare:
+            open_runtime(m.runtime, prepare_file(model, m.prepare, m.quantize).SerializeToString())  # type: ignore[arg-type]
+        else:
+            open_runtime(m.runtime, model)
+    except ModelError as exc:
+        raise ModelError(f"{bundle}: {model.name} cannot be loaded as {m.name!r} ({exc}); nothing installed") \
+            from None
 
 
 def install_model_file(model_file: Path, manifest: dict[str, Any], model_dir: Path,
@@ -241,13 +272,14 @@ def install_model_file(model_file: Path, manifest: dict[str, Any], model_dir: Pa
         return install_bundle(folder, Path(model_dir))
 
 
-def _install_file(path: Path, model_dir: Path, progress: bool, mirror: str | None) -> list[str]:
+def _install_file(path: Path, model_dir: Path, progress: bool, mirror: str | None, replace_builtin: bool = False,
+                  model_sha256: str | None = None) -> list[str]:
     if path.is_dir():
-        return [install_bundle(_find_bundle(path), model_dir)]
+        return [install_bundle(_find_bundle(path), model_dir, replace_builtin, model_sha256)]
     if path.name.lower().endswith(ARCHIVE_SUFFIXES):
         with tempfile.TemporaryDirectory(dir=staging_dir(model_dir)) as tmp:
             _safe_extract(path, Path(tmp))
-            return [install_bundle(_find_bundle(Path(tmp)), model_dir)]
+            return [install_bundle(_find_bundle(Path(tmp)), model_dir, replace_builtin)]
     name = known_name_of(path)
     if name is not None:  # an upstream file fetched by hand: the same as installing its name
         return _from_weights(name, path, model_dir)
@@ -299,9 +331,12 @@ def _after_install(names: list[str], model_dir: Path) -> list[str]:
 
 
 def install(source: str, sha256: str | None = None, model_dir: Path | None = None, progress: bool = True,
-            mirror: str | None = None, files: list[Path] | tuple[Path, ...] = ()) -> list[str]:
+            mirror: str | None = None, files: list[Path] | tuple[Path, ...] = (),
+            replace_builtin: bool = False) -> list[str]:
     """Install `source` (known name or group, URL or local path) into the model directory; returns the
-    installed names. `files`: for a known name or group, its upstream files already on disk (no download)."""
+    installed names. `files`: for a known name or group, its upstream files already on disk (no download).
+    `sha256`: of the download, the archive or file given, or (a bundle folder) of the model file inside it.
+    `replace_builtin`: let a bundle take a built-in model's name (install_bundle)."""
     model_dir = Path(model_dir) if model_dir else Registry().model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     sha256 = _check_sha(sha256)
@@ -327,10 +362,11 @@ def install(source: str, sha256: str | None = None, model_dir: Path | None = Non
         fname = Path(urllib.parse.urlparse(source).path).name or "download"
         with tempfile.TemporaryDirectory(dir=staging_dir(model_dir)) as tmp:
             path = download(source, Path(tmp) / fname, sha256, progress=progress)
-            return _after_install(_install_file(path, model_dir, progress, mirror), model_dir)
+            return _after_install(_install_file(path, model_dir, progress, mirror, replace_builtin), model_dir)
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelError(f"{source}: not a known model ({', '.join([*GROUPS, *KNOWN])}), URL or existing path")
     if sha256 and path.is_file() and sha256_file(path) != sha256:
         raise ModelError(f"{path}: sha256 {sha256_file(path)} differs from --sha256 {sha256}")
-    return _after_install(_install_file(path, model_dir, progress, mirror), model_dir)
+    return _after_install(_install_file(path, model_dir, progress, mirror, replace_builtin,
+                                        sha256 if path.is_dir() else None), model_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,13 @@ _KEYS = {"name", "task", "file", "sha256", "source", "licence", "runtime", "inpu
 _REQUIRED = {"name", "task", "file", "sha256", "source", "licence", "runtime", "input"}
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+MAX_INPUT_SIDE = 8192
+MEAN_BOUND = 1000.0  # pixels are 0–255: a mean far outside that is no normalisation
+STD_BOUNDS = (0.01, 1000.0)  # a std of 1e30 turns every face into the same zero input: everyone matches
+WEIGHT_BITS = (2, 8)
+
+
 def _parse(d: dict[str, Any]) -> Manifest:
     if not isinstance(d, dict):
         raise ModelError("a manifest must be a JSON object")
@@ -132,48 +140,124 @@ def _parse(d: dict[str, Any]) -> Manifest:
     missing = _REQUIRED - set(d)
     if missing:
         raise ModelError(f"missing key(s) {sorted(missing)}")
+    name = d["name"]
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ModelError(f"name must be letters, digits, '.', '_' or '-' (not '.' or '..'), not {name!r}")
     _choice(d["task"], TASKS, "task")
     _choice(d["runtime"], tuple(RUNTIMES), "runtime")
-    sha = str(d["sha256"]).lower()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+    sha = d["sha256"]
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
         raise ModelError("sha256 must be 64 hex digits")
-    inp = d["input"]
+    sha = sha.lower()
+    file = _text(d["file"], "file", empty=True)
+    _relative(file, "file")
+    licence = _text(d["licence"], "licence", empty=True)
+    source = _object(d["source"], "source")
+    for key in ("package", "path", "file", "optional_package"):
+        if key in source:
+            _text(source[key], f"source.{key}")
+    for key in ("path", "file"):
+        if key in source:
+            _relative(source[key], f"source.{key}")
+    inp = _object(d["input"], "input")
     size = inp.get("size")
     spec = InputSpec(
-        size=tuple(int(v) for v in size) if size else None,  # type: ignore[arg-type]
+        size=None if size is None else _ints(size, "input.size", 2, 1, MAX_INPUT_SIDE),  # type: ignore[arg-type]
         layout=_choice(inp.get("layout", "NCHW"), LAYOUTS, "input.layout"),
         colour=_choice(inp.get("colour", "BGR"), COLOURS, "input.colour"),
-        stride=int(inp.get("stride", 1)),
+        stride=_ints([inp.get("stride", 1)], "input.stride", 1, 1, 1024)[0],
     )
-    norm = d.get("normalisation") or {}
-    normalisation = Normalisation(
-        mean=tuple(float(v) for v in norm.get("mean", (0, 0, 0))),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in norm.get("std", (1, 1, 1))),  # type: ignore[arg-type]
-    )
-    if any(s == 0 for s in normalisation.std):
-        raise ModelError("normalisation.std must not contain 0")
+    norm = _object(_given(d, "normalisation"), "normalisation")
+    mean = _numbers(norm.get("mean", (0, 0, 0)), "normalisation.mean", 3)
+    std = _numbers(norm.get("std", (1, 1, 1)), "normalisation.std", 3)
+    if any(abs(v) > MEAN_BOUND for v in mean):
+        raise ModelError(f"normalisation.mean must lie within ±{MEAN_BOUND:g} (pixels are 0–255), not {list(mean)}")
+    if any(not STD_BOUNDS[0] <= v <= STD_BOUNDS[1] for v in std):
+        raise ModelError(f"normalisation.std must lie in [{STD_BOUNDS[0]:g}, {STD_BOUNDS[1]:g}] (positive; pixels "
+                         f"are 0–255), not {list(std)}")
+    normalisation = Normalisation(mean=mean, std=std)  # type: ignore[arg-type]
     align = d.get("alignment")
     alignment = None
-    if align:
-        pts = tuple((float(x), float(y)) for x, y in align["points"])
-        if len(pts) != 5:
+    if align is not None:
+        align = _object(align, "alignment")
+        points = align.get("points")
+        if not isinstance(points, list | tuple) or len(points) != 5:
             raise ModelError("alignment.points must hold five (x, y) points")
-        alignment = AlignmentTemplate(size=tuple(int(v) for v in align["size"]), points=pts)  # type: ignore[arg-type]
-    thresholds = {key: _threshold(key, t) for key, t in (d.get("thresholds") or {}).items()}
+        pts = tuple(_numbers(p, f"alignment.points[{i}]", 2) for i, p in enumerate(points))
+        alignment = AlignmentTemplate(size=_ints(align.get("size"), "alignment.size", 2, 1, MAX_INPUT_SIDE),  # type: ignore[arg-type]
+                                      points=pts)  # type: ignore[arg-type]
+    output_dim = d.get("output_dim")
+    output_dim = None if output_dim is None else _ints([output_dim], "output_dim", 1, 1, 1 << 16)[0]
+    thresholds = {str(key): _threshold(key, t)
+                  for key, t in _object(_given(d, "thresholds"), "thresholds").items()}
     flip = _flag(d, "flip_average")
-    quantize = d.get("quantize") or {}
-    if "quantize_int8" in d.get("prepare", ()):
-        ranges = quantize.get("ranges") if isinstance(quantize, dict) else None
-        if not isinstance(ranges, dict) or not ranges or any(
-                not isinstance(r, list | tuple) or len(r) != 2 or not r[0] <= r[1] for r in ranges.values()):
+    prepare = d.get("prepare", ())
+    if not isinstance(prepare, list | tuple) or any(not isinstance(p, str) for p in prepare):
+        raise ModelError(f"prepare must be a list of step names, not {prepare!r}")
+    quantize = _object(_given(d, "quantize"), "quantize")
+    if "weight_bits" in quantize:
+        _ints([quantize["weight_bits"]], "quantize.weight_bits", 1, *WEIGHT_BITS)
+    if "ranges" in quantize or "quantize_int8" in prepare:
+        ranges = quantize.get("ranges")
+        if not isinstance(ranges, dict) or not ranges:
             raise ModelError("prepare step quantize_int8 needs quantize.ranges: {tensor: [low, high]}")
+        for tensor, r in ranges.items():
+            lo, hi = _numbers(r, f"quantize.ranges.{tensor}", 2)
+            if not lo < hi or max(abs(lo), abs(hi)) > 1e6:
+                raise ModelError(f"quantize.ranges.{tensor} must be [low, high] with low < high, within ±1e6, "
+                                 f"not {r!r}")
     return Manifest(
-        name=str(d["name"]), task=d["task"], file=str(d["file"]), sha256=sha, source=dict(d["source"]),
-        licence=str(d["licence"]), runtime=d["runtime"], input=spec, normalisation=normalisation,
-        alignment=alignment, output_dim=int(d["output_dim"]) if d.get("output_dim") else None,
-        thresholds=thresholds, prepare=tuple(d.get("prepare", ())), extra=dict(d.get("extra", {})),
+        name=name, task=d["task"], file=file, sha256=sha, source=dict(source),
+        licence=licence, runtime=d["runtime"], input=spec, normalisation=normalisation,
+        alignment=alignment, output_dim=output_dim or None,
+        thresholds=thresholds, prepare=tuple(prepare), extra=dict(_object(_given(d, "extra"), "extra")),
         flip_average=flip, quantize=dict(quantize), default=_flag(d, "default"),
     )
+
+
+def _given(d: dict[str, Any], key: str) -> Any:
+    """An optional object: absent or null is empty; anything else must be an object ([] or 0 is an error, not
+    a silent empty one)."""
+    value = d.get(key)
+    return {} if value is None else value
+
+
+def _object(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ModelError(f"{key} must be a JSON object, not {value!r}"[:200])
+    return value
+
+
+def _text(value: Any, key: str, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not empty and not value):
+        raise ModelError(f"{key} must be a non-empty string, not {value!r}"[:200])
+    return value
+
+
+def _relative(value: str, key: str) -> None:
+    """A file named by a manifest stays inside the folder it is resolved against (a package, a bundle)."""
+    if value.startswith(("/", "\\")) or Path(value).is_absolute() or ".." in Path(value.replace("\\", "/")).parts \
+            or (len(value) > 1 and value[1] == ":"):
+        raise ModelError(f"{key} must stay inside the bundle or package folder (a relative path, no '..'), "
+                         f"not {value!r}")
+
+
+def _ints(value: Any, key: str, count: int, lo: int, hi: int) -> tuple[int, ...]:
+    def whole(v: Any) -> bool:  # 112 or 112.0, never True, "112" or 112.5
+        return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) and float(v).is_integer()
+
+    if not isinstance(value, list | tuple) or len(value) != count or any(
+            not whole(v) or not lo <= v <= hi for v in value):
+        what = "an integer" if count == 1 else f"{count} integers"
+        shown = value[0] if count == 1 and isinstance(value, list) else value
+        raise ModelError(f"{key} must be {what} in {lo}..{hi}, not {shown!r}"[:200])
+    return tuple(int(v) for v in value)
+
+
+def _numbers(value: Any, key: str, count: int) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple) or len(value) != count:
+        raise ModelError(f"{key} must be a list of {count} numbers, not {value!r}"[:200])
+    return tuple(_finite(v, key) for v in value)
 
 
 # Where a score of each metric lives: a threshold outside it accepts everything (or nothing) and is a mistake.

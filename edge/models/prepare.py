@@ -361,10 +361,17 @@ def steps_key(steps: tuple[str, ...] | list[str], quantize: Mapping[str, Any] | 
 
 def prepare_file(source: Path, steps: tuple[str, ...] | list[str],
                  quantize: Mapping[str, Any] | None = None) -> onnx.ModelProto:
-    """The runtime's graph from a verified source file: converted first if the steps begin with a converter."""
-    if steps and steps[0] in CONVERTERS:
-        return prepare(CONVERTERS[steps[0]][0](Path(source)), steps[1:], quantize)
-    return prepare(onnx.load(str(source)), steps, quantize)
+    """The runtime's graph from a verified source file: converted first if the steps begin with a converter. A
+    file that is not a valid model (not ONNX at all, or a graph the checker refuses) is a ModelError naming it."""
+    try:
+        if steps and steps[0] in CONVERTERS:
+            return prepare(CONVERTERS[steps[0]][0](Path(source)), steps[1:], quantize)
+        return prepare(onnx.load(str(source)), steps, quantize)
+    except ModelError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError, onnx's ValidationError, a step meeting a foreign graph
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise ModelError(f"{source}: not a valid model for its manifest ({type(exc).__name__}: {first})") from None
 
 
 def quantize_int8(model: onnx.ModelProto, settings: Mapping[str, Any]) -> onnx.ModelProto:

@@ -35,13 +35,30 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_override_thresholds(partial: Any, path: Path) -> None:
-    """An override that sets a threshold's value or tail must say where it came from in the same entry: merged
-    over the shipped manifest, it would otherwise inherit the shipped calibration's provenance and look
-    measured. `facegate calibrate` always writes one."""
+# What an override may change: the operating points (`facegate calibrate`), which embedder is the default,
+# whether an embedder also embeds the mirror image (flip_average; a fusion refuses a member whose flag differs
+# from its calibration's), and for a score fusion its statistics (`facegate calibrate fusion` rewrites them with
+# its thresholds). Never the file, its hash, where it comes from, how it is prepared or how its input is
+# scaled: an override swapping those swaps the model (a constant embedder, a std of 1e30) and every face
+# matches every other.
+OVERRIDABLE = frozenset({"thresholds", "default", "flip_average"})
+OVERRIDABLE_FUSION = OVERRIDABLE | {"extra"}
+
+
+def _check_override_thresholds(partial: Any, path: Path, task: Any = None) -> None:
+    """An override may set only the keys of OVERRIDABLE (a fusion's `extra` too), and one that sets a
+    threshold's value or tail must say where it came from in the same entry: merged over the shipped manifest,
+    it would otherwise inherit the shipped calibration's provenance and look measured. `facegate calibrate`
+    always writes one."""
     if not isinstance(partial, dict):
         raise ModelError(f"{path}: an override must be a JSON object")
-    thresholds = partial.get("thresholds") or {}
+    allowed = OVERRIDABLE_FUSION if task == "fusion" else OVERRIDABLE
+    refused = sorted(set(partial) - allowed)
+    if refused:
+        raise ModelError(f"{path}: an override may set only {', '.join(sorted(allowed))}; it sets "
+                         f"{', '.join(refused)} (a different model file, source, preparation or input is a new "
+                         f"model: install it as a bundle under its own name)")
+    thresholds = partial.get("thresholds", {})
     if not isinstance(thresholds, dict):
         raise ModelError(f"{path}: thresholds must be an object")
     for key, t in thresholds.items():
@@ -55,6 +72,15 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def _inside(folder: Path, relative: str, name: str) -> Path:
+    """folder / relative, refused unless it stays inside folder (the manifest checks this too; a path built by
+    hand must not escape either: Path(pkg) / "/abs" drops pkg)."""
+    path = folder / relative
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise ModelError(f"model {name!r}: source path {relative!r} leaves its folder {folder}")
+    return path
 
 
 class PackageMissingError(ModelError):
@@ -71,6 +97,18 @@ class Registry:
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
 
     # -- manifests ---------------------------------------------------------------------------------------
+    @staticmethod
+    def builtin_names() -> frozenset[str]:
+        """The names of the models shipped with facegate (built-in manifests and style bundles)."""
+        names = set()
+        for path in sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelError(f"{path}: cannot read manifest ({exc})") from None
+            names.add(str(data.get("name", path.stem)) if isinstance(data, dict) else path.stem)
+        return frozenset(names)
+
     def _raw_manifests(self) -> dict[str, tuple[dict[str, Any], Path]]:
         found: dict[str, tuple[dict[str, Any], Path]] = {}
         sources = sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json"))
@@ -79,8 +117,10 @@ class Registry:
         for path in sources:
             try:
                 data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ModelError(f"{path}: cannot read manifest ({exc})") from None
+            if not isinstance(data, dict):
+                raise ModelError(f"{path}: a manifest must be a JSON object, not {type(data).__name__}")
             found[str(data.get("name", path.stem))] = (data, path)
         return found
 
@@ -96,9 +136,9 @@ class Registry:
         if override.is_file():
             try:
                 partial = json.loads(override.read_text())
-            except json.JSONDecodeError as exc:
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ModelError(f"{override}: invalid JSON ({exc})") from None
-            _check_override_thresholds(partial, override)
+            _check_override_thresholds(partial, override, data.get("task"))
             data = _merge(data, partial)
             origin = override
         return Manifest.from_dict(data, origin=str(origin))
@@ -150,10 +190,11 @@ class Registry:
     def write_override(self, name: str, partial: dict[str, Any]) -> Path:
         """Merge `partial` into the model's override file (validated against the full manifest first)."""
         path = self.override_path(name)
-        _check_override_thresholds(partial, path)
+        data, origin = self._raw_manifests()[name]
+        _check_override_thresholds(partial, path, data.get("task"))
         current = json.loads(path.read_text()) if path.is_file() else {}
         merged = _merge(current, partial)
-        data, origin = self._raw_manifests()[name]
+        _check_override_thresholds(merged, path, data.get("task"))
         Manifest.from_dict(_merge(data, merged), origin=str(origin))  # refuse an override that breaks it
         atomic_write_bytes(path, (json.dumps(merged, indent=2) + "\n").encode())
         return path
@@ -172,10 +213,9 @@ class Registry:
                 hint = src.get("optional_package", src["package"])
                 raise PackageMissingError(f"model {m.name!r}: its package {src['package']!r} is not installed "
                                           f"(pip install {hint})", optional="optional_package" in src)
-            return Path(next(iter(spec.submodule_search_locations))) / src["path"]
+            return _inside(Path(next(iter(spec.submodule_search_locations))), src["path"], m.name)
         if "file" in src:
-            p = Path(src["file"])
-            return p if p.is_absolute() else self.model_dir / m.name / p
+            return _inside(self.model_dir / m.name, src["file"], m.name)
         raise ModelError(f"model {m.name!r}: source must name a package or a file, got {sorted(src)}")
 
     def verify(self, m: Manifest) -> Path:

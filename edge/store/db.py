@@ -14,9 +14,11 @@ change after it commits and before the lock is released, so they see changes in 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import tempfile
@@ -98,6 +100,10 @@ KEY_CHECK = b"facegate store key check"
 KEY_CHECK_AAD = b"meta\0key_check"
 MAX_NAME = 200
 ERASE_CHECKPOINT_S = 2.0  # how long an erasing write retries emptying the WAL while other processes read
+# Every embedder L2-normalises its output, so a stored template is unit-length (measured: 0.99999994). One that is
+# not was altered (a flipped exponent bit turns -0.08 into -2.6e37, still finite, and a cosine of 4e36 matches
+# anyone): refused when written, read and restored.
+NORM_TOLERANCE = 1e-3
 
 # (action, identity name, embedder → float32 vectors (n, D)); action is "enroll" (templates added),
 # "replace" (the identity's templates of those embedders are now exactly these) or "delete" (gone).
@@ -139,6 +145,18 @@ def _check_text(value: str, what: str) -> str:
         raise StoreError(f"{what} {value[:40]!r}: at most {MAX_NAME} characters, and no control or "
                          f"text-direction characters")
     return value
+
+
+def _json(text: Any, what: str) -> Any:
+    """A JSON column read back; damaged (hand-edited, half-written by another tool) is a StoreError naming the
+    row, not a traceback."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise StoreError(f"the store is damaged: {what} is not valid JSON ({str(text)[:40]!r})") from None
+
+
+MAX_LIMIT = 1 << 62  # SQLite's LIMIT is a signed 64-bit integer
 
 
 def _template_aad(name: str, embedder: str) -> bytes:
@@ -228,6 +246,7 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+        _remove_stale_copies(self.path.parent)
         st = os.stat(self.path)
         self._file_id = (st.st_dev, st.st_ino)  # the file this connection reads, whatever the path shows later
         self._file_seen = (st.st_size, st.st_mtime_ns)  # the last (size, mtime) check_file found sound
@@ -328,10 +347,31 @@ class Store:
         v = v.astype("<f4")
         if not np.isfinite(v).all():
             raise StoreError("a template vector contains NaN or infinity")
+        norm = float(np.linalg.norm(v.astype(np.float64)))
+        if abs(norm - 1.0) > NORM_TOLERANCE:
+            raise StoreError(f"a template vector must be unit-length (L2 norm 1, as every embedder writes it), "
+                             f"got norm {norm:.6g}")
         return v.tobytes()
 
-    def _decode(self, blob: bytes, name: str, embedder: str) -> np.ndarray:
-        return np.frombuffer(self._unseal(blob, _template_aad(name, embedder)), dtype="<f4").astype(np.float32)
+    def _decode(self, blob: bytes, name: str, embedder: str, template_id: int | None = None,
+                check: bool = True) -> np.ndarray:
+        """The stored vector; with `check`, a StoreError naming the identity unless it is a sound template (a
+        whole number of float32s, finite, unit-length): a damaged one must never be scored, never match."""
+        raw = self._unseal(blob, _template_aad(name, embedder))
+        where = f"template {template_id} of {name!r}" if template_id is not None else f"a template of {name!r}"
+        if len(raw) % 4:
+            raise StoreError(f"{self.path}: {where} ({embedder}) is damaged: {len(raw)} bytes is not a whole "
+                             f"number of float32 values")
+        vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        if check:
+            if vec.size == 0 or not np.isfinite(vec).all():
+                raise StoreError(f"{self.path}: {where} ({embedder}) is damaged: empty, NaN or infinity")
+            norm = float(np.linalg.norm(vec.astype(np.float64)))
+            if abs(norm - 1.0) > NORM_TOLERANCE:
+                raise StoreError(f"{self.path}: {where} ({embedder}) is damaged or tampered with: its L2 norm is "
+                                 f"{norm:.6g}, a stored template is unit-length; restore the store from a backup or "
+                                 f"re-enrol {name!r}")
+        return vec
 
     def _dim(self, conn: sqlite3.Connection, embedder: str) -> int | None:
         row = conn.execute("SELECT length(vector) FROM templates WHERE embedder = ? LIMIT 1",
@@ -341,7 +381,9 @@ class Store:
         return (row[0] - (OVERHEAD if self._cipher else 0)) // 4
 
     def _insert_templates(self, conn: sqlite3.Connection, identity_id: int, name: str,
-                          templates: list[TemplateIn], now: float) -> tuple[list[int], dict[str, np.ndarray]]:
+                          templates: list[TemplateIn], now: float,
+                          keep_crops: bool | None = None) -> tuple[list[int], dict[str, np.ndarray]]:
+        keep_crops = self.keep_crops if keep_crops is None else keep_crops
         ids: list[int] = []
         added: dict[str, list[np.ndarray]] = {}
         for t in templates:
@@ -351,7 +393,10 @@ class Store:
                     "SELECT 1 FROM templates WHERE identity_id = ? AND embedder = ? AND image_sha256 = ?",
                     (identity_id, embedder, t.image_sha256)).fetchone():
                 continue  # this photo is already enrolled for this identity: idempotent
-            raw = self._vector_bytes(t.vector)
+            try:
+                raw = self._vector_bytes(t.vector)
+            except StoreError as exc:
+                raise StoreError(f"{name!r} ({embedder}): {exc}") from None
             dim = self._dim(conn, embedder)
             if dim is not None and dim * 4 != len(raw):
                 raise StoreError(f"embedder {embedder!r} stores {dim}-d templates; got {len(raw) // 4}-d")
@@ -361,7 +406,7 @@ class Store:
                 (identity_id, embedder, str(t.manifest_sha256), self._seal(raw, _template_aad(name, embedder)),
                  json.dumps(t.quality or {}), now, t.image_sha256))
             tid = int(cur.lastrowid or 0)
-            if self.keep_crops and t.crop is not None:
+            if keep_crops and t.crop is not None:
                 conn.execute("INSERT INTO crops(template_id, image) VALUES (?, ?)",
                              (tid, self._seal(bytes(t.crop), _crop_aad(name, tid))))
             ids.append(tid)
@@ -446,7 +491,7 @@ class Store:
                                (name,)).fetchone()
             if row is None:
                 raise StoreError(f"unknown identity {name!r}")
-            metadata = json.loads(row[1])
+            metadata = _json(row[1], f"metadata of identity {name!r}")
             before = {k: metadata.get(k) for k in changes}
             for key, value in changes.items():
                 if value is None:
@@ -469,13 +514,19 @@ class Store:
             if row is None:
                 return False
             removed: dict[str, list[np.ndarray]] = {}
+            count = 0
             for embedder, blob in conn.execute("SELECT embedder, vector FROM templates WHERE identity_id = ? "
                                                "ORDER BY id", (row[0],)):
-                removed.setdefault(embedder, []).append(self._decode(blob, name, embedder))
+                count += 1
+                try:
+                    removed.setdefault(embedder, []).append(self._decode(blob, name, embedder, check=False))
+                except StoreError:
+                    removed.setdefault(embedder, [])  # damaged: never loaded, but deleted all the same
             conn.execute("DELETE FROM identities WHERE id = ?", (row[0],))  # cascades to templates, crops
             self._audit(conn, "delete", name, command,
-                        {"templates": sum(len(v) for v in removed.values()), "embedders": sorted(removed)})
-            events.append(("delete", name, {e: np.stack(v) for e, v in removed.items()}))
+                        {"templates": count, "embedders": sorted(removed)})
+            events.append(("delete", name, {e: np.stack(v) for e, v in removed.items() if v}))
+        _remove_stale_copies(self.path.parent)  # an interrupted backup's copy would still hold the identity
         return True
 
     def replace_templates(self, embedder: str, items: dict[str, list[TemplateIn]], command: str) -> None:
@@ -488,9 +539,15 @@ class Store:
                 if any(t.embedder != embedder for t in templates):
                     raise StoreError(f"replace_templates({embedder!r}): a template for {name!r} names "
                                      f"another embedder")
+                # Crops these templates held move to their replacements (given as TemplateIn.crop) even when this
+                # connection was not opened with keep_crops: re-embedding must not erase what it re-embeds from.
+                had_crops = conn.execute(
+                    "SELECT 1 FROM templates t JOIN crops c ON c.template_id = t.id WHERE t.identity_id = ? AND "
+                    "t.embedder = ? LIMIT 1", (row[0], embedder)).fetchone() is not None
                 old = conn.execute("DELETE FROM templates WHERE identity_id = ? AND embedder = ?",
                                    (row[0], embedder)).rowcount
-                ids, added = self._insert_templates(conn, row[0], name, templates, time.time())
+                ids, added = self._insert_templates(conn, row[0], name, templates, time.time(),
+                                                    keep_crops=self.keep_crops or had_crops)
                 self._audit(conn, "update", name, command,
                             {"embedder": embedder, "replaced": old, "templates": len(ids), "template_ids": ids})
                 events.append(("replace", name, {embedder: added.get(embedder, np.zeros((0, 0), np.float32))}))
@@ -513,7 +570,7 @@ class Store:
             crops[who] = crops.get(who, 0) + n_crops
             if embedder is not None:
                 counts[who][embedder] = n_templates
-        return [Identity(who, display, json.loads(meta), created, counts[who], crops[who])
+        return [Identity(who, display, _json(meta, f"metadata of identity {who!r}"), created, counts[who], crops[who])
                 for who, (display, meta, created) in info.items()]
 
     def people(self, query: str = "", offset: int = 0, limit: int = 50,
@@ -529,7 +586,8 @@ class Store:
             total = self._conn.execute(f"SELECT count(*) FROM identities {where}", (query, like, like)).fetchone()[0]
             page = self._conn.execute(f"SELECT id, name, display_name, created, metadata FROM identities {where} "
                                       "ORDER BY name LIMIT ? OFFSET ?",
-                                      (query, like, like, max(0, limit), max(0, offset))).fetchall()
+                                      (query, like, like, max(0, min(limit, MAX_LIMIT)),
+                                       max(0, min(offset, MAX_LIMIT)))).fetchall()
             ids = [r[0] for r in page]
             marks = ",".join("?" * len(ids))
             counts = self._conn.execute(
@@ -548,7 +606,8 @@ class Store:
             mine = per.get(identity_id, {})
             primary = embedder if embedder in mine else next(iter(mine), None)
             n, eyes, sharp, yaw, last = mine[primary] if primary else (0, None, None, None, None)
-            rows.append({"name": name, "display_name": display, "created": created, "metadata": json.loads(meta),
+            rows.append({"name": name, "display_name": display, "created": created,
+                         "metadata": _json(meta, f"metadata of identity {name!r}"),
                          "templates": {e: v[0] for e, v in mine.items()}, "photos": n,
                          "crops": crops.get(identity_id, 0),
                          "quality": {"min_inter_eye_px": eyes, "min_sharpness": sharp, "max_abs_yaw_deg": yaw},
@@ -562,7 +621,8 @@ class Store:
                 "SELECT t.id, t.embedder, t.quality, t.created, c.template_id IS NOT NULL FROM templates t "
                 "JOIN identities i ON i.id = t.identity_id LEFT JOIN crops c ON c.template_id = t.id "
                 "WHERE i.name = ? ORDER BY t.id", (name,)).fetchall()
-        return [{"id": tid, "embedder": emb, "quality": json.loads(q), "created": created, "crop": bool(crop)}
+        return [{"id": tid, "embedder": emb, "quality": _json(q, f"quality of template {tid}"), "created": created,
+                 "crop": bool(crop)}
                 for tid, emb, q, created, crop in rows]
 
     def crop(self, name: str, template_id: int) -> bytes | None:
@@ -580,9 +640,19 @@ class Store:
                                        (name, name)).fetchone()[0]
             rows = self._conn.execute("SELECT id, ts, action, name, command, details FROM audit WHERE "
                                       "(? IS NULL OR name = ?) ORDER BY id DESC LIMIT ? OFFSET ?",
-                                      (name, name, limit, offset)).fetchall()
-        return total, [{"id": i, "ts": ts, "action": a, "name": n, "command": c, "details": json.loads(d)}
+                                      (name, name, max(0, min(int(limit), MAX_LIMIT)),
+                                       max(0, min(int(offset), MAX_LIMIT)))).fetchall()
+        return total, [{"id": i, "ts": ts, "action": a, "name": n, "command": c,
+                 "details": _json(d, f"details of audit row {i}")}
                        for i, ts, a, n, c, d in rows]
+
+    def image_hashes(self, name: str) -> dict[int, str]:
+        """{template id: sha256 of the photo it came from} for the identity's templates that record one."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT t.id, t.image_sha256 FROM templates t JOIN identities i ON i.id = t.identity_id "
+                "WHERE i.name = ? AND t.image_sha256 IS NOT NULL", (name,)).fetchall()
+        return {tid: sha for tid, sha in rows}
 
     def pseudonym(self, name: str) -> str | None:
         """The identity's random log name (None once it is deleted): logs never need the person's name."""
@@ -677,7 +747,7 @@ class Store:
         with self._lock:
             rows = self._conn.execute(sql + (" AND i.name = ?" if name is not None else "") + " ORDER BY t.id",
                                       args).fetchall()
-        return [(who, tid, self._decode(blob, who, embedder)) for who, tid, blob in rows]
+        return [(who, tid, self._decode(blob, who, embedder, tid)) for who, tid, blob in rows]
 
     def crops(self, name: str, embedder: str | None = None) -> list[tuple[int, bytes]]:
         """(template id, image bytes) for each of the identity's templates (of `embedder`, if given)."""
@@ -698,8 +768,10 @@ class Store:
         """Audit rows, oldest first (the most recent `limit` of them, if given)."""
         with self._lock:
             rows = self._conn.execute("SELECT id, ts, action, name, command, details FROM audit "
-                                      "ORDER BY id DESC LIMIT ?", (-1 if limit is None else limit,)).fetchall()
-        return [{"id": i, "ts": ts, "action": a, "name": n, "command": c, "details": json.loads(d)}
+                                      "ORDER BY id DESC LIMIT ?",
+                                      (-1 if limit is None else max(0, min(int(limit), MAX_LIMIT)),)).fetchall()
+        return [{"id": i, "ts": ts, "action": a, "name": n, "command": c,
+                 "details": _json(d, f"details of audit row {i}")}
                 for i, ts, a, n, c, d in reversed(rows)]
 
     # -- backup and restore ------------------------------------------------------------------------------
@@ -707,8 +779,9 @@ class Store:
         """A consistent copy via SQLite's online backup (still encrypted, key not included), written atomically."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_copies(dest.parent)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
-        os.close(fd)  # mkstemp creates it 0600, which the copy keeps
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "in use": held until the copy is renamed or removed (see _remove_stale_copies)
         try:
             with closing(sqlite3.connect(tmp, isolation_level=None)) as out:
                 with self._lock:
@@ -720,16 +793,42 @@ class Store:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)  # mkstemp created it 0600, which the copy keeps
 
     @staticmethod
-    def restore(src: Path, dest: Path, key: bytes | None, command: str = "store restore") -> None:
-        """Replace the store at `dest` by the backup `src`, after checking it; `dest` must not be open."""
+    def restore(src: Path, dest: Path, key: bytes | None, command: str = "store restore",
+                replace_encrypted: bool = False, deleted: str = "refuse") -> list[str]:
+        """Replace the store at `dest` by the backup `src`, after checking it; `dest` must not be open.
+
+        An encrypted `dest` is replaced only with its own key, by a backup sealed with the same key, unless
+        `replace_encrypted` (a plaintext or differently keyed store taking its place is a downgrade an attacker
+        with the CLI would love). The current store's audit rows newer than the backup are carried into the
+        restored one, so no deletion disappears from the log. Identities the backup holds but the current store
+        deleted after the backup was made would come back: `deleted` says what to do — "refuse" (a StoreError
+        naming them), "reapply" (delete them again, audited) or "restore" (bring them back). Returns the names
+        deleted again."""
         src, dest = Path(src), Path(dest)
+        if deleted not in ("refuse", "reapply", "restore"):
+            raise ValueError(f"deleted={deleted!r}")
         if not src.is_file():
             raise StoreError(f"backup {src} does not exist")
+        current = _current_state(dest)
+        if current is not None and current[0] is not None and not replace_encrypted:
+            if key is None:
+                raise StoreError(f"{dest} is encrypted: give its key (a key file, or ${KEY_ENV}) to restore it; "
+                                 f"replacing it by a plaintext store needs --replace-encrypted")
+            try:
+                same = Cipher(key).open(current[0], KEY_CHECK_AAD) == KEY_CHECK
+            except StoreError:
+                same = False
+            if not same:
+                raise StoreError(f"wrong key for {dest}: a restore keeps the store's key (a backup sealed with "
+                                 f"another key needs --replace-encrypted)")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_copies(dest.parent)
         fd, name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".restore")
-        os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "in use" until it replaces the store or is removed
         tmp = Path(name)
         try:
             try:
@@ -740,10 +839,30 @@ class Store:
                     _check_key(d, src, Cipher(key) if key is not None else None)
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"backup {src} is unreadable or corrupt ({exc})") from None
+            reapplied: list[str] = []
             with Store(tmp, key) as restored:  # migrates an older schema and checks the key
                 restored._verify_blobs(src)
+                with restored._lock:
+                    since = restored._conn.execute("SELECT max(ts) FROM audit").fetchone()[0]
+                    held = {r[0] for r in restored._conn.execute("SELECT name FROM identities")}
+                later = [r for r in (current[1] if current else []) if since is None or r[1] > since]
+                gone = _deleted_since(later, held)
+                if gone and deleted == "refuse":
+                    raise StoreError(f"backup {src} holds {len(gone)} identit{'y' if len(gone) == 1 else 'ies'} "
+                                     f"deleted from {dest} after it was made: {', '.join(sorted(gone)[:10])}"
+                                     f"{' …' if len(gone) > 10 else ''}; give --reapply-deletions to delete them "
+                                     f"again after restoring, or --force to bring them back")
                 with restored._write() as (conn, _):
-                    restored._audit(conn, "restore", None, command, {"source": str(src.resolve())})
+                    for _, ts, action, name, cmd, details in later:  # the log outlives the data it describes
+                        conn.execute("INSERT INTO audit(ts, action, name, command, details) VALUES (?, ?, ?, ?, ?)",
+                                     (ts, action, name, cmd, details))
+                    restored._audit(conn, "restore", None, command,
+                                    {"source": str(src.resolve()), "audit_rows_carried": len(later),
+                                     "deleted_since_backup": sorted(gone), "deletions": deleted if gone else None})
+                if deleted == "reapply":
+                    for name in sorted(gone):
+                        restored.delete(name, f"{command} (deleted again: deleted after the backup was made)")
+                        reapplied.append(name)
             _quiesce(dest)
             os.replace(tmp, dest)
             fsync(dest.parent)
@@ -751,6 +870,9 @@ class Store:
             for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 p.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
+        return reapplied
 
     def _verify_blobs(self, origin: Path) -> None:
         """Decode every template and crop: integrity_check sees structure, not altered contents."""
@@ -760,13 +882,11 @@ class Store:
                                       "LEFT JOIN crops c ON c.template_id = t.id").fetchall()
         for name, tid, embedder, blob, image in rows:
             try:
-                vec = self._decode(blob, name, embedder)
+                self._decode(blob, name, embedder, tid)
                 if image is not None:
                     self._unseal(image, _crop_aad(name, tid))
             except (StoreError, ValueError) as exc:
                 raise StoreError(f"backup {origin}: template {tid} of {name!r} is damaged ({exc})") from None
-            if not np.isfinite(vec).all():
-                raise StoreError(f"backup {origin}: template {tid} of {name!r} holds NaN or infinity")
 
 
 def _validate(conn: sqlite3.Connection, origin: Path) -> None:
@@ -780,6 +900,69 @@ def _validate(conn: sqlite3.Connection, origin: Path) -> None:
     missing = {"identities", "templates", "crops", "audit", "meta"} - tables
     if missing:
         raise StoreError(f"backup {origin} is not a facegate store (no {', '.join(sorted(missing))})")
+
+
+STALE_COPY = re.compile(r".+\.[A-Za-z0-9_]{8}\.(restore|tmp)")  # what backup and restore's mkstemp names
+
+
+def _remove_stale_copies(folder: Path) -> list[Path]:
+    """Remove the temporary copies a killed `store backup` / `store restore` left in `folder` (each a full copy of
+    the gallery, which a later deletion would not reach), with their -wal/-shm/-journal files. A copy still
+    being written is flock'ed by its writer and left alone; a file that is not an SQLite database is never
+    touched. The bytes are overwritten before the file is unlinked (as far as the filesystem honours that)."""
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in folder.iterdir() if STALE_COPY.fullmatch(p.name) and p.is_file()]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            with open(path, "r+b") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a backup or restore is writing it right now
+                header = f.read(16)
+                if header not in (b"SQLite format 3\0", b""):
+                    continue
+                size = os.fstat(f.fileno()).st_size
+                f.seek(0)
+                f.write(bytes(size))
+                f.flush()
+                os.fsync(f.fileno())
+            for extra in ("", "-wal", "-shm", "-journal"):
+                path.with_name(path.name + extra).unlink(missing_ok=True)
+            removed.append(path)
+        except OSError as exc:
+            log.warning("cannot remove the stale store copy %s (%s)", path, exc.strerror or exc)
+    if removed:
+        log.warning("removed %d copy(ies) of the store left by an interrupted backup or restore: %s", len(removed),
+                    ", ".join(p.name for p in removed))
+    return removed
+
+
+def _current_state(dest: Path) -> tuple[bytes | None, list[tuple[Any, ...]]] | None:
+    """(its key check or None, its audit rows) of the store a restore is about to replace; None when there is no
+    store there or it cannot be read (a damaged store is what restores are for)."""
+    if not dest.is_file() or dest.stat().st_size == 0:
+        return None
+    try:
+        with closing(sqlite3.connect(dest, timeout=1.0)) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            audit = conn.execute("SELECT id, ts, action, name, command, details FROM audit ORDER BY id").fetchall()
+    except sqlite3.Error:
+        return None
+    return (row[0] if row else None), audit
+
+
+def _deleted_since(rows: list[tuple[Any, ...]], held: set[str]) -> set[str]:
+    """Names the backup holds whose last audited action in `rows` (the current store's, after the backup) is a
+    deletion: restoring the backup would bring them back."""
+    last: dict[str, str] = {}
+    for _, _, action, name, _, _ in rows:
+        if name is not None:
+            last[name] = action
+    return {n for n, action in last.items() if action == "delete" and n in held}
 
 
 def _quiesce(dest: Path) -> None:

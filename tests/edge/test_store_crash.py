@@ -30,8 +30,8 @@ store = Store(path, key=key, keep_crops=True)
 print("ready", flush=True)
 i = 0
 while True:
-    ts = [TemplateIn(rng.standard_normal(128).astype(np.float32), "sface", "00", {{"i": i}}, crop=rng.bytes(5000))
-          for _ in range({TEMPLATES})]
+    ts = [TemplateIn(v / np.linalg.norm(v), "sface", "00", {{"i": i}}, crop=rng.bytes(5000))
+          for v in rng.standard_normal(({TEMPLATES}, 128)).astype(np.float32)]
     store.enroll(f"r{{run}}-{{i}}", ts, "crash test")
     if i % 4 == 3:
         store.delete(f"r{{run}}-{{i - 2}}", "crash test")

@@ -3,6 +3,7 @@ backup and restore."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 import threading
@@ -304,7 +305,7 @@ def test_backup_restore_round_trip(tmp_path, rng, key):
         s.backup(copy)
         s.delete("alice", "store delete alice")
     assert [p.name for p in copy.parent.iterdir()] == ["s.bak"]  # no temp or -wal files left
-    Store.restore(copy, live, key=key, command="store restore s.bak")
+    Store.restore(copy, live, key=key, command="store restore s.bak", deleted="restore")  # alice: back on purpose
     with Store(live, key=key) as s:
         after = s.templates("sface")
         assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
@@ -379,3 +380,175 @@ def test_store_shared_between_threads(tmp_path):
         assert errors == []
         assert len(s.identities()) == 6 * 10
         assert all(i.templates == {"sface": 2} for i in s.identities())
+
+
+# -- damaged templates ----------------------------------------------------------------------------------------
+def _flip_exponent_bit(path: Path) -> None:
+    """One flipped bit (the top exponent bit of element 0): -0.08 becomes about -2.6e37, still finite."""
+    conn = sqlite3.connect(path)
+    tid, blob = conn.execute("SELECT id, vector FROM templates ORDER BY id").fetchone()
+    raw = bytearray(blob)
+    raw[3] ^= 0x40
+    assert np.isfinite(np.frombuffer(bytes(raw), "<f4")).all()
+    conn.execute("UPDATE templates SET vector = ? WHERE id = ?", (bytes(raw), tid))
+    conn.commit()
+    conn.close()
+
+
+def test_a_template_that_is_not_unit_length_is_refused_when_written_read_and_restored(tmp_path, rng):
+    path, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(path) as s:
+        with pytest.raises(StoreError, match=r"'alice'.*unit-length"):
+            s.enroll("alice", [TemplateIn(vec(rng) * 3, "sface", "x", {})], "enroll")
+        assert s.identities() == []
+        s.enroll("alice", [tpl(rng)], "enroll")
+        s.enroll("bob", [tpl(rng)], "enroll")
+    _flip_exponent_bit(path)
+    with Store(path) as s:
+        with pytest.raises(StoreError, match=r"template 1 of 'alice'.*tampered"):
+            s.templates("sface")  # never scored: fail secure
+        with pytest.raises(StoreError, match="'alice'"):
+            s.templates("sface", "alice")
+        assert [n for n, _, _ in s.templates("sface", "bob")] == ["bob"]
+        s.backup(copy)
+    with pytest.raises(StoreError, match="template 1 of 'alice'"):
+        Store.restore(copy, tmp_path / "restored.db", key=None)
+    assert not (tmp_path / "restored.db").exists()
+    with Store(path) as s:  # a damaged identity can still be deleted
+        assert s.delete("alice", "store delete alice")
+        assert [n for n, _, _ in s.templates("sface")] == ["bob"]
+
+
+def test_a_template_blob_of_odd_length_is_a_store_error(tmp_path, rng):
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE templates SET vector = ?", (b"\x00" * 5,))
+    conn.commit()
+    conn.close()
+    with Store(path) as s, pytest.raises(StoreError, match=r"template 1 of 'alice'.*5 bytes"):
+        s.templates("sface")
+
+
+# -- restore keeps encryption, deletions and the audit log ------------------------------------------------------
+def test_restore_never_downgrades_an_encrypted_store_without_being_told(tmp_path, rng):
+    live, plain, other = tmp_path / "live" / "s.db", tmp_path / "plain.bak", tmp_path / "other.bak"
+    with Store(tmp_path / "p.db") as s:
+        s.enroll("mallory", [tpl(rng)], "enroll")
+        s.backup(plain)
+    other_key = bytes(range(2, 34))
+    with Store(tmp_path / "o.db", key=other_key) as s:
+        s.enroll("mallory", [tpl(rng)], "enroll")
+        s.backup(other)
+    with Store(live, key=KEY) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+    with pytest.raises(StoreError, match="is encrypted: give its key"):
+        Store.restore(plain, live, key=None)
+    with pytest.raises(StoreError, match="not encrypted, but a key was given"):
+        Store.restore(plain, live, key=KEY)
+    with pytest.raises(StoreError, match="wrong key"):
+        Store.restore(other, live, key=other_key)  # sealed with another key: the store's key is not kept
+    with Store(live, key=KEY) as s:  # untouched, still encrypted
+        assert [i.name for i in s.identities()] == ["alice"]
+    Store.restore(plain, live, key=None, replace_encrypted=True)  # said explicitly
+    with Store(live) as s:
+        assert [i.name for i in s.identities()] == ["mallory"]
+
+
+def test_restore_neither_resurrects_deleted_people_silently_nor_loses_the_deletion_audit(tmp_path, rng):
+    live, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(live, key=KEY) as s:
+        s.enroll("alice", [tpl(rng)], "enroll alice")
+        s.enroll("bob", [tpl(rng)], "enroll bob")
+        s.backup(copy)
+        s.delete("alice", "store delete alice")
+        s.enroll("carol", [tpl(rng)], "enroll carol")
+    with pytest.raises(StoreError, match=r"deleted from .* after it was made: alice"):
+        Store.restore(copy, live, key=KEY)
+    with Store(live, key=KEY) as s:
+        assert [i.name for i in s.identities()] == ["bob", "carol"]  # untouched
+    assert Store.restore(copy, live, key=KEY, deleted="reapply", command="store restore") == ["alice"]
+    with Store(live, key=KEY) as s:
+        assert [i.name for i in s.identities()] == ["bob"]
+        log = [(r["action"], r["name"], r["command"]) for r in s.audit()]
+    assert ("delete", "alice", "store delete alice") in log  # carried forward from the replaced store
+    assert ("enroll", "carol", "enroll carol") in log
+    assert log[-2][0] == "restore" and log[-1][:2] == ("delete", "alice")
+
+
+def test_cli_restore_refuses_then_obeys_its_flags(tmp_path, rng, monkeypatch, capsys):
+    from edge.cli import main
+
+    monkeypatch.delenv(store_db.KEY_ENV, raising=False)
+    monkeypatch.setenv("FACEGATE_STATE_DIR", str(tmp_path / "state"))
+    live, copy = tmp_path / "s.db", tmp_path / "s.bak"
+    with Store(live) as s:
+        s.enroll("alice", [tpl(rng)], "enroll alice")
+        s.backup(copy)
+        s.delete("alice", "store delete alice")
+    restore = ["store", "restore", "--store", str(live), str(copy)]
+    assert main(restore) == 2
+    assert "alice" in capsys.readouterr().err
+    assert main([*restore, "--force", "--reapply-deletions"]) == 2
+    assert main([*restore, "--reapply-deletions", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted_again"] == ["alice"]
+    with Store(live) as s:
+        assert s.identities() == []
+    assert main([*restore, "--force"]) == 0
+    with Store(live) as s:
+        assert [i.name for i in s.identities()] == ["alice"]
+
+
+def test_damaged_json_rows_and_huge_limits_are_store_errors_not_tracebacks(tmp_path, rng, capsys):
+    from edge.cli import main
+
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+        assert len(s.audit(limit=10**30)) == 1  # clamped to SQLite's 64-bit LIMIT
+        assert s.audit_page(limit=10**30, offset=10**30)[0] == 1
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error: one line, exit 2
+        main(["store", "audit", "--store", str(path), "--limit", "99999999999999999999"])
+    assert exited.value.code == 2 and "out of range" in capsys.readouterr().err
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE identities SET metadata = '{oops'")
+    conn.execute("UPDATE audit SET details = 'nope'")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        with pytest.raises(StoreError, match="metadata of identity 'alice' is not valid JSON"):
+            s.identities()
+        with pytest.raises(StoreError, match="details of audit row 1 is not valid JSON"):
+            s.audit()
+    for argv in (["list"], ["show", "alice"], ["audit"]):
+        assert main(["store", *argv, "--store", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "not valid JSON" in err and "Traceback" not in err
+
+
+def test_copies_left_by_a_killed_backup_or_restore_are_removed_on_open_and_on_delete(tmp_path, rng):
+    import fcntl
+    import shutil
+
+    path = tmp_path / "s.db"
+    with Store(path) as s:
+        s.enroll("alice", [tpl(rng)], "enroll")
+    restore_left, backup_left = tmp_path / "s.db.ab12cd_3.restore", tmp_path / "nightly.db.x9y8z7w6.tmp"
+    busy, notes = tmp_path / "other.db.busy0000.tmp", tmp_path / "notes.abcdefgh.tmp"
+    for p in (restore_left, backup_left, busy):
+        shutil.copyfile(path, p)
+    (tmp_path / (restore_left.name + "-wal")).write_bytes(b"x" * 100)
+    notes.write_text("not a database: never touched")
+    with open(busy, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a backup still writing it
+        with Store(path) as s:
+            assert not restore_left.exists() and not backup_left.exists()
+            assert not (tmp_path / (restore_left.name + "-wal")).exists()
+            assert busy.exists() and notes.exists()
+            shutil.copyfile(path, backup_left)  # killed again after the store was opened
+            assert s.delete("alice", "store delete alice")
+            assert not backup_left.exists()  # the deletion reaches the copy too
+            assert busy.exists()
+    with Store(path):
+        assert not busy.exists() and notes.exists()
