@@ -40,6 +40,7 @@ from edge.config import parse_window
 from edge.decision_log import OUTCOMES
 from edge.errors import FacegateError
 from edge.web.accounts import LoginLimiter, Session
+from edge.web.asgi import Wrapper
 from edge.web.hosts import HostGuard
 from edge.web.jobs import Jobs
 from edge.web.services import Services
@@ -665,20 +666,11 @@ def create_app(services: Services, limiter: LoginLimiter | None = None) -> Starl
     return SecurityHeaders(HostGuard(app, cfg.allowed_hosts))  # type: ignore[return-value]
 
 
-class SecurityHeaders:
+class SecurityHeaders(Wrapper):
     """Headers on every response: no scripts, no framing, no caching of pages that show people, and the time
     the server spent (Server-Timing, for `facegate bench web`)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __getattr__(self, name: str) -> Any:  # app.state, app.routes … of the wrapped app
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
         start = time.perf_counter()
         static = scope.get("path", "").startswith("/static/")
 

@@ -18,6 +18,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+from edge.web.asgi import Wrapper
+
 log = logging.getLogger("facegate.web")
 
 MAX_LOGGED = 32  # refused names logged, once each: a scanner must not be able to fill the log
@@ -80,21 +82,15 @@ class HostPolicy:
             name.endswith(s) or name == s[1:] for s in self.suffixes)
 
 
-class HostGuard:
+class HostGuard(Wrapper):
     """ASGI middleware: requests whose Host the policy does not allow are answered 400, nothing else runs."""
 
     def __init__(self, app: Any, allowed: Iterable[str]) -> None:
-        self.app = app
+        super().__init__(app)
         self.policy = HostPolicy(allowed)
         self._logged: set[str] = set()
 
-    def __getattr__(self, name: str) -> Any:  # app.state, app.routes … of the wrapped app
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
         hosts = [v for k, v in scope.get("headers") or [] if k == b"host"]
         header = hosts[0].decode("latin-1") if len(hosts) == 1 else ""  # none or several: refused
         if self.policy.allows(header):

@@ -92,12 +92,16 @@ def test_the_query_command(pg, conn, capsys) -> None:
     assert "cannot connect" in capsys.readouterr().err
 
 
+def _collector_config(broker: Broker, pg: PgServer, **collect):
+    return parse({"profile": "kiosk", "mqtt": {"host": "127.0.0.1", "port": broker.port, "device": "collector",
+                                              "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
+                  "collect": {"dsn": pg.dsn, **collect}})
+
+
 def test_events_from_five_doors_through_a_broker_outage_land_once(pg, conn, tmp_path) -> None:
     """Five doors publish while the broker is down for 30 s; every event reaches PostgreSQL exactly once."""
     with Broker(tmp_path / "mq") as broker:
-        cfg = parse({"profile": "kiosk", "mqtt": {"host": "127.0.0.1", "port": broker.port, "device": "collector",
-                                                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
-                     "collect": {"dsn": pg.dsn, "client_id": "collect-test"}})
+        cfg = _collector_config(broker, pg, client_id="collect-test")
         collector = Collector(cfg)
         collector.start()
         doors = [Publisher(settings_for(broker, tmp_path / f"d{i}", device=f"door{i}", discovery=False))
@@ -165,9 +169,7 @@ def test_an_event_the_database_refuses_does_not_wedge_collection(pg, conn, tmp_p
     acknowledged and dropped; the events after it, of every door, are stored."""
     monkeypatch.setattr(db, "_check_storable", lambda doc: None, raising=False)
     with Broker(tmp_path / "mq") as broker:
-        cfg = parse({"profile": "kiosk", "mqtt": {"host": "127.0.0.1", "port": broker.port, "device": "collector",
-                                                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
-                     "collect": {"dsn": pg.dsn, "client_id": "collect-poison"}})
+        cfg = _collector_config(broker, pg, client_id="collect-poison")
         collector = Collector(cfg)
         collector.start()
         try:
@@ -199,10 +201,7 @@ def test_a_steady_stream_does_not_defer_the_purge(pg, conn, tmp_path) -> None:
         db.insert(conn, [db.parse_event(_event("old", i, "2024-01-01T00:00:00Z")) for i in range(1, 11)])
         conn.execute("UPDATE events SET received = ts")
     with Broker(tmp_path / "mq") as broker:
-        cfg = parse({"profile": "kiosk", "mqtt": {"host": "127.0.0.1", "port": broker.port, "device": "collector",
-                                                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
-                     "collect": {"dsn": pg.dsn, "client_id": "collect-purge", "retention_days": 30,
-                                 "purge_every_s": 1}})
+        cfg = _collector_config(broker, pg, client_id="collect-purge", retention_days=30, purge_every_s=1)
         collector = Collector(cfg)
         collector._last_purge = time.monotonic()  # the first purge is due a second from now
         collector.start()
