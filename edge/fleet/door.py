@@ -136,6 +136,9 @@ class DoorSync:
         self.snapshots = 0
         self._confirmed = self.state.confirmed
         self._persisted_confirmed = self.state.confirmed
+        # The same confirmation on the monotonic clock (None until this process confirms): a wall clock set back
+        # (by hand, or by a spoofed time server) must not make a gallery nobody confirms look current again.
+        self._confirmed_mono: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -170,7 +173,10 @@ class DoorSync:
         """Seconds since the hub last showed this gallery to be current; None if it never has."""
         if self._confirmed <= 0:
             return None
-        return max(0.0, time.time() - self._confirmed)
+        age = max(0.0, time.time() - self._confirmed)
+        if self._confirmed_mono is not None:  # whichever clock says older: a clock set back cannot rejuvenate
+            age = max(age, time.monotonic() - self._confirmed_mono)
+        return age
 
     def problem(self) -> str | None:
         """The daemon's "gallery" problem (no grants), or None."""
@@ -188,6 +194,7 @@ class DoorSync:
         if ts <= self._confirmed:
             return
         self._confirmed = ts
+        self._confirmed_mono = time.monotonic() - max(0.0, time.time() - ts)
         # Persisted now and then (a restarted door keeps its age), not on every manifest: each write wakes the
         # daemon's gallery follower.
         if ts - self._persisted_confirmed >= min(60.0, self.cfg.fleet.max_gallery_age_s / 10):

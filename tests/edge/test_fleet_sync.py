@@ -178,6 +178,30 @@ def test_a_gallery_nobody_confirms_fails_secure(tmp_path):
         d.stop()
 
 
+def test_a_clock_set_back_does_not_make_an_unconfirmed_gallery_current(tmp_path, monkeypatch):
+    """The age runs on the monotonic clock too: turning the door's wall clock back (by hand or a spoofed time
+    server) after the last confirmation does not restart it."""
+    import types
+
+    import edge.fleet.door as door_module
+
+    keys = make_keys(tmp_path, ["a"])
+    cfg = door_config(tmp_path, keys, 1, "a", "door1", "http://127.0.0.1:9", max_gallery_age_s=5, poll_s=1)
+    d = DoorSync(cfg, connect=False)
+    shift = {"wall": 0.0, "mono": 0.0}
+    clock = types.SimpleNamespace(time=lambda: time.time() + shift["wall"],
+                                  monotonic=lambda: time.monotonic() + shift["mono"], sleep=time.sleep)
+    monkeypatch.setattr(door_module, "time", clock)
+    try:
+        d._confirm(clock.time() - 4)  # confirmed 4 s ago: current
+        assert d.problem() is None
+        shift["wall"] = -3600.0  # the wall clock goes back an hour …
+        shift["mono"] = 2.0  # … while 2 s pass
+        assert d.age() >= 6 and "fleet.max_gallery_age_s" in d.problem()
+    finally:
+        d.stop()
+
+
 def test_a_fleet_door_decides_from_the_synced_gallery_and_fails_secure_without_the_hub(tmp_path, lfw):
     """The daemon in fleet mode: a person enrolled at the hub is granted at the door; with the hub gone for
     longer than fleet.max_gallery_age_s, the same person is denied, saying why."""
