@@ -9,7 +9,7 @@ Everything served is signed by the hub and the templates in it are sealed with t
 needs no trust for integrity or confidentiality; TLS (hub.tls_cert, with client certificates by
 hub.tls_client_ca) keeps out who may ask at all.
 
-GET /v1/sites/<site>/manifest           the signed manifest, with the hub's current time
+GET /v1/sites/<site>/manifest           the signed manifest, with the time of the hub's last good sync
 GET /v1/sites/<site>/batches?after=N    {"rev", "floor", "batches": [envelope text, …]} (410 when N < floor)
 GET /v1/sites/<site>/snapshot           the signed snapshot of every live entry (cached per revision)
 GET /v1/status                          the hub's revisions and the doors' acknowledgements (no templates)
@@ -22,7 +22,6 @@ import json
 import logging
 import ssl
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -121,7 +120,9 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], hub: Hub) -> None:
         super().__init__(address, _Handler)
         self.hub = hub
-        self._snapshots: dict[str, tuple[int, bytes]] = {}
+        # site → (rev, the signed time, the signed body, the entries' joined text): re-signed when the hub has
+        # synced again since, the entries read from the journal once per revision.
+        self._snapshots: dict[str, tuple[int, float, bytes, str]] = {}
         self._snap_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
@@ -158,27 +159,33 @@ class _Server(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
     def snapshot(self, site: str) -> bytes:
-        """The signed snapshot at the site's current revision; built once per revision (ten doors restarting
-        together cost one build)."""
+        """The signed snapshot at the site's current revision. Its time is the hub's last successful sync, as a
+        manifest's is: a hub whose sync has stopped must not vouch for a gallery through snapshots either. The
+        entries are read once per revision (ten doors restarting together cost one read); only the signature is
+        made again when the sync time moved on."""
         with self._snap_lock:
+            synced_at = self.hub.synced_at
             state = self.hub.journal.site(site)
             cached = self._snapshots.get(site)
+            if cached is not None and cached[0] == state.rev and cached[1] == synced_at:
+                return cached[2]
             if cached is not None and cached[0] == state.rev:
-                return cached[1]
-            # entries and state read under the journal's lock in one go would be cleaner; a batch committed in
-            # between is caught by the hash check on the door, which then asks again.
-            with self.hub.journal._lock:
-                state = self.hub.journal.site(site)
-                entries = self.hub.journal.entries(site)
+                joined = cached[3]
+            else:
+                # entries and state read under the journal's lock in one go would be cleaner; a batch committed in
+                # between is caught by the hash check on the door, which then asks again.
+                with self.hub.journal._lock:
+                    state = self.hub.journal.site(site)
+                    joined = ",".join(self.hub.journal.entries(site))
             # The entries are stored as canonical JSON already: spliced into the canonical text of the rest (keys
             # in sorted order: count, entries, epoch, …) rather than parsed and written again, 10,000 times.
             head = canonical({"v": VERSION, "kind": "snapshot", "site": site, "epoch": self.hub.journal.epoch,
-                              "rev": state.rev, "ts": time.time(), "hash": state.hash, "count": state.count})
+                              "rev": state.rev, "ts": synced_at, "hash": state.hash, "count": state.count})
             count_part, rest = head[1:].split(",", 1)
             assert count_part.startswith('"count":')
-            text = "{" + count_part + ',"entries":[' + ",".join(entries) + "]," + rest
+            text = "{" + count_part + ',"entries":[' + joined + "]," + rest
             body = sign_text(self.hub.key, "snapshot", text)
-            self._snapshots[site] = (state.rev, body)
+            self._snapshots[site] = (state.rev, synced_at, body, joined)
             return body
 
 

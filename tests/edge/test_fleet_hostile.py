@@ -107,6 +107,8 @@ def test_a_hub_whose_sync_fails_stops_vouching_for_the_doors(fleet, monkeypatch)
     assert hub._thread.is_alive()
     doc = verify(hub.key.public_key(), hub.manifest("a"), "manifest")
     assert doc["ts"] <= broke_at, "the manifest claims a sync that did not happen"
+    code, body = _get(f"{hub.url}/v1/sites/a/snapshot")  # nor may a snapshot, served now, vouch for it
+    assert code == 200 and verify(hub.key.public_key(), body, "snapshot")["ts"] <= broke_at
     assert door.poll()
     assert door.age() >= 1.0  # the door's gallery ages: past max_gallery_age_s it denies
 
