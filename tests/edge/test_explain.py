@@ -137,10 +137,12 @@ def wide(_state_dir: Path) -> str:
     stand-in for dlib's ResNet, whose bundle has to be exported first."""
     raw = json.loads((BUILTIN_DIR / "sface.json").read_text())
     source = Registry().source_path(Registry().manifest("sface"))
-    raw.update(name="sface-wide", source={"file": str(source)})
+    raw.update(name="sface-wide", source={"file": source.name})  # a bundle names files inside its folder
     raw["alignment"]["points"] = [[0.9 * x + 5.6, 0.9 * y + 3.0] for x, y in raw["alignment"]["points"]]
     folder = _state_dir / "models" / "sface-wide"
     folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / source.name).exists():
+        (folder / source.name).symlink_to(source)
     (folder / "manifest.json").write_text(json.dumps(raw))
     return "sface-wide"
 
