@@ -25,6 +25,11 @@ TAG_BYTES = 16
 OVERHEAD = NONCE_BYTES + TAG_BYTES
 
 
+# 32 random bytes hold about 30 distinct values; fewer than 12 happens by chance with a probability far below
+# 1e-9 — such a key is a pattern ("abab…", "0102…01") someone typed.
+MIN_DISTINCT_BYTES = 12
+
+
 def parse_key(data: bytes, origin: str) -> bytes:
     """32 raw bytes, 64 hex characters, or base64 of 32 bytes → the 32-byte key; anything else is refused."""
     if len(data) == KEY_BYTES:
@@ -47,6 +52,14 @@ def parse_key(data: bytes, origin: str) -> bytes:
                              f"32 bytes; got {len(data)} bytes); make one with `openssl rand -hex 32`")
     if len(set(key)) == 1:  # all zeros and the like: a placeholder, not a key
         raise StoreError(f"{origin}: the key is one repeated byte; use a random key (`openssl rand -hex 32`)")
+    if len(data) == KEY_BYTES and all(0x20 <= b < 0x7F for b in data):
+        # 32 typed characters: a passphrase someone chose, guessable, taken as raw bytes. 32 random bytes are
+        # all printable with a chance of (95/256)^32 ≈ 2e-14.
+        raise StoreError(f"{origin}: 32 typed characters are a passphrase, not a random key; use 64 hex "
+                         f"characters from `openssl rand -hex 32`")
+    if len(set(key)) < MIN_DISTINCT_BYTES:
+        raise StoreError(f"{origin}: the key repeats a short pattern ({len(set(key))} distinct bytes); use a "
+                         f"random key (`openssl rand -hex 32`)")
     return key
 
 

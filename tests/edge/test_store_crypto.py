@@ -50,6 +50,22 @@ def test_placeholder_key_refused():
         parse_key(bytes(32), "test")
 
 
+@pytest.mark.parametrize("content", [b"password1234password1234password", b"ab" * 16, ("0102030405" * 7)[:64].encode(),
+                                     bytes.fromhex("abcd" * 16).hex().encode()])
+def test_typed_and_patterned_keys_are_refused(tmp_path, monkeypatch, content):
+    """A passphrase of 32 typed characters (taken as raw bytes before) and short repeated patterns are not random
+    keys, whichever way they are given."""
+    path = tmp_path / "k"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(StoreError, match=r"passphrase|pattern"):
+        load_key(str(path))
+    monkeypatch.setenv("FACEGATE_STORE_KEY", content.decode())
+    with pytest.raises(StoreError, match=r"passphrase|pattern"):
+        load_key(None)
+    assert len(parse_key(new_key().encode(), "fresh")) == 32  # what `store keygen` makes passes
+
+
 def test_empty_env_and_missing_file(monkeypatch, tmp_path):
     monkeypatch.setenv("FACEGATE_STORE_KEY", " ")
     with pytest.raises(StoreError, match="set but empty"):
