@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.embed import l2_normalise
 from edge.errors import FacegateError, ModelError
 from edge.match.base import Probe, Scorer
 from edge.match.gallery import Gallery
@@ -75,14 +76,14 @@ class Fusion:
 COSINE_SLACK = 1e-3  # float32 rounding of unit vectors' dot products stays far inside this
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    """Rows (or a vector) scaled to L2 norm 1; a zero or non-finite one raises (it cannot be scored)."""
-    v = np.asarray(v, np.float32)
-    norm = np.linalg.norm(v.astype(np.float64), axis=-1, keepdims=True)
-    if not (np.isfinite(norm).all() and (norm > 0).all()):
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    """Gallery rows scaled to L2 norm 1 (in float64: a flipped exponent bit's 1e37 squared overflows float32); a
+    zero or non-finite row raises (it cannot be scored)."""
+    v = np.asarray(v, np.float64)
+    if not np.all(np.isfinite(norm := np.linalg.norm(v, axis=-1))) or not np.all(norm > 0):
         raise FacegateError("a template or probe vector is zero, NaN or infinite: it cannot be scored; nobody is "
                             "matched")
-    return (v / norm).astype(np.float32)
+    return l2_normalise(v).astype(np.float32)
 
 
 class TemplateIndex:
@@ -104,11 +105,14 @@ class TemplateIndex:
         self.order = self.who.order
         # Unit rows, whatever was handed in: a template scored unnormalised lets one huge value outscore every
         # genuine match (the store refuses such a template; this is the second line).
-        self.rows = {m: (_unit(np.concatenate(b)) if b else np.zeros((0, 1), np.float32)) for m, b in blocks.items()}
+        self.rows = {m: (_unit_rows(np.concatenate(b)) if b else np.zeros((0, 1), np.float32))
+                     for m, b in blocks.items()}
         self.identities = len(self.order)
 
     def _per_row(self, probe: Probe) -> np.ndarray:
-        cos = np.stack([self.rows[m] @ _unit(np.asarray(probe[m], np.float32)) for m in self.members], axis=-1)
+        # Probes come unit-length from the embedder (edge/embed.py) or a track's mean (edge/match/track.py); the
+        # bound below catches one that is not, without normalising every probe a second time per frame.
+        cos = np.stack([self.rows[m] @ np.asarray(probe[m], np.float32) for m in self.members], axis=-1)
         if cos.size and not (np.isfinite(cos).all() and np.abs(cos).max() <= 1.0 + COSINE_SLACK):
             raise FacegateError("a cosine outside [-1, 1]: a gallery template or the probe is damaged; nobody is "
                                 "matched")
