@@ -45,7 +45,7 @@ from edge.fleet.records import (
     tombstone,
 )
 from edge.paths import state_dir
-from edge.ratelimit import LogLimiter
+from edge.ratelimit import LogLimiter, printable
 from edge.store.crypto import Cipher
 from edge.store.db import Store
 
@@ -398,7 +398,7 @@ class Hub:
             ack = parse_ack(m.payload)
             if ack is None:
                 limited.warning("ack", "hub: %s/%s sent an acknowledgement that is not one (%d bytes): ignored",
-                                site, device[:64], len(m.payload))
+                                site, printable(device, 64), len(m.payload))
                 continue
             latest[(site, device)] = ack
         if latest:

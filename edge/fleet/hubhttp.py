@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.config import ConfigError
 from edge.fleet.records import VERSION, canonical, sign_text
-from edge.ratelimit import LogLimiter
+from edge.ratelimit import LogLimiter, printable
 
 if TYPE_CHECKING:
     from edge.fleet.hub import Hub
@@ -105,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as exc:  # a bug must cost one request an answer, not a traceback and a dropped connection
-            limited.log(logging.ERROR, "http-500", "hub http: GET %s failed (%s: %s)", self.path[:120],
+            limited.log(logging.ERROR, "http-500", "hub http: GET %s failed (%s: %s)", printable(self.path, 120),
                         type(exc).__name__, " ".join(str(exc).split())[:200])
             log.debug("hub http: GET failed", exc_info=True)
             self.close_connection = True

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+from edge.ratelimit import printable
 from edge.web.asgi import Wrapper
 
 log = logging.getLogger("facegate.web")
@@ -96,7 +97,7 @@ class HostGuard(Wrapper):
         if self.policy.allows(header):
             await self.app(scope, receive, send)
             return
-        shown = ascii(header[:100])  # an outsider's text: escaped and cut before it reaches the log
+        shown = f"'{printable(header, 100)}'"  # an outsider's text: escaped and cut before it reaches the log
         if len(self._logged) < MAX_LOGGED and shown not in self._logged:
             self._logged.add(shown)
             log.warning("web: refused a request for host %s (not in web.allowed_hosts)", shown)
