@@ -908,7 +908,7 @@ STALE_COPY = re.compile(r".+\.[A-Za-z0-9_]{8}\.(restore|tmp)")  # what backup an
 def _remove_stale_copies(folder: Path) -> list[Path]:
     """Remove the temporary copies a killed `store backup` / `store restore` left in `folder` (each a full copy of
     the gallery, which a later deletion would not reach), with their -wal/-shm/-journal files. A copy still
-    being written is flock'ed by its writer and left alone; a file that is not an SQLite database is never
+    being written is flock'ed by its writer and left alone; a file that is not (yet) an SQLite database is never
     touched. The bytes are overwritten before the file is unlinked (as far as the filesystem honours that)."""
     removed: list[Path] = []
     try:
@@ -922,8 +922,9 @@ def _remove_stale_copies(folder: Path) -> list[Path]:
                     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a backup or restore is writing it right now
-                header = f.read(16)
-                if header not in (b"SQLite format 3\0", b""):
+                # Only a database: an empty file holds nothing, and may be another writer's fresh temporary file
+                # (atomic_write_bytes names its own NAME.XXXXXXXX.tmp the same way, in the same state folder).
+                if f.read(16) != b"SQLite format 3\0":
                     continue
                 size = os.fstat(f.fileno()).st_size
                 f.seek(0)

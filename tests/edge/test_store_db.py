@@ -540,6 +540,8 @@ def test_copies_left_by_a_killed_backup_or_restore_are_removed_on_open_and_on_de
         shutil.copyfile(path, p)
     (tmp_path / (restore_left.name + "-wal")).write_bytes(b"x" * 100)
     notes.write_text("not a database: never touched")
+    fresh = tmp_path / "face-unlock.json.k3j4h5g6.tmp"  # another writer's atomic write, just created: empty
+    fresh.write_bytes(b"")
     with open(busy, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a backup still writing it
         with Store(path) as s:
@@ -551,4 +553,4 @@ def test_copies_left_by_a_killed_backup_or_restore_are_removed_on_open_and_on_de
             assert not backup_left.exists()  # the deletion reaches the copy too
             assert busy.exists()
     with Store(path):
-        assert not busy.exists() and notes.exists()
+        assert not busy.exists() and notes.exists() and fresh.exists()
