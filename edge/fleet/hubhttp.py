@@ -46,10 +46,6 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def setup(self) -> None:
-        self.timeout = CONNECTION_TIMEOUT_S  # read per connection: each blocking read or write waits this long
-        super().setup()
-
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("http: " + fmt, *args)
 
@@ -148,7 +144,7 @@ class _Server(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         """On the connection's own thread: the TLS handshake (never in accept(), where one silent client would
         stop the server for everyone), bounded in time like the rest of the connection."""
-        request.settimeout(CONNECTION_TIMEOUT_S)
+        request.settimeout(CONNECTION_TIMEOUT_S)  # every blocking read or write after it, the handler's included
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.do_handshake()
