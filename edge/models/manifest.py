@@ -150,7 +150,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
         raise ModelError("sha256 must be 64 hex digits")
     sha = sha.lower()
     file = _text(d["file"], "file", empty=True)
-    _relative(file, "file")
+    check_relative(file, "file")
     licence = _text(d["licence"], "licence", empty=True)
     source = _object(d["source"], "source")
     for key in ("package", "path", "file", "optional_package"):
@@ -158,7 +158,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
             _text(source[key], f"source.{key}")
     for key in ("path", "file"):
         if key in source:
-            _relative(source[key], f"source.{key}")
+            check_relative(source[key], f"source.{key}")
     inp = _object(d["input"], "input")
     size = inp.get("size")
     spec = InputSpec(
@@ -234,7 +234,7 @@ def _text(value: Any, key: str, empty: bool = False) -> str:
     return value
 
 
-def _relative(value: str, key: str) -> None:
+def check_relative(value: str, key: str) -> None:
     """A file named by a manifest stays inside the folder it is resolved against (a package, a bundle)."""
     if value.startswith(("/", "\\")) or Path(value).is_absolute() or ".." in Path(value.replace("\\", "/")).parts \
             or (len(value) > 1 and value[1] == ":"):

@@ -19,7 +19,7 @@ from typing import Any
 
 from edge.atomic import atomic_write_bytes
 from edge.errors import ModelError
-from edge.models.manifest import Manifest
+from edge.models.manifest import Manifest, check_relative
 from edge.paths import model_dir as default_model_dir
 from edge.runtime import Runtime, open_runtime
 
@@ -75,12 +75,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _inside(folder: Path, relative: str, name: str) -> Path:
-    """folder / relative, refused unless it stays inside folder (the manifest checks this too; a path built by
-    hand must not escape either: Path(pkg) / "/abs" drops pkg)."""
-    path = folder / relative
-    if Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise ModelError(f"model {name!r}: source path {relative!r} leaves its folder {folder}")
-    return path
+    """folder / relative, refused unless it stays inside folder: the manifest's own rule (check_relative), again
+    here because a manifest built by hand (Manifest(...)) never went through it, and Path(pkg) / "/abs" drops
+    pkg."""
+    try:
+        check_relative(relative, "source path")
+    except ModelError:
+        raise ModelError(f"model {name!r}: source path {relative!r} leaves its folder {folder}") from None
+    return folder / relative
 
 
 class PackageMissingError(ModelError):
