@@ -74,6 +74,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _builtin_sources() -> list[Path]:
+    return sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json"))
+
+
+def _read_manifests(sources: list[Path]) -> dict[str, tuple[dict[str, Any], Path]]:
+    """name → (the manifest's JSON object, its file), later files winning (a bundle over a built-in)."""
+    found: dict[str, tuple[dict[str, Any], Path]] = {}
+    for path in sources:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path}: cannot read manifest ({exc})") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{path}: a manifest must be a JSON object, not {type(data).__name__}")
+        found[str(data.get("name", path.stem))] = (data, path)
+    return found
+
+
 def _inside(folder: Path, relative: str, name: str) -> Path:
     """folder / relative, refused unless it stays inside folder: the manifest's own rule (check_relative), again
     here because a manifest built by hand (Manifest(...)) never went through it, and Path(pkg) / "/abs" drops
@@ -102,29 +120,13 @@ class Registry:
     @staticmethod
     def builtin_names() -> frozenset[str]:
         """The names of the models shipped with facegate (built-in manifests and style bundles)."""
-        names = set()
-        for path in sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ModelError(f"{path}: cannot read manifest ({exc})") from None
-            names.add(str(data.get("name", path.stem)) if isinstance(data, dict) else path.stem)
-        return frozenset(names)
+        return frozenset(_read_manifests(_builtin_sources()))
 
     def _raw_manifests(self) -> dict[str, tuple[dict[str, Any], Path]]:
-        found: dict[str, tuple[dict[str, Any], Path]] = {}
-        sources = sorted(BUILTIN_DIR.glob("*.json")) + sorted(STYLES_DIR.glob("*/manifest.json"))
+        sources = _builtin_sources()
         if self.model_dir.is_dir():
             sources += sorted(self.model_dir.glob("*/manifest.json"))
-        for path in sources:
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ModelError(f"{path}: cannot read manifest ({exc})") from None
-            if not isinstance(data, dict):
-                raise ModelError(f"{path}: a manifest must be a JSON object, not {type(data).__name__}")
-            found[str(data.get("name", path.stem))] = (data, path)
-        return found
+        return _read_manifests(sources)
 
     def names(self) -> list[str]:
         return sorted(self._raw_manifests())
