@@ -53,6 +53,12 @@ def printable(text: str, limit: int = 80) -> str:
     return ascii(text[:limit])[1:-1]
 
 
+def one_line(text: object, limit: int = 200) -> str:
+    """An error's text as one log line: its lines and runs of white space joined by single spaces (a database's
+    DETAIL lines, a traceback-shaped message), then escaped and cut as `printable` does."""
+    return printable(" ".join(str(text).split()), limit)
+
+
 class TokenBucket:
     """At most `burst` at once and `rate` per second on average: for replies an outsider's messages would
     otherwise draw without limit (a refusal for each junk command)."""

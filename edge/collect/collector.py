@@ -19,6 +19,7 @@ from edge.collect import CollectError
 from edge.collect import db as events_db
 from edge.config import CREDENTIAL_COLLECT_DSN, Config, ConfigError, secret
 from edge.fleet.link import Link, Message
+from edge.ratelimit import one_line, printable
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -38,10 +39,6 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     import psycopg
 
     return psycopg.DataError, psycopg.IntegrityError, ValueError, OverflowError
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 class Collector:
@@ -117,10 +114,10 @@ class Collector:
                     stored, dups = events_db.insert(self.conn, parsed)
             except _data_errors() as exc:
                 log.warning("collect: the events database refused a batch of %d (%s); storing them one by one",
-                            len(parsed), _short(exc))
+                            len(parsed), one_line(exc))
                 stored, dups = self._store_each(parsed)
         except psycopg.Error as exc:  # the connection or the server: retried, nothing acknowledged
-            raise CollectError(f"the events database refused a write ({_short(exc)})") from None
+            raise CollectError(f"the events database refused a write ({one_line(exc)})") from None
         self.stored += stored
         self.duplicates += dups
 
@@ -135,7 +132,7 @@ class Collector:
                 except _data_errors() as exc:
                     self.rejected += 1
                     log.warning("collect: %s seq %d refused by the events database (%s); acknowledged and dropped",
-                                e.device[:64], e.seq, _short(exc))
+                                printable(e.device, 64), e.seq, one_line(exc))
                     continue
                 stored, dups = stored + s, dups + d
         return stored, dups

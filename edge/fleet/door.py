@@ -47,7 +47,7 @@ from edge.fleet import FleetError
 from edge.fleet.keys import load_public_key, load_site_key
 from edge.fleet.link import Link
 from edge.fleet.records import Refused, check_entry, entry_digest, open_entry, verify
-from edge.ratelimit import LogLimiter
+from edge.ratelimit import LogLimiter, one_line
 from edge.store import fleet as fstore
 from edge.store.crypto import Cipher
 from edge.store.db import Store
@@ -349,7 +349,7 @@ class DoorSync:
             except (OSError, http.client.HTTPException):
                 return exc.code, b""
         except http.client.HTTPException as exc:  # BadStatusLine, IncompleteRead, …: not an HTTP answer
-            raise OSError(f"not an HTTP answer ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})") from None
+            raise OSError(f"not an HTTP answer ({type(exc).__name__}: {one_line(exc, 80)})") from None
 
     def poll(self) -> bool:
         """Ask the hub for its manifest and follow it; False if the hub could not be reached."""

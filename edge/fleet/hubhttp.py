@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.config import ConfigError
 from edge.fleet.records import VERSION, canonical, sign_text
-from edge.ratelimit import LogLimiter, printable
+from edge.ratelimit import LogLimiter, one_line, printable
 
 if TYPE_CHECKING:
     from edge.fleet.hub import Hub
@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         except Exception as exc:  # a bug must cost one request an answer, not a traceback and a dropped connection
             limited.log(logging.ERROR, "http-500", "hub http: GET %s failed (%s: %s)", printable(self.path, 120),
-                        type(exc).__name__, " ".join(str(exc).split())[:200])
+                        type(exc).__name__, one_line(exc))
             log.debug("hub http: GET failed", exc_info=True)
             self.close_connection = True
             with contextlib.suppress(OSError):  # the client is gone
@@ -150,7 +150,7 @@ class _Server(ThreadingHTTPServer):
                 request.do_handshake()
             except OSError as exc:  # ssl.SSLError, a timeout, a reset: this client's problem only
                 limited.log(logging.INFO, "tls", "hub http: TLS handshake with %s failed (%s)", client_address[0],
-                            " ".join(str(exc).split())[:200])
+                            one_line(exc))
                 return
         super().finish_request(request, client_address)
 
