@@ -160,12 +160,12 @@ class Outbox:
         badge claim); the bytes leave the WAL too. Returns how many."""
         # The identity column covers only the matched name; an "unknown" made under a badge claim names the
         # person in `claim` alone. Rows are found by the name's JSON string literal in the payload (how dumps
-        # wrote it), which needs no migration of older outbox files, then confirmed by parsing, so a name that is
-        # merely part of another string does not erase someone else's event.
+        # wrote it, whichever field holds it), which needs no migration of older outbox files, then confirmed by
+        # parsing, so a name that is merely part of another string does not erase someone else's event.
         needle = json.dumps(identity, ensure_ascii=False)
         with self._tx() as conn:
-            candidates = conn.execute("SELECT device, seq, payload FROM events WHERE identity = ? OR "
-                                      "instr(payload, ?) > 0", (identity, needle)).fetchall()
+            candidates = conn.execute("SELECT device, seq, payload FROM events WHERE instr(payload, ?) > 0",
+                                      (needle,)).fetchall()
             doomed = [(device, seq) for device, seq, payload in candidates if _names(payload, identity)]
             removed = conn.executemany("DELETE FROM events WHERE device = ? AND seq = ?", doomed).rowcount \
                 if doomed else 0
