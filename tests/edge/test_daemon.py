@@ -7,8 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -21,6 +19,7 @@ from edge.demo_daemon import running
 from edge.liveness.base import LivenessResult
 from edge.models.registry import Registry
 from edge.sinks.log import LogSink
+from tests.http_get import get as _get
 from tests.mqtt_broker import Broker, Subscriber, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,14 +66,6 @@ def _config(tmp_path: Path, clip: dict[str, Path], **sections) -> dict:
 def _enrol(daemon: Daemon, path: Path, name: str = "colin") -> None:
     result = daemon.enroll(name, path.read_bytes(), live_capture=False)
     assert result["ok"], result
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def test_events_arrive_over_mosquitto(tmp_path, clip):

@@ -22,6 +22,7 @@ from edge.fleet.hub import Hub
 from edge.fleet.link import Message
 from edge.fleet.records import verify
 from tests.fleet_harness import door_config, enrol, gallery, hub_config, make_keys, wait
+from tests.http_get import get as _get
 from tests.mqtt_broker import Broker, make_pki, publish
 
 BAD_ACKS = {
@@ -111,14 +112,6 @@ def test_a_hub_whose_sync_fails_stops_vouching_for_the_doors(fleet, monkeypatch)
     assert code == 200 and verify(hub.key.public_key(), body, "snapshot")["ts"] <= broke_at
     assert door.poll()
     assert door.age() >= 1.0  # the door's gallery ages: past max_gallery_age_s it denies
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def test_the_hub_answers_bad_requests_and_its_own_failures(fleet, monkeypatch) -> None:
