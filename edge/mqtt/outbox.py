@@ -28,10 +28,10 @@ SCHEMA = (
         device TEXT NOT NULL,
         seq INTEGER NOT NULL,
         event_id TEXT NOT NULL UNIQUE,
-        identity TEXT,
         payload TEXT NOT NULL,
         PRIMARY KEY (device, seq))""",
-    "CREATE INDEX IF NOT EXISTS events_by_identity ON events(identity) WHERE identity IS NOT NULL",
+    # Older outbox files also have an `identity` column (nullable, no longer written): forget reads the names
+    # from the payload, where every name field is.
     """CREATE TABLE IF NOT EXISTS counters (
         device TEXT PRIMARY KEY,
         last_seq INTEGER NOT NULL DEFAULT 0,
@@ -120,10 +120,8 @@ class Outbox:
             conn.execute("UPDATE counters SET last_seq = last_seq + 1 WHERE device = ?", (self.device,))
             seq = conn.execute("SELECT last_seq FROM counters WHERE device = ?", (self.device,)).fetchone()[0]
             event = build(seq)
-            identity = event.get("identity")
-            conn.execute("INSERT INTO events(device, seq, event_id, identity, payload) VALUES (?, ?, ?, ?, ?)",
-                         (self.device, seq, event["event_id"], identity if isinstance(identity, str) else None,
-                          dumps(event)))
+            conn.execute("INSERT INTO events(device, seq, event_id, payload) VALUES (?, ?, ?, ?)",
+                         (self.device, seq, event["event_id"], dumps(event)))
             depth = self._depth + 1
             dropped: list[tuple[int, str]] = []
             if depth > self.limit:
@@ -158,9 +156,8 @@ class Outbox:
     def forget(self, identity: str) -> int:
         """Erase every pending event naming `identity` in any name field (NAME_FIELDS: the matched identity or a
         badge claim); the bytes leave the WAL too. Returns how many."""
-        # The identity column covers only the matched name; an "unknown" made under a badge claim names the
-        # person in `claim` alone. Rows are found by the name's JSON string literal in the payload (how dumps
-        # wrote it, whichever field holds it), which needs no migration of older outbox files, then confirmed by
+        # An "unknown" made under a badge claim names the person in `claim` alone. Rows are found by the name's
+        # JSON string literal in the payload (how dumps wrote it, whichever field holds it), then confirmed by
         # parsing, so a name that is merely part of another string does not erase someone else's event.
         needle = json.dumps(identity, ensure_ascii=False)
         with self._tx() as conn:
